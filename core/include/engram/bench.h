@@ -1,0 +1,26 @@
+// Benchmarks that print what they measure, beside a baseline measured in the same run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <c10/core/Device.h>
+
+namespace engram {
+
+struct ForwardBenchResult {
+    int64_t parameters = 0;
+    int64_t batch = 0, seq = 0, iterations = 0;
+    double seconds_per_forward = 0;
+    double tokens_per_second = 0;
+    double forward_gflops = 0;      // useful FLOPs of one forward / time
+    double matmul_peak_gflops = 0;  // a large square matmul on the same device, same run
+    double flops_per_forward = 0;
+};
+
+// A GPT-2-small-shaped model (12 layers, 768 wide, 50257 vocab) with random weights, built in
+// memory. FLOPs count 2 per multiply-add of every matmul: projections, MLP, attention scores and
+// mixing, and the LM head.
+ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device);
+
+}  // namespace engram

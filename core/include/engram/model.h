@@ -1,0 +1,170 @@
+// Models: a loaded checkpoint turned into weights in canonical slots, and one forward pass per
+// family (GPT-2, GPT-J, the LLaMA family, ViT) with hook sites built in.
+//
+// Conventions: every linear weight is held in nn.Linear orientation [out, in] (GPT-2's Conv1D
+// weights are stored [in, out] and are transposed once, as a view, at load). Compute runs in fp32
+// by default whatever the stored dtype; the stored dtype is recorded.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <array>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engram/hooks.h"
+#include "engram/safetensors.h"
+
+namespace engram {
+
+class Checkpoint;
+class Tokenizer;
+
+enum class Arch { Gpt2, GptJ, Llama, Vit };
+
+// Canonical weight slots. Per-layer slots live in Model::layer(i); the rest in Model::global().
+enum class Slot {
+    TokEmbd, PosEmbd,                                   // [n_vocab, n_embd], [n_ctx, n_embd]
+    PatchEmbd, PatchEmbdB, ClsToken,                    // ViT: [n_embd, C, P, P], [n_embd], [1, 1, n_embd]
+    AttnNorm, AttnNormB,                                // [n_embd]
+    AttnQkv, AttnQkvB,                                  // fused (GPT-2): [3*n_embd, n_embd], [3*n_embd]
+    AttnQ, AttnQB, AttnK, AttnKB, AttnV, AttnVB,        // [n_head*head_dim | n_head_kv*head_dim, n_embd]
+    AttnOut, AttnOutB,                                  // [n_embd, n_head*head_dim], [n_embd]
+    FfnNorm, FfnNormB,                                  // [n_embd]
+    FfnUp, FfnUpB, FfnGate, FfnGateB, FfnDown, FfnDownB,// [n_ff, n_embd], [n_ff], [n_ff, n_embd], [n_embd, n_ff], [n_embd]
+    OutNorm, OutNormB,                                  // [n_embd]
+    Output, OutputB,                                    // [n_vocab | n_labels, n_embd], [n_vocab | n_labels]
+    Count
+};
+inline constexpr size_t kSlotCount = static_cast<size_t>(Slot::Count);
+const char* slot_name(Slot slot);
+
+using SlotTensors = std::array<at::Tensor, kSlotCount>;
+
+enum class RopeType { None, Default, Linear, Llama3 };
+
+struct HParams {
+    int64_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+    int64_t n_vocab = 0, n_ctx = 0;
+    double norm_eps = 1e-5;
+    std::string activation = "gelu_new";  // gelu_new | gelu | gelu_pytorch_tanh | relu | silu
+    bool tied_output = true;
+    bool attn_qkv_bias = false, attn_out_bias = false, mlp_bias = false;
+    bool scale_attn_by_inverse_layer_idx = false;  // GPT-2 option
+    // Rotary embeddings (GPT-J: rotary_dim interleaved; LLaMA: full head_dim, rotate-half).
+    RopeType rope_type = RopeType::None;
+    int64_t rotary_dim = 0;
+    double rope_theta = 10000.0;
+    double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
+    int64_t rope_original_max_pos = 8192;
+    int64_t sliding_window = 0;  // 0: none (Mistral sets it)
+    // ViT
+    int64_t image_size = 0, patch_size = 0, n_channels = 3, n_labels = 0;
+};
+
+struct ImagePreprocess {
+    bool do_resize = true;
+    int64_t height = 224, width = 224;
+    int resample = 2;  // PIL code: 2 bilinear, 3 bicubic
+    bool do_rescale = true;
+    double rescale_factor = 1.0 / 255.0;
+    bool do_normalize = true;
+    std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
+};
+
+struct LoadOptions {
+    c10::Device device = c10::Device(c10::kCPU);
+    c10::ScalarType compute_dtype = c10::ScalarType::Float;
+    bool load_tokenizer = true;  // from the same folder when it has one
+};
+
+struct ForwardInput {
+    at::Tensor input_ids;       // [B, T] int64 (decoders)
+    at::Tensor attention_mask;  // [B, T] or [B, n_past + T]; 1 = token, 0 = right padding. Optional.
+    at::Tensor pixel_values;    // [B, C, H, W] float (ViT)
+    bool last_logits_only = false;  // logits only at each row's last unmasked position: [B, n_vocab]
+};
+
+struct ForwardOutput {
+    at::Tensor logits;  // [B, T, n_vocab], or [B, n_vocab] with last_logits_only, or [B, n_labels] (ViT)
+};
+
+// Keys/values of earlier positions, per layer, for incremental decoding.
+struct KvCache {
+    std::vector<at::Tensor> k, v;  // per layer: [B, n_head_kv, n_past, head_dim]
+    int64_t n_past() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+};
+
+class Model {
+public:
+    static std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options = {});
+    // Random weights for a given shape (benchmarks, demo training). Normal(0, 0.02), norms at 1.
+    static std::unique_ptr<Model> random(Arch arch, const HParams& hparams, uint64_t seed);
+    ~Model();
+
+    Arch arch() const { return arch_; }
+    const std::string& arch_name() const { return arch_name_; }  // the HF class name
+    const HParams& hparams() const { return hparams_; }
+    bool is_decoder() const { return arch_ != Arch::Vit; }
+    DType stored_dtype() const { return stored_dtype_; }
+    int64_t parameter_count() const;
+    std::string fingerprint() const;  // SHA-256 of the checkpoint (cached); "" for random models
+    const std::filesystem::path& dir() const { return dir_; }
+    const Checkpoint* checkpoint() const { return checkpoint_.get(); }
+
+    c10::Device device() const { return device_; }
+    void to(c10::Device device);
+
+    const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+    void set_tokenizer(std::unique_ptr<Tokenizer> tokenizer);
+    const std::vector<std::string>& labels() const { return labels_; }  // ViT id2label
+    const ImagePreprocess& preprocess() const { return preprocess_; }
+
+    // Weights by canonical slot. Undefined tensors are slots the family does not use.
+    at::Tensor& weight(Slot slot, int layer = -1);
+    const at::Tensor& weight(Slot slot, int layer = -1) const;
+    // The HF tensor name of a slot (for exports and the edit store).
+    std::string tensor_name(Slot slot, int layer = -1) const;
+
+    ForwardOutput forward(const ForwardInput& input, Hooks* hooks = nullptr, KvCache* cache = nullptr) const;
+
+    // Internal: the family tables fill these.
+    SlotTensors globals;
+    std::vector<SlotTensors> layers;
+
+private:
+    friend struct ModelLoader;
+    Model() = default;
+    Arch arch_ = Arch::Gpt2;
+    std::string arch_name_;
+    HParams hparams_;
+    DType stored_dtype_ = DType::F32;
+    std::filesystem::path dir_;
+    std::unique_ptr<Checkpoint> checkpoint_;
+    mutable std::string fingerprint_;
+    c10::Device device_ = c10::Device(c10::kCPU);
+    std::unique_ptr<Tokenizer> tokenizer_;
+    std::vector<std::string> labels_;
+    ImagePreprocess preprocess_;
+};
+
+struct GenerateOptions {
+    int64_t max_new_tokens = 20;
+    int64_t top_k = 0;  // 0 or 1: greedy; otherwise sample from the k most likely (temperature 1)
+    uint64_t seed = 0;
+    std::optional<int64_t> stop_token;  // usually EOS
+};
+
+// Prompt ids in, prompt + new ids out; uses a KV cache so each new token costs one position.
+std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& prompt, const GenerateOptions& options);
+
+// Loads an image file (PNG/JPEG/BMP/...) and applies the model's preprocessing: [1, C, H, W].
+at::Tensor load_image(const std::filesystem::path& path, const ImagePreprocess& pre);
+
+}  // namespace engram

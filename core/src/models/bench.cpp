@@ -1,0 +1,75 @@
+#include "engram/bench.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+
+#include "engram/model.h"
+
+namespace engram {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+void sync(c10::Device device, const at::Tensor& t) {
+    if (device.is_cuda()) (void)t.sum().item<float>();  // waits for the queue
+}
+
+double measure_matmul_peak(c10::Device device) {
+    const int64_t n = device.is_cuda() ? 8192 : 2048;
+    at::Tensor a = at::randn({n, n}, at::TensorOptions().device(device));
+    at::Tensor b = at::randn({n, n}, at::TensorOptions().device(device));
+    at::Tensor c = at::matmul(a, b);  // warm-up
+    sync(device, c);
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        auto t0 = Clock::now();
+        c = at::matmul(a, b);
+        sync(device, c);
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        best = std::max(best, 2.0 * double(n) * n * n / s / 1e9);
+    }
+    return best;
+}
+}  // namespace
+
+ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device) {
+    c10::InferenceMode guard;
+    HParams hp;
+    hp.n_layer = 12;
+    hp.n_embd = 768;
+    hp.n_head = hp.n_head_kv = 12;
+    hp.head_dim = 64;
+    hp.n_ff = 3072;
+    hp.n_vocab = 50257;
+    hp.n_ctx = 1024;
+    hp.attn_qkv_bias = hp.attn_out_bias = hp.mlp_bias = true;
+    auto model = Model::random(Arch::Gpt2, hp, 1234);
+    model->to(device);
+
+    ForwardBenchResult r;
+    r.parameters = model->parameter_count();
+    r.batch = batch;
+    r.seq = seq;
+    r.iterations = iterations;
+    const double tokens = double(batch) * seq;
+    const double per_layer = 2.0 * tokens * (4.0 * hp.n_embd * hp.n_embd + 2.0 * hp.n_embd * hp.n_ff) +
+                             2.0 * 2.0 * double(batch) * hp.n_head * seq * seq * hp.head_dim;
+    r.flops_per_forward = hp.n_layer * per_layer + 2.0 * tokens * hp.n_embd * hp.n_vocab;
+
+    ForwardInput in;
+    in.input_ids = at::randint(0, hp.n_vocab, {batch, seq}, at::TensorOptions().dtype(at::kLong).device(device));
+    at::Tensor out = model->forward(in).logits;  // warm-up
+    sync(device, out);
+    auto t0 = Clock::now();
+    for (int64_t i = 0; i < iterations; ++i) out = model->forward(in).logits;
+    sync(device, out);
+    r.seconds_per_forward = std::chrono::duration<double>(Clock::now() - t0).count() / double(iterations);
+    r.tokens_per_second = tokens / r.seconds_per_forward;
+    r.forward_gflops = r.flops_per_forward / r.seconds_per_forward / 1e9;
+    r.matmul_peak_gflops = measure_matmul_peak(device);
+    return r;
+}
+
+}  // namespace engram

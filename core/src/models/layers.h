@@ -1,0 +1,47 @@
+// Shared building blocks of the forward passes. Shapes: B batch, T new positions, Tk key positions
+// (n_past + T), H heads, Hkv key/value heads, hd head_dim.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "engram/hooks.h"
+#include "engram/model.h"
+
+namespace engram::layers {
+
+at::Tensor activation(const at::Tensor& x, const std::string& name);
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+// Additive attention bias [B, 1, T, Tk]: 0 where query t may see key j, a large negative value
+// elsewhere (causal, the key padding mask, and a sliding window when window > 0). The mask may
+// cover the new positions only ([B, T]) or past and new ([B, Tk]); undefined means all ones.
+at::Tensor attention_bias(int64_t batch, int64_t t_new, int64_t n_past, const at::Tensor& attention_mask,
+                          bool causal, int64_t window, const at::TensorOptions& options);
+
+// Rotary tables for positions [n_past, n_past + T): cos/sin [T, rotary_dim/2].
+struct Rotary {
+    at::Tensor cos, sin;
+};
+Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int64_t t_new, const at::TensorOptions& options);
+// LLaMA layout: x [B, H, T, hd], the first rotary_dim dims rotated in two halves.
+at::Tensor apply_rope_half(const at::Tensor& x, const Rotary& rot);
+// GPT-J layout: x [B, T, H, hd], the first rotary_dim dims rotated in interleaved pairs.
+at::Tensor apply_rope_interleaved(const at::Tensor& x, const Rotary& rot);
+
+// softmax(q k^T * scale + bias) v with the AttnProbs and HeadOut hooks.
+// q [B, H, T, hd]; k, v [B, Hkv, Tk, hd] (repeated for grouped-query attention).
+// Returns the concatenated heads [B, T, H*hd].
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                     double scale, Hooks* hooks, int layer);
+
+// Appends the new keys/values to the cache (when there is one) and returns the full k, v.
+std::pair<at::Tensor, at::Tensor> update_cache(KvCache* cache, int layer, int64_t n_layer, at::Tensor k, at::Tensor v);
+
+// Logits from the final hidden states h [B, T, n_embd]: all positions, or each row's last real one.
+at::Tensor project_logits(const at::Tensor& h, const ForwardInput& input, const at::Tensor& out_w, const at::Tensor& out_b);
+
+// [B, T] positions of the new tokens.
+int64_t past_length(const KvCache* cache);
+
+}  // namespace engram::layers

@@ -1,0 +1,127 @@
+// ViT (ViTForImageClassification).
+//
+// Patch embedding (a strided convolution), a CLS token, learned position embeddings, pre-LN
+// encoder blocks with exact GELU, a final layernorm, and a classifier on the CLS position.
+// The encoder is not causal and has no padding; hook sites are the decoders' (MlpKey is the
+// input of output.dense).
+#include "arch/arch.h"
+#include "engram/error.h"
+#include "models/layers.h"
+
+namespace engram {
+
+namespace {
+
+HParams vit_hparams(const nlohmann::json& c) {
+    HParams hp;
+    hp.n_layer = config_int(c, "num_hidden_layers");
+    hp.n_embd = config_int(c, "hidden_size");
+    hp.n_head = config_int(c, "num_attention_heads");
+    hp.n_head_kv = hp.n_head;
+    if (hp.n_head <= 0 || hp.n_embd % hp.n_head != 0)
+        throw Error(ErrorKind::Config, "config.json: hidden_size must be a multiple of num_attention_heads");
+    hp.head_dim = hp.n_embd / hp.n_head;
+    hp.n_ff = config_int(c, "intermediate_size");
+    hp.norm_eps = config_double_or(c, "layer_norm_eps", 1e-12);
+    hp.activation = config_string_or(c, "hidden_act", "gelu");
+    hp.image_size = config_int_or(c, "image_size", 224);
+    hp.patch_size = config_int_or(c, "patch_size", 16);
+    hp.n_channels = config_int_or(c, "num_channels", 3);
+    if (hp.patch_size <= 0 || hp.image_size % hp.patch_size != 0)
+        throw Error(ErrorKind::Config, "config.json: image_size must be a multiple of patch_size");
+    const int64_t side = hp.image_size / hp.patch_size;
+    hp.n_ctx = side * side + 1;
+    hp.attn_qkv_bias = config_bool_or(c, "qkv_bias", true);
+    hp.attn_out_bias = hp.mlp_bias = true;
+    auto labels = c.find("id2label");
+    hp.n_labels = labels != c.end() && labels->is_object() ? static_cast<int64_t>(labels->size())
+                                                           : config_int_or(c, "num_labels", 2);
+    hp.n_vocab = hp.n_labels;
+    hp.tied_output = false;
+    return hp;
+}
+
+using V = std::vector<int64_t>;
+
+ForwardOutput vit_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache*) {
+    const HParams& hp = m.hparams();
+    const auto& g = m.globals;
+    if (!in.pixel_values.defined()) throw Error(ErrorKind::Argument, "ViT forward needs pixel_values");
+    at::Tensor px = in.pixel_values.to(m.device()).to(g[size_t(Slot::PatchEmbd)].scalar_type());
+    if (px.dim() != 4 || px.size(1) != hp.n_channels || px.size(2) != hp.image_size || px.size(3) != hp.image_size)
+        throw Error(ErrorKind::Argument, "pixel_values must be [batch, " + std::to_string(hp.n_channels) + ", " +
+                                             std::to_string(hp.image_size) + ", " + std::to_string(hp.image_size) + "]");
+    const int64_t B = px.size(0);
+    at::Tensor patches = at::conv2d(px, g[size_t(Slot::PatchEmbd)], g[size_t(Slot::PatchEmbdB)], {hp.patch_size, hp.patch_size});
+    patches = patches.flatten(2).transpose(1, 2);  // [B, n_patches, n_embd]
+    at::Tensor h = at::cat({g[size_t(Slot::ClsToken)].expand({B, 1, hp.n_embd}), patches}, 1) + g[size_t(Slot::PosEmbd)];
+    hook(hooks, Site::Embed, 0, h);  // [B, T, n_embd], T = n_patches + 1
+    const int64_t T = h.size(1);
+    at::Tensor bias = at::zeros({1, 1, T, T}, h.options());
+
+    for (int il = 0; il < hp.n_layer; ++il) {
+        const SlotTensors& L = m.layers[il];
+        auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+
+        at::Tensor x = layers::layer_norm(h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
+        at::Tensor q = at::linear(x, w(Slot::AttnQ), w(Slot::AttnQB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+        at::Tensor k = at::linear(x, w(Slot::AttnK), w(Slot::AttnKB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+        at::Tensor v = at::linear(x, w(Slot::AttnV), w(Slot::AttnVB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+        at::Tensor heads = layers::attention(q, k, v, bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
+        at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
+        hook(hooks, Site::AttnOut, il, attn_out);
+        h = h + attn_out;
+
+        x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
+        at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
+        hook(hooks, Site::MlpKey, il, key);
+        at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+        hook(hooks, Site::MlpOut, il, mlp_out);
+        h = h + mlp_out;
+        hook(hooks, Site::BlockOut, il, h);
+    }
+    h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
+    at::Tensor cls = h.select(1, 0);  // [B, n_embd]
+    return {at::linear(cls, g[size_t(Slot::Output)], g[size_t(Slot::OutputB)])};
+}
+
+bool qkv_bias(const HParams& h) { return h.attn_qkv_bias; }
+
+}  // namespace
+
+const Family kVitFamily{
+    Arch::Vit,
+    {"ViTForImageClassification"},
+    "vit.",
+    vit_hparams,
+    {
+        {Slot::PatchEmbd, false, "embeddings.patch_embeddings.projection.weight", Layout::AsIs,
+         [](const HParams& h) { return V{h.n_embd, h.n_channels, h.patch_size, h.patch_size}; }},
+        {Slot::PatchEmbdB, false, "embeddings.patch_embeddings.projection.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::ClsToken, false, "embeddings.cls_token", Layout::AsIs, [](const HParams& h) { return V{1, 1, h.n_embd}; }},
+        {Slot::PosEmbd, false, "embeddings.position_embeddings", Layout::AsIs, [](const HParams& h) { return V{1, h.n_ctx, h.n_embd}; }},
+        {Slot::AttnNorm, true, "encoder.layer.{L}.layernorm_before.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::AttnNormB, true, "encoder.layer.{L}.layernorm_before.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::AttnQ, true, "encoder.layer.{L}.attention.attention.query.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd, h.n_embd}; }},
+        {Slot::AttnQB, true, "encoder.layer.{L}.attention.attention.query.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }, qkv_bias},
+        {Slot::AttnK, true, "encoder.layer.{L}.attention.attention.key.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd, h.n_embd}; }},
+        {Slot::AttnKB, true, "encoder.layer.{L}.attention.attention.key.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }, qkv_bias},
+        {Slot::AttnV, true, "encoder.layer.{L}.attention.attention.value.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd, h.n_embd}; }},
+        {Slot::AttnVB, true, "encoder.layer.{L}.attention.attention.value.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }, qkv_bias},
+        {Slot::AttnOut, true, "encoder.layer.{L}.attention.output.dense.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd, h.n_embd}; }},
+        {Slot::AttnOutB, true, "encoder.layer.{L}.attention.output.dense.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::FfnNorm, true, "encoder.layer.{L}.layernorm_after.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::FfnNormB, true, "encoder.layer.{L}.layernorm_after.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::FfnUp, true, "encoder.layer.{L}.intermediate.dense.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_ff, h.n_embd}; }},
+        {Slot::FfnUpB, true, "encoder.layer.{L}.intermediate.dense.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_ff}; }},
+        {Slot::FfnDown, true, "encoder.layer.{L}.output.dense.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd, h.n_ff}; }},
+        {Slot::FfnDownB, true, "encoder.layer.{L}.output.dense.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::OutNorm, false, "layernorm.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::OutNormB, false, "layernorm.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
+        {Slot::Output, false, "/classifier.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_labels, h.n_embd}; }},
+        {Slot::OutputB, false, "/classifier.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_labels}; }},
+    },
+    vit_forward,
+};
+
+}  // namespace engram
