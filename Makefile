@@ -1,0 +1,38 @@
+# The two commands of the README. Each installs what is missing, configures, builds, and then
+# runs the main job (`make run`) or the whole test suite through CTest (`make test`).
+#
+#   make run      the GUI on the built-in demo model, or a headless tour without a display
+#   make test     every test (labels: unit, reference, fuzz; slow suites at reduced size)
+
+BUILD      ?= build
+GENERATOR  ?= Ninja
+JOBS       ?= $(shell nproc)
+CMAKE_ARGS ?=
+
+.PHONY: run test deps configure build fuzz clean
+
+deps:
+	./scripts/install-deps.sh
+
+configure: deps
+	cmake -S . -B $(BUILD) -G $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/app/cli/engram-cli tour
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) fuzz
+
+# libFuzzer targets need clang; they get their own build folder and run for a short time each.
+fuzz: deps
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -G $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DENGRAM_BUILD_FUZZERS=ON -DENGRAM_BUILD_QT=OFF -DENGRAM_BUILD_TESTS=ON $(CMAKE_ARGS)
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target engram_fuzzers
+	cd $(BUILD)-fuzz && ctest --output-on-failure -L fuzz
+
+clean:
+	rm -rf $(BUILD) $(BUILD)-fuzz
