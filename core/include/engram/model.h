@@ -140,6 +140,7 @@ public:
 
 private:
     friend struct ModelLoader;
+    friend void save_checkpoint(const Model&, const std::filesystem::path&, DType);
     Model() = default;
     Arch arch_ = Arch::Gpt2;
     std::string arch_name_;
@@ -154,6 +155,9 @@ private:
     ImagePreprocess preprocess_;
 };
 
+// The HF class names (config.json "architectures") that Model::load accepts.
+std::vector<std::string> supported_architectures();
+
 struct GenerateOptions {
     int64_t max_new_tokens = 20;
     int64_t top_k = 0;  // 0 or 1: greedy; otherwise sample from the k most likely (temperature 1)
@@ -163,6 +167,11 @@ struct GenerateOptions {
 
 // Prompt ids in, prompt + new ids out; uses a KV cache so each new token costs one position.
 std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& prompt, const GenerateOptions& options);
+
+// Writes the model as a HF checkpoint folder: config.json plus model.safetensors in the family's
+// own tensor names and layout (GPT-2's Conv1D weights transposed back), stored as `storage`
+// (F32, F16 or BF16). The folder is created; existing files of those names are replaced.
+void save_checkpoint(const Model& model, const std::filesystem::path& dir, DType storage = DType::F32);
 
 // Loads an image file (PNG/JPEG/BMP/...) and applies the model's preprocessing: [1, C, H, W].
 at::Tensor load_image(const std::filesystem::path& path, const ImagePreprocess& pre);

@@ -28,6 +28,8 @@ std::vector<std::string> supported_classes() {
     return out;
 }
 
+std::vector<std::string> supported_architectures() { return supported_classes(); }
+
 namespace {
 const nlohmann::json* find_non_null(const nlohmann::json& c, const char* key) {
     auto it = c.find(key);

@@ -38,6 +38,8 @@ struct Family {
     HParams (*read_hparams)(const nlohmann::json& config);
     std::vector<TensorSpec> tensors;
     ForwardFn forward;
+    // The config.json that read_hparams turns back into the same HParams (for saving checkpoints).
+    nlohmann::json (*write_config)(const HParams&);
 };
 
 extern const Family kGpt2Family;

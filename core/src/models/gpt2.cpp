@@ -74,6 +74,13 @@ ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
     return {layers::project_logits(h, in, g[size_t(Slot::Output)], at::Tensor())};
 }
 
+nlohmann::json gpt2_config(const HParams& hp) {
+    return {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"n_layer", hp.n_layer}, {"n_embd", hp.n_embd},
+            {"n_head", hp.n_head}, {"n_inner", hp.n_ff}, {"vocab_size", hp.n_vocab}, {"n_positions", hp.n_ctx},
+            {"layer_norm_epsilon", hp.norm_eps}, {"activation_function", hp.activation},
+            {"scale_attn_by_inverse_layer_idx", hp.scale_attn_by_inverse_layer_idx}, {"tie_word_embeddings", true}};
+}
+
 }  // namespace
 
 const Family kGpt2Family{
@@ -100,6 +107,7 @@ const Family kGpt2Family{
         {Slot::OutNormB, false, "ln_f.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
     },
     gpt2_forward,
+    gpt2_config,
 };
 
 }  // namespace engram

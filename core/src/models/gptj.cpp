@@ -75,6 +75,13 @@ ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
 
 bool untied(const HParams& h) { return !h.tied_output; }
 
+nlohmann::json gptj_config(const HParams& hp) {
+    return {{"architectures", {"GPTJForCausalLM"}}, {"model_type", "gptj"}, {"n_layer", hp.n_layer}, {"n_embd", hp.n_embd},
+            {"n_head", hp.n_head}, {"n_inner", hp.n_ff}, {"vocab_size", hp.n_vocab}, {"n_positions", hp.n_ctx},
+            {"rotary_dim", hp.rotary_dim}, {"layer_norm_epsilon", hp.norm_eps}, {"activation_function", hp.activation},
+            {"tie_word_embeddings", hp.tied_output}};
+}
+
 }  // namespace
 
 const Family kGptjFamily{
@@ -101,6 +108,7 @@ const Family kGptjFamily{
         {Slot::OutputB, false, "/lm_head.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab}; }, untied},
     },
     gptj_forward,
+    gptj_config,
 };
 
 }  // namespace engram

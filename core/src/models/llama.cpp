@@ -87,6 +87,21 @@ bool out_bias(const HParams& h) { return h.attn_out_bias; }
 bool mlp_bias(const HParams& h) { return h.mlp_bias; }
 bool untied(const HParams& h) { return !h.tied_output; }
 
+nlohmann::json llama_config(const HParams& hp) {
+    nlohmann::json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"num_hidden_layers", hp.n_layer},
+                        {"hidden_size", hp.n_embd}, {"num_attention_heads", hp.n_head}, {"num_key_value_heads", hp.n_head_kv},
+                        {"head_dim", hp.head_dim}, {"intermediate_size", hp.n_ff}, {"vocab_size", hp.n_vocab},
+                        {"max_position_embeddings", hp.n_ctx}, {"rms_norm_eps", hp.norm_eps}, {"hidden_act", hp.activation},
+                        {"tie_word_embeddings", hp.tied_output}, {"attention_bias", hp.attn_qkv_bias}, {"mlp_bias", hp.mlp_bias},
+                        {"rope_theta", hp.rope_theta}};
+    if (hp.rope_type == RopeType::Linear) c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", hp.rope_factor}};
+    if (hp.rope_type == RopeType::Llama3)
+        c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", hp.rope_factor}, {"low_freq_factor", hp.rope_low_freq_factor},
+                             {"high_freq_factor", hp.rope_high_freq_factor}, {"original_max_position_embeddings", hp.rope_original_max_pos}};
+    if (hp.sliding_window > 0) c["sliding_window"] = hp.sliding_window;
+    return c;
+}
+
 }  // namespace
 
 const Family kLlamaFamily{
@@ -116,6 +131,7 @@ const Family kLlamaFamily{
         {Slot::Output, false, "/lm_head.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }, untied},
     },
     llama_forward,
+    llama_config,
 };
 
 }  // namespace engram

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <fstream>
 #include <random>
 #include <set>
 
@@ -207,7 +208,43 @@ std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed
     }
     if (hp.tied_output && !model->globals[size_t(Slot::Output)].defined())
         model->globals[size_t(Slot::Output)] = model->globals[size_t(Slot::TokEmbd)];
+    for (int64_t i = 0; i < (arch == Arch::Vit ? hp.n_labels : 0); ++i) model->labels_.push_back("LABEL_" + std::to_string(i));
+    model->preprocess_.height = model->preprocess_.width = hp.image_size;
     return model;
+}
+
+void save_checkpoint(const Model& model, const fs::path& dir, DType storage) {
+    if (storage != DType::F32 && storage != DType::F16 && storage != DType::BF16)
+        throw Error(ErrorKind::Argument, "checkpoints are stored as F32, F16 or BF16");
+    const Family& fam = family_of(model.arch());
+    const HParams& hp = model.hparams();
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw Error(ErrorKind::Io, dir.string() + ": cannot create folder (" + ec.message() + ")");
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const TensorSpec& spec : fam.tensors) {
+        if (spec.present && !spec.present(hp)) continue;
+        const int n = spec.per_layer ? static_cast<int>(hp.n_layer) : 1;
+        for (int il = 0; il < n; ++il) {
+            at::Tensor t = model.weight(spec.slot, spec.per_layer ? il : -1);
+            if (!t.defined()) continue;
+            if (spec.layout == Layout::Conv1D) t = t.t();
+            tensors.emplace_back(candidates(fam, spec.name, il)[0], t.to(at::kCPU).to(to_scalar_type(storage)).contiguous());
+        }
+    }
+    nlohmann::json config = fam.write_config(hp);
+    if (model.arch() == Arch::Vit) {
+        nlohmann::json labels = nlohmann::json::object();
+        for (size_t i = 0; i < model.labels().size(); ++i) labels[std::to_string(i)] = model.labels()[i];
+        config["id2label"] = labels;
+    }
+    config["dtype"] = storage == DType::F32 ? "float32" : storage == DType::F16 ? "float16" : "bfloat16";
+    config["producer"] = "engram";
+    write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+    const fs::path config_path = dir / "config.json";
+    std::ofstream out(config_path);
+    out << config.dump(2) << "\n";
+    if (!out) throw Error(ErrorKind::Io, config_path.string() + ": cannot write");
 }
 
 Model::~Model() = default;

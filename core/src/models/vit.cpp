@@ -87,6 +87,15 @@ ForwardOutput vit_forward(const Model& m, const ForwardInput& in, Hooks* hooks, 
 
 bool qkv_bias(const HParams& h) { return h.attn_qkv_bias; }
 
+nlohmann::json vit_config(const HParams& hp) {
+    nlohmann::json labels = nlohmann::json::object();
+    for (int64_t i = 0; i < hp.n_labels; ++i) labels[std::to_string(i)] = "LABEL_" + std::to_string(i);
+    return {{"architectures", {"ViTForImageClassification"}}, {"model_type", "vit"}, {"num_hidden_layers", hp.n_layer},
+            {"hidden_size", hp.n_embd}, {"num_attention_heads", hp.n_head}, {"intermediate_size", hp.n_ff},
+            {"layer_norm_eps", hp.norm_eps}, {"hidden_act", hp.activation}, {"image_size", hp.image_size},
+            {"patch_size", hp.patch_size}, {"num_channels", hp.n_channels}, {"qkv_bias", hp.attn_qkv_bias}, {"id2label", labels}};
+}
+
 }  // namespace
 
 const Family kVitFamily{
@@ -122,6 +131,7 @@ const Family kVitFamily{
         {Slot::OutputB, false, "/classifier.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_labels}; }},
     },
     vit_forward,
+    vit_config,
 };
 
 }  // namespace engram
