@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -249,8 +250,22 @@ int cmd_classify(const Argv& argv) {
 
 int cmd_bench(const Argv& argv) {
     Args args(argv, {}, {"batch", "seq", "iters", "device"});
+    if (args.positional().size() == 1 && args.positional()[0] == "load") {
+        const fs::path dir = fs::temp_directory_path() / ("engram-bench-load-" + std::to_string(::getpid()));
+        std::cout << "bench load: a random GPT-2-small-shaped F32 checkpoint written to " << dir.string() << "\n";
+        LoadBenchResult r = bench_load(dir.string());
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+        std::cout << std::fixed << std::setprecision(1) << "  checkpoint             " << r.checkpoint_mb << " MB\n"
+                  << "  load (mmap, checks)    " << r.load_ms << " ms (target < 1000 ms)\n"
+                  << "  fingerprint, first     " << r.fingerprint_ms << " ms (" << r.checkpoint_mb / r.fingerprint_ms * 1e3 / 1e3
+                  << " GB/s)\n"
+                  << "  load + fingerprint, cached " << r.cached_fingerprint_ms << " ms\n"
+                  << "  first forward (8 tokens) " << r.first_forward_ms << " ms\n";
+        return 0;
+    }
     if (args.positional().size() != 1 || args.positional()[0] != "forward")
-        throw Error(ErrorKind::Argument, "usage: engram-cli bench forward [--batch B --seq T --iters N --device D]");
+        throw Error(ErrorKind::Argument, "usage: engram-cli bench forward [--batch B --seq T --iters N --device D] | bench load");
     const c10::Device device = parse_device(args);
     const int64_t batch = args.integer("batch", 8, 1), seq = args.integer("seq", 128, 1), iters = args.integer("iters", 3, 1);
     if (seq > 1024) throw Error(ErrorKind::Argument, "--seq must be at most 1024 (GPT-2's context)");

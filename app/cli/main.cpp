@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "engram/error.h"
+#include "engram/runtime.h"
 
 namespace {
 
@@ -21,6 +22,7 @@ commands:
   generate  --model DIR --prompt P --max-new-tokens N [--top-k K --seed S] [--tokenizer DIR] [--device D]
   classify  --model DIR --image FILE... [--top-k K] [--json] [--device D]
   bench     forward [--batch B --seq T --iters N --device D]
+  bench     load     time loading a ~500 MB F32 checkpoint
   tour      [--model DIR]    a headless walk through what Engram can do
 
 D is cpu (default) or cuda[:N] when libtorch was built with CUDA.
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
     for (const Command& c : kCommands) {
         if (name != c.name) continue;
         try {
+            engram::init_runtime();
             return c.run(rest);
         } catch (const engram::Error& e) {
             std::cerr << "engram-cli " << name << ": error: " << e.what() << "\n";

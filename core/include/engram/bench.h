@@ -23,4 +23,15 @@ struct ForwardBenchResult {
 // mixing, and the LM head.
 ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device);
 
+struct LoadBenchResult {
+    double checkpoint_mb = 0;
+    double load_ms = 0;               // Model::load: mmap, header checks, shape checks, views
+    double fingerprint_ms = 0;        // first fingerprint: SHA-256 over every byte
+    double cached_fingerprint_ms = 0; // second one: from the cache
+    double first_forward_ms = 0;      // one short forward right after loading (pages the weights in)
+};
+
+// Writes a GPT-2-small-shaped random checkpoint (F32, ~500 MB) into `dir`, then times loading it.
+LoadBenchResult bench_load(const std::string& dir);
+
 }  // namespace engram

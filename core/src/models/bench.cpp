@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "engram/checkpoint.h"
 #include "engram/model.h"
 
 namespace engram {
@@ -34,8 +35,8 @@ double measure_matmul_peak(c10::Device device) {
 }
 }  // namespace
 
-ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device) {
-    c10::InferenceMode guard;
+namespace {
+HParams gpt2_small() {
     HParams hp;
     hp.n_layer = 12;
     hp.n_embd = 768;
@@ -45,6 +46,40 @@ ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations,
     hp.n_vocab = 50257;
     hp.n_ctx = 1024;
     hp.attn_qkv_bias = hp.attn_out_bias = hp.mlp_bias = true;
+    return hp;
+}
+}  // namespace
+
+LoadBenchResult bench_load(const std::string& dir) {
+    LoadBenchResult r;
+    {
+        auto made = Model::random(Arch::Gpt2, gpt2_small(), 99);
+        save_checkpoint(*made, dir, DType::F32);
+    }
+    auto ms = [](Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); };
+    auto t0 = Clock::now();
+    auto model = Model::load(dir);
+    r.load_ms = ms(t0);
+    r.checkpoint_mb = double(model->checkpoint()->total_bytes()) / 1e6;
+    t0 = Clock::now();
+    (void)model->fingerprint();
+    r.fingerprint_ms = ms(t0);
+    t0 = Clock::now();
+    auto again = Model::load(dir);
+    (void)again->fingerprint();
+    r.cached_fingerprint_ms = ms(t0);
+    c10::InferenceMode guard;
+    ForwardInput in;
+    in.input_ids = at::zeros({1, 8}, at::kLong);
+    t0 = Clock::now();
+    (void)model->forward(in);
+    r.first_forward_ms = ms(t0);
+    return r;
+}
+
+ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device) {
+    c10::InferenceMode guard;
+    const HParams hp = gpt2_small();
     auto model = Model::random(Arch::Gpt2, hp, 1234);
     model->to(device);
 
