@@ -158,9 +158,9 @@ int cmd_forward(const Argv& argv) {
 
 int cmd_predict(const Argv& argv) {
     Args args(argv, {"json"}, with(kModelOptions, {"prompt", "prompts-file", "top-k"}));
+    const int64_t k = args.integer("top-k", 5, 1);  // arguments are checked before the model loads
     auto model = open_model(args);
     const Tokenizer& tok = need_tokenizer(*model);
-    const int64_t k = args.integer("top-k", 5, 1);
     std::vector<std::string> prompts = args.all("prompt");
     if (auto file = args.get("prompts-file")) {
         std::ifstream f(*file);
@@ -196,13 +196,13 @@ int cmd_predict(const Argv& argv) {
 
 int cmd_generate(const Argv& argv) {
     Args args(argv, {"json"}, with(kModelOptions, {"prompt", "max-new-tokens", "top-k", "seed"}));
-    auto model = open_model(args);
-    const Tokenizer& tok = need_tokenizer(*model);
     const std::string prompt = args.require("prompt");
     GenerateOptions opts;
     opts.max_new_tokens = args.integer("max-new-tokens", 20, 0);
     opts.top_k = args.integer("top-k", 0, 0);
     opts.seed = static_cast<uint64_t>(args.integer("seed", 0, 0));
+    auto model = open_model(args);
+    const Tokenizer& tok = need_tokenizer(*model);
     opts.stop_token = tok.eos_id();
     std::vector<int64_t> prompt_ids = encode_prompt(tok, prompt);
     std::vector<int64_t> ids = generate(*model, prompt_ids, opts);
@@ -217,11 +217,11 @@ int cmd_generate(const Argv& argv) {
 
 int cmd_classify(const Argv& argv) {
     Args args(argv, {"json"}, with(kModelOptions, {"image", "top-k"}));
-    auto model = open_model(args);
-    if (model->arch() != Arch::Vit) throw Error(ErrorKind::Argument, model->arch_name() + " is not an image classifier");
     const auto& images = args.all("image");
     if (images.empty()) throw Error(ErrorKind::Argument, "classify needs --image FILE");
     const int64_t k = args.integer("top-k", 5, 1);
+    auto model = open_model(args);
+    if (model->arch() != Arch::Vit) throw Error(ErrorKind::Argument, model->arch_name() + " is not an image classifier");
     ImagePreprocess pre = model->preprocess();
     pre.height = pre.width = model->hparams().image_size;  // the model only accepts its own size
     pre.do_resize = true;

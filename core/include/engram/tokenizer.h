@@ -31,6 +31,7 @@ public:
 
     // Added/special tokens present in the text are always recognised. add_special_tokens adds the
     // BOS/EOS that the tokenizer's post-processor (or SentencePiece's defaults) would add.
+    // Throws engram::Error(Argument) when `text` is not valid UTF-8.
     virtual Encoding encode(std::string_view text, bool add_special_tokens = false) const = 0;
     virtual std::string decode(const std::vector<int64_t>& ids,
                                bool skip_special_tokens = false) const = 0;
