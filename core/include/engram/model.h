@@ -132,11 +132,30 @@ public:
     // The HF tensor name of a slot (for exports and the edit store).
     std::string tensor_name(Slot slot, int layer = -1) const;
 
+    // Every weight the family uses, in table order (tied heads listed once, under the embedding).
+    struct WeightRef {
+        Slot slot;
+        int layer;  // -1 for global slots
+        std::string name;
+    };
+    std::vector<WeightRef> weight_refs() const;
+    // The slot holding an HF tensor name; nullopt if the model has no such weight.
+    std::optional<WeightRef> find_weight(const std::string& tensor_name) const;
+
+    // The immutable base: weights exactly as loaded (or as made by random()). Edits replace slot
+    // tensors with new ones and never write into these, so the base can always be restored.
+    const at::Tensor& base_weight(Slot slot, int layer = -1) const;
+    bool is_base(Slot slot, int layer = -1) const;  // still the very tensor that was loaded
+    void restore_base(Slot slot, int layer = -1);
+    void restore_all_base();
+
     ForwardOutput forward(const ForwardInput& input, Hooks* hooks = nullptr, KvCache* cache = nullptr) const;
 
     // Internal: the family tables fill these.
     SlotTensors globals;
     std::vector<SlotTensors> layers;
+    SlotTensors base_globals;  // snapshots of the above at load time (shared storage, no copies)
+    std::vector<SlotTensors> base_layers;
 
 private:
     friend struct ModelLoader;

@@ -150,6 +150,8 @@ struct ModelLoader {
             model->globals[size_t(Slot::Output)] = model->globals[size_t(Slot::TokEmbd)];
         model->device_ = options.device;
         model->checkpoint_ = std::move(ck);
+        model->base_globals = model->globals;
+        model->base_layers = model->layers;
 
         if (fam->arch == Arch::Vit) {
             model->labels_.assign(hp.n_labels, "");
@@ -208,6 +210,8 @@ std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed
     }
     if (hp.tied_output && !model->globals[size_t(Slot::Output)].defined())
         model->globals[size_t(Slot::Output)] = model->globals[size_t(Slot::TokEmbd)];
+    model->base_globals = model->globals;
+    model->base_layers = model->layers;
     for (int64_t i = 0; i < (arch == Arch::Vit ? hp.n_labels : 0); ++i) model->labels_.push_back("LABEL_" + std::to_string(i));
     model->preprocess_.height = model->preprocess_.width = hp.image_size;
     return model;
@@ -275,10 +279,48 @@ void Model::to(c10::Device device) {
         if (fresh) it->second = t.to(device);
         t = it->second;
     };
+    for (auto& t : base_globals) move(t);
+    for (auto& layer : base_layers)
+        for (auto& t : layer) move(t);
     for (auto& t : globals) move(t);
     for (auto& layer : layers)
         for (auto& t : layer) move(t);
     device_ = device;
+}
+
+std::vector<Model::WeightRef> Model::weight_refs() const {
+    const Family& fam = family_of(arch_);
+    std::vector<WeightRef> out;
+    for (const TensorSpec& spec : fam.tensors) {
+        const int n = spec.per_layer ? static_cast<int>(hparams_.n_layer) : 1;
+        for (int il = 0; il < n; ++il) {
+            const int layer = spec.per_layer ? il : -1;
+            if (!weight(spec.slot, layer).defined()) continue;
+            out.push_back({spec.slot, layer, tensor_name(spec.slot, layer)});
+        }
+    }
+    return out;
+}
+
+std::optional<Model::WeightRef> Model::find_weight(const std::string& name) const {
+    for (auto& ref : weight_refs())
+        if (ref.name == name) return ref;
+    return std::nullopt;
+}
+
+const at::Tensor& Model::base_weight(Slot slot, int layer) const {
+    if (layer < 0) return base_globals[size_t(slot)];
+    if (layer >= static_cast<int>(base_layers.size())) throw Error(ErrorKind::Argument, "layer " + std::to_string(layer) + " out of range");
+    return base_layers[layer][size_t(slot)];
+}
+
+bool Model::is_base(Slot slot, int layer) const { return weight(slot, layer).is_same(base_weight(slot, layer)); }
+
+void Model::restore_base(Slot slot, int layer) { weight(slot, layer) = base_weight(slot, layer); }
+
+void Model::restore_all_base() {
+    globals = base_globals;
+    layers = base_layers;
 }
 
 void Model::set_tokenizer(std::unique_ptr<Tokenizer> tokenizer) { tokenizer_ = std::move(tokenizer); }
