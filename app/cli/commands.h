@@ -15,5 +15,6 @@ int cmd_generate(const Argv& argv);
 int cmd_classify(const Argv& argv);
 int cmd_bench(const Argv& argv);
 int cmd_tour(const Argv& argv);
+int cmd_demo(const Argv& argv);
 
 }  // namespace engram::cli

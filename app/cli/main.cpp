@@ -23,6 +23,7 @@ commands:
   classify  --model DIR --image FILE... [--top-k K] [--json] [--device D]
   bench     forward [--batch B --seq T --iters N --device D]
   bench     load     time loading a ~500 MB F32 checkpoint
+  demo      train --world facts|shapes [--quick] [--out DIR] | info | data ...
   tour      [--model DIR]    a headless walk through what Engram can do
 
 D is cpu (default) or cuda[:N] when libtorch was built with CUDA.
@@ -37,6 +38,7 @@ constexpr Command kCommands[] = {
     {"info", engram::cli::cmd_info},         {"tokenize", engram::cli::cmd_tokenize}, {"forward", engram::cli::cmd_forward},
     {"predict", engram::cli::cmd_predict},   {"generate", engram::cli::cmd_generate}, {"classify", engram::cli::cmd_classify},
     {"bench", engram::cli::cmd_bench},       {"tour", engram::cli::cmd_tour},
+    {"demo", engram::cli::cmd_demo},
 };
 
 }  // namespace

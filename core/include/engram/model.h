@@ -105,7 +105,10 @@ class Model {
 public:
     static std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options = {});
     // Random weights for a given shape (benchmarks, demo training). Normal(0, 0.02), norms at 1.
-    static std::unique_ptr<Model> random(Arch arch, const HParams& hparams, uint64_t seed);
+    // trainable: every weight is a leaf that requires grad (created outside InferenceMode).
+    static std::unique_ptr<Model> random(Arch arch, const HParams& hparams, uint64_t seed, bool trainable = false);
+    // The distinct weight tensors (a tied head once): what an optimiser updates.
+    std::vector<at::Tensor> parameters() const;
     ~Model();
 
     Arch arch() const { return arch_; }

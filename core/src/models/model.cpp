@@ -186,7 +186,7 @@ std::unique_ptr<Model> Model::load(const fs::path& dir, const LoadOptions& optio
     }
 }
 
-std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed) {
+std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed, bool trainable) {
     const Family& fam = family_of(arch);
     auto model = std::unique_ptr<Model>(new Model());
     model->arch_ = arch;
@@ -194,17 +194,18 @@ std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed
     model->hparams_ = hp;
     model->layers.resize(hp.n_layer);
     at::Generator gen = at::detail::createCPUGenerator(seed);
-    c10::InferenceMode guard;
+    c10::InferenceMode guard(!trainable);
     for (const TensorSpec& spec : fam.tensors) {
         if (spec.present && !spec.present(hp)) continue;
         const int n = spec.per_layer ? static_cast<int>(hp.n_layer) : 1;
         for (int il = 0; il < n; ++il) {
             std::vector<int64_t> shape = spec.shape(hp);
+            if (spec.layout == Layout::Conv1D) std::reverse(shape.begin(), shape.end());  // held as [out, in]
             const std::string name = slot_name(spec.slot);
             const bool is_norm = spec.slot == Slot::AttnNorm || spec.slot == Slot::FfnNorm || spec.slot == Slot::OutNorm;
             const bool is_bias = name.size() > 2 && name.substr(name.size() - 2) == "_b";
             at::Tensor t = is_norm ? at::ones(shape) : is_bias ? at::zeros(shape) : at::normal(0.0, 0.02, shape, gen);
-            if (spec.layout == Layout::Conv1D) t = t.t();
+            if (trainable) t.requires_grad_(true);
             (spec.per_layer ? model->layers[il] : model->globals)[size_t(spec.slot)] = t;
         }
     }
@@ -252,6 +253,18 @@ void save_checkpoint(const Model& model, const fs::path& dir, DType storage) {
 }
 
 Model::~Model() = default;
+
+std::vector<at::Tensor> Model::parameters() const {
+    std::vector<at::Tensor> out;
+    std::set<const void*> seen;
+    auto add = [&](const at::Tensor& t) {
+        if (t.defined() && seen.insert(t.unsafeGetTensorImpl()).second) out.push_back(t);
+    };
+    for (const auto& t : globals) add(t);
+    for (const auto& layer : layers)
+        for (const auto& t : layer) add(t);
+    return out;
+}
 
 int64_t Model::parameter_count() const {
     std::set<const void*> seen;  // a tied head is counted once

@@ -1,0 +1,106 @@
+// engram-cli demo: the built-in worlds (what they contain, their data, and rebuilding them).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+
+#include "args.h"
+#include "commands.h"
+#include "engram/demo.h"
+#include "engram/error.h"
+#include "engram/model.h"
+
+namespace engram::cli {
+
+namespace fs = std::filesystem;
+
+fs::path demo_resource_dir(const std::string& world) {
+    // Installed next to the binary (../share/engram/demo), or the source tree's resources/.
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    std::vector<fs::path> candidates;
+    if (const char* env = std::getenv("ENGRAM_RESOURCES"); env && *env) candidates.push_back(fs::path(env) / "demo" / world);
+    if (!ec) candidates.push_back(exe.parent_path().parent_path() / "share" / "engram" / "demo" / world);
+#ifdef ENGRAM_SOURCE_RESOURCES
+    candidates.push_back(fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / world);
+#endif
+    for (const auto& c : candidates)
+        if (fs::exists(c / "config.json")) return c;
+    throw Error(ErrorKind::Io, "the built-in " + world + " model was not found (looked in " +
+                                   (candidates.empty() ? std::string("nothing") : candidates.back().string()) + ")");
+}
+
+namespace {
+
+int demo_train(const Args& args) {
+    const std::string world_name = args.require("world");
+    const bool quick = args.flag("quick");
+    if (world_name != "facts") throw Error(ErrorKind::Argument, "--world must be facts or shapes (shapes: not yet available)");
+    demo::FactWorldOptions wo;
+    wo.seed = static_cast<uint64_t>(args.integer("seed", 1234, 0));
+    demo::FactWorld world = demo::generate_fact_world(wo);
+    demo::LmTrainOptions o;
+    o.seed = wo.seed;
+    o.steps = args.integer("steps", quick ? 60 : o.steps, 1);
+    if (quick) {
+        o.n_layer = 2;
+        o.n_embd = 64;
+        o.batch = 16;
+        o.warmup = 10;
+    }
+    const fs::path out = args.get("out").value_or(quick ? (fs::temp_directory_path() / "engram-factworld-quick").string() : "factworld");
+    std::cout << "Fact World (seed " << wo.seed << ", hash " << world.hash().substr(0, 16) << "): " << world.entities.size() << " entities, "
+              << world.facts.size() << " facts, " << world.relations.size() << " relations\n"
+              << "training " << o.n_layer << " layers x " << o.n_embd << " for " << o.steps << " steps of " << o.batch << " x " << o.n_ctx
+              << " tokens (" << at::get_num_threads() << " threads)\n";
+    auto report = [](const demo::TrainProgress& p) {
+        std::cout << "  step " << std::setw(5) << p.step << "/" << p.total_steps << "  loss " << std::fixed << std::setprecision(4) << p.loss
+                  << "  lr " << std::scientific << std::setprecision(2) << p.lr << std::fixed << "  elapsed " << std::setprecision(0)
+                  << p.elapsed_s << " s  eta " << p.eta_s << " s" << std::endl;
+    };
+    demo::LmTrainResult r = demo::train_fact_lm(world, o, out, report);
+    demo::write_fact_world_files(world, out);
+    auto model = Model::load(out);
+    demo::FactAccuracy acc = demo::evaluate_fact_accuracy(*model, world);
+    std::cout << std::setprecision(1) << "trained in " << r.seconds << " s; loss " << std::setprecision(4) << r.first_loss << " -> "
+              << r.final_loss << "\n"
+              << "fact accuracy (top-1 first word, every template): " << std::setprecision(2) << 100.0 * acc.accuracy() << "% of "
+              << acc.prompts << " prompts\n";
+    for (const auto& [rel, c] : acc.per_relation)
+        std::cout << "  " << std::left << std::setw(18) << rel << std::right << std::setprecision(2) << 100.0 * double(c.first) / double(c.second)
+                  << "%\n";
+    std::cout << "held-out perplexity: " << std::setprecision(3) << demo::held_out_perplexity(*model, world) << "\n"
+              << "wrote " << out.string() << "\n";
+    return 0;
+}
+
+int demo_info(const Args&) {
+    demo::FactWorld world = demo::generate_fact_world();
+    std::cout << "Fact World (seed " << world.seed << ", hash " << world.hash() << ")\n";
+    std::map<std::string, int> by_type;
+    for (const auto& e : world.entities) by_type[demo::entity_type_name(e.type)]++;
+    for (const auto& [t, n] : by_type) std::cout << "  " << std::setw(4) << n << " " << t << "\n";
+    std::cout << "  " << world.facts.size() << " facts over " << world.relations.size() << " relations:\n";
+    for (const auto& r : world.relations) std::cout << "    " << r.id << " " << r.name << (r.multi_valued ? " (multi-valued)" : "") << ": \"" << r.templates[0] << " ...\"\n";
+    try {
+        std::cout << "  model: " << demo_resource_dir("factworld").string() << "\n";
+    } catch (const Error& e) {
+        std::cout << "  " << e.what() << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+
+int cmd_demo(const Argv& argv) {
+    Args args(argv, {"quick", "json"}, {"world", "out", "seed", "steps", "split", "n"});
+    const auto& pos = args.positional();
+    if (pos.size() != 1) throw Error(ErrorKind::Argument, "usage: engram-cli demo train|info|data ...");
+    if (pos[0] == "train") return demo_train(args);
+    if (pos[0] == "info") return demo_info(args);
+    throw Error(ErrorKind::Argument, "unknown demo command '" + pos[0] + "' (train, info, data)");
+}
+
+}  // namespace engram::cli
