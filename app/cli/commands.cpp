@@ -42,7 +42,7 @@ c10::Device parse_device(const Args& args) {
 std::unique_ptr<Model> open_model(const Args& args) {
     LoadOptions opts;
     opts.device = parse_device(args);
-    auto model = Model::load(args.require("model"), opts);
+    auto model = args.has("db") ? open_project_model(args.require("db"), args.get("model"), opts) : Model::load(args.require("model"), opts);
     if (auto tok = args.get("tokenizer")) model->set_tokenizer(load_tokenizer(*tok));
     return model;
 }
@@ -60,7 +60,7 @@ std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& prom
     return ids;
 }
 
-const std::set<std::string> kModelOptions = {"model", "device", "tokenizer"};
+const std::set<std::string> kModelOptions = {"model", "device", "tokenizer", "db"};
 
 std::set<std::string> with(std::set<std::string> base, std::initializer_list<const char*> more) {
     for (const char* m : more) base.insert(m);

@@ -1,7 +1,14 @@
 #pragma once
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+namespace engram {
+class Model;
+struct LoadOptions;
+}  // namespace engram
 
 namespace engram::cli {
 
@@ -16,5 +23,21 @@ int cmd_classify(const Argv& argv);
 int cmd_bench(const Argv& argv);
 int cmd_tour(const Argv& argv);
 int cmd_demo(const Argv& argv);
+
+// Projects (store_commands.cpp).
+int cmd_edit(const Argv& argv);
+int cmd_history(const Argv& argv);
+int cmd_undo(const Argv& argv);
+int cmd_redo(const Argv& argv);
+int cmd_rollback(const Argv& argv);
+int cmd_revert(const Argv& argv);
+int cmd_replay(const Argv& argv);
+int cmd_hash(const Argv& argv);
+int cmd_export_model(const Argv& argv);
+int cmd_export_history(const Argv& argv);
+int cmd_import_history(const Argv& argv);
+// The base model of project `db` (from `model_dir`, else the recorded folder) with its active edits
+// replayed: what every --model command works on when --db is given.
+std::unique_ptr<Model> open_project_model(const std::string& db, const std::optional<std::string>& model_dir, const LoadOptions& options);
 
 }  // namespace engram::cli

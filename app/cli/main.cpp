@@ -26,6 +26,21 @@ commands:
   demo      train --world facts|shapes [--quick] [--out DIR] | info | data ...
   tour      [--model DIR]    a headless walk through what Engram can do
 
+projects (a *.engram file: the base model plus every edit, replayable bit for bit):
+  edit            --db F --model DIR --method synthetic --layer L [--rank R --seed S --scale X --artifact-kib N] [--json]
+                  (creates F when it does not exist; synthetic = a seeded random low-rank test delta)
+  history         --db F [--json] [--verify]
+  undo | redo     --db F
+  rollback        --db F --to N        back to the state right after edit N (0: the base model)
+  revert          --db F --edit N      revert one edit out of order; the others are replayed
+  replay          --db F --model DIR   replay the history onto another copy of the model and check every hash
+  hash            --model DIR [--db F] the state hash (base fingerprint + edited tensors); digest printed last
+  export-model    --db F --out DIR [--dtype F32|F16|BF16]
+  export-history  --db F --out FILE.json
+  import-history  --db F --in FILE.json [--model DIR]
+  Every --model command also takes --db F (then it runs on the edited model; --model defaults to
+  the project's recorded model folder).
+
 D is cpu (default) or cuda[:N] when libtorch was built with CUDA.
 )";
 
@@ -39,6 +54,10 @@ constexpr Command kCommands[] = {
     {"predict", engram::cli::cmd_predict},   {"generate", engram::cli::cmd_generate}, {"classify", engram::cli::cmd_classify},
     {"bench", engram::cli::cmd_bench},       {"tour", engram::cli::cmd_tour},
     {"demo", engram::cli::cmd_demo},
+    {"edit", engram::cli::cmd_edit},         {"history", engram::cli::cmd_history},   {"undo", engram::cli::cmd_undo},
+    {"redo", engram::cli::cmd_redo},         {"rollback", engram::cli::cmd_rollback}, {"revert", engram::cli::cmd_revert},
+    {"replay", engram::cli::cmd_replay},     {"hash", engram::cli::cmd_hash},         {"export-model", engram::cli::cmd_export_model},
+    {"export-history", engram::cli::cmd_export_history}, {"import-history", engram::cli::cmd_import_history},
 };
 
 }  // namespace

@@ -1,0 +1,979 @@
+// The project store (store.h): opening and creating project files, recording edits, and moving
+// the model between history states by restoring touched tensors from the base and replaying.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <set>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engram/checkpoint.h"
+#include "engram/error.h"
+#include "engram/sha256.h"
+#include "engram/store.h"
+#include "store/base64.h"
+#include "store/schema.h"
+#include "store/sqlite.h"
+
+namespace engram {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string now_iso() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                  tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    return buf;
+}
+
+std::string short_fp(const std::string& fp) { return fp.empty() ? "(none)" : fp.substr(0, 12) + "..."; }
+
+json parse_json(const std::string& text, const std::string& what) {
+    try {
+        return json::parse(text);
+    } catch (const json::exception& e) {
+        throw Error(ErrorKind::Format, what + ": malformed JSON (" + e.what() + ")");
+    }
+}
+
+std::vector<int64_t> parse_shape(const std::string& text, const std::string& what) {
+    json j = parse_json(text, what);
+    if (!j.is_array()) throw Error(ErrorKind::Format, what + ": shape is not a list");
+    std::vector<int64_t> shape;
+    for (const auto& v : j) {
+        if (!v.is_number_integer()) throw Error(ErrorKind::Format, what + ": shape holds a non-integer");
+        shape.push_back(v.get<int64_t>());
+    }
+    return shape;
+}
+
+DType parse_dtype(const std::string& name, const std::string& what) {
+    auto d = dtype_from_name(name);
+    if (!d) throw Error(ErrorKind::Format, what + ": unknown dtype '" + name + "'");
+    return *d;
+}
+
+DType dtype_of_tensor(const at::Tensor& t, const std::string& what) {
+    for (DType d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::Bool})
+        if (to_scalar_type(d) == t.scalar_type()) return d;
+    throw Error(ErrorKind::Argument, what + ": dtype " + std::string(c10::toString(t.scalar_type())) + " cannot be stored");
+}
+
+std::string checksum(const std::vector<uint8_t>& bytes) { return sha256_hex(bytes.data(), bytes.size()); }
+
+void verify_checksum(const std::vector<uint8_t>& bytes, const std::string& expected, const std::string& what) {
+    const std::string actual = checksum(bytes);
+    if (actual != expected)
+        throw Error(ErrorKind::Format, what + ": checksum mismatch (stored " + short_fp(expected) + ", bytes hash to " + short_fp(actual) +
+                                           "); the project file is damaged");
+}
+
+// The read-only attribute is honoured even for root, who could otherwise write through it.
+void refuse_read_only_file(const fs::path& file) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) return;  // reported by the open that follows
+    const bool no_write_bits = (st.st_mode & (S_IWUSR | S_IWGRP | S_IWOTH)) == 0;
+    if (no_write_bits || ::access(file.c_str(), W_OK) != 0)
+        throw Error(ErrorKind::Io, file.string() + ": the project file is read-only; nothing was changed (make it writable, or use "
+                                                   "a read-only command such as history, hash or export-model)");
+}
+
+// Slot tensors are handles: copying them is a cheap snapshot that restores the model exactly,
+// because edits never write into a tensor, they replace it.
+struct ModelSnapshot {
+    SlotTensors globals;
+    std::vector<SlotTensors> layers;
+    explicit ModelSnapshot(const Model& m) : globals(m.globals), layers(m.layers) {}
+    void restore(Model& m) const {
+        m.globals = globals;
+        m.layers = layers;
+    }
+};
+
+void restore_base_tensor(Model& model, const std::string& name) {
+    auto ref = model.find_weight(name);
+    if (!ref) throw Error(ErrorKind::Argument, "tensor '" + name + "': " + model.arch_name() + " has no such weight");
+    const bool tied_head = ref->slot == Slot::TokEmbd && model.hparams().tied_output && model.weight(Slot::Output).defined() &&
+                           model.weight(Slot::Output).is_same(model.weight(Slot::TokEmbd));
+    model.restore_base(ref->slot, ref->layer);
+    if (tied_head) model.restore_base(Slot::Output);
+}
+
+// What moving between history states needs to know about each edit, wherever the edits live
+// (the database, or a history being imported).
+struct EditIndex {
+    std::map<int64_t, int64_t> seq;                    // id -> seq
+    std::map<int64_t, std::set<std::string>> touched;  // id -> tensor names
+    std::map<int64_t, std::set<int64_t>> basis;        // id -> ids it was computed on
+    std::function<std::vector<Delta>(int64_t id, const std::set<std::string>* only)> deltas;
+
+    std::vector<int64_t> in_order(const std::set<int64_t>& ids) const {
+        std::vector<int64_t> v(ids.begin(), ids.end());
+        std::sort(v.begin(), v.end(), [&](int64_t a, int64_t b) { return seq.at(a) < seq.at(b); });
+        return v;
+    }
+    std::set<int64_t> state_after(int64_t id) const {
+        std::set<int64_t> s = basis.at(id);
+        s.insert(id);
+        return s;
+    }
+};
+
+// Restores `tensors` from the base and replays, in sequence order, the deltas of the `active`
+// edits that touch them. Other tensors are left alone.
+void rebuild(Model& model, const EditIndex& index, const std::set<std::string>& tensors, const std::set<int64_t>& active) {
+    at::NoGradGuard no_grad;
+    for (const auto& name : tensors) restore_base_tensor(model, name);
+    for (int64_t id : index.in_order(active)) {
+        const auto& t = index.touched.at(id);
+        if (std::none_of(t.begin(), t.end(), [&](const std::string& n) { return tensors.count(n) != 0; })) continue;
+        for (const Delta& d : index.deltas(id, &tensors)) apply_delta(model, d);
+    }
+}
+
+// Brings the model from the state with edits `from` active to the state with `to` active. Adding
+// one edit that comes last in sequence order is just applying it; anything else restores the
+// tensors the changed edits touch from the base and replays every active edit that touches them.
+void transition(Model& model, const EditIndex& index, const std::set<int64_t>& from, const std::set<int64_t>& to) {
+    std::set<int64_t> added, removed;
+    std::set_difference(to.begin(), to.end(), from.begin(), from.end(), std::inserter(added, added.end()));
+    std::set_difference(from.begin(), from.end(), to.begin(), to.end(), std::inserter(removed, removed.end()));
+    if (added.empty() && removed.empty()) return;
+    at::NoGradGuard no_grad;
+    if (removed.empty() && added.size() == 1) {
+        const int64_t id = *added.begin();
+        const bool last = std::all_of(from.begin(), from.end(), [&](int64_t f) { return index.seq.at(f) < index.seq.at(id); });
+        if (last) {
+            for (const Delta& d : index.deltas(id, nullptr)) apply_delta(model, d);
+            return;
+        }
+    }
+    std::set<std::string> tensors;
+    for (const auto* group : {&added, &removed})
+        for (int64_t id : *group) tensors.insert(index.touched.at(id).begin(), index.touched.at(id).end());
+    rebuild(model, index, tensors, to);
+}
+
+std::set<int64_t> to_set(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+
+json ids_json(const std::vector<int64_t>& ids) { return json(ids); }
+
+// A trace depends on the model state and its parameters (object keys dump sorted, so canonical).
+std::string trace_key(const std::string& state_hash_value, const json& params) {
+    const std::string text = state_hash_value + "\n" + params.dump();
+    return sha256_hex(text.data(), text.size());
+}
+
+}  // namespace
+
+struct Project::Impl {
+    fs::path file;
+    ProjectOptions options;
+    sql::Database db;
+    ProjectModel model;
+
+    Impl(const fs::path& f, const ProjectOptions& o, sql::Database::Mode mode) : file(f), options(o), db(f, mode) {}
+
+    std::string where() const { return file.string(); }
+
+    void need_writable(const char* op) const {
+        if (options.read_only) throw Error(ErrorKind::Argument, where() + ": opened read-only; cannot " + op);
+    }
+
+    void configure_connection() {
+        if (!options.read_only) {
+            sql::Statement wal(db, "PRAGMA journal_mode = WAL");
+            if (!wal.step() || wal.column_text(0) != "wal")
+                throw Error(ErrorKind::Io, where() + ": cannot switch the project to write-ahead logging");
+        }
+        db.exec("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL", "configuring the connection");
+        if (options.max_page_count > 0)
+            db.exec(("PRAGMA max_page_count = " + std::to_string(options.max_page_count)).c_str(), "capping the file size");
+    }
+
+    void load_model_record() {
+        sql::Statement st(db, "SELECT path, architecture, fingerprint, stored_dtype FROM models ORDER BY id LIMIT 1");
+        if (!st.step()) throw Error(ErrorKind::Format, where() + ": the project records no model");
+        model = {st.column_text(0), st.column_text(1), st.column_text(2), st.column_text(3)};
+    }
+
+    void log(const std::string& op, std::optional<int64_t> edit_id, const json& detail, const std::string& state_hash) {
+        sql::Statement st(db, "INSERT INTO operations (time, op, edit_id, detail, state_hash) VALUES (?, ?, ?, ?, ?)");
+        st.bind(1, now_iso()).bind(2, op);
+        if (edit_id) st.bind(3, *edit_id);
+        else st.bind_null(3);
+        st.bind(4, detail.dump()).bind(5, state_hash).run();
+    }
+
+    std::string head_state_hash() {
+        sql::Statement st(db, "SELECT state_hash FROM operations ORDER BY id DESC LIMIT 1");
+        if (!st.step()) throw Error(ErrorKind::Format, where() + ": the project has no operations log");
+        return st.column_text(0);
+    }
+
+    std::vector<int64_t> active_ids() {
+        sql::Statement st(db, "SELECT id FROM edits WHERE status = 'active' ORDER BY seq");
+        std::vector<int64_t> ids;
+        while (st.step()) ids.push_back(st.column_int(0));
+        return ids;
+    }
+
+    bool edit_exists(int64_t id) {
+        sql::Statement st(db, "SELECT 1 FROM edits WHERE id = ?");
+        st.bind(1, id);
+        return st.step();
+    }
+
+    std::vector<Delta> load_deltas(int64_t id, const std::set<std::string>* only) {
+        sql::Statement st(db, "SELECT tensor, kind, shape, dtype, rank, checksum, blob FROM deltas WHERE edit_id = ? ORDER BY ord");
+        st.bind(1, id);
+        std::vector<Delta> out;
+        while (st.step()) {
+            const std::string tensor = st.column_text(0);
+            if (only && !only->count(tensor)) continue;
+            const std::string what = where() + ": edit " + std::to_string(id) + ", delta for '" + tensor + "'";
+            auto kind = delta_kind_from_name(st.column_text(1));
+            if (!kind) throw Error(ErrorKind::Format, what + ": unknown kind '" + st.column_text(1) + "'");
+            const std::vector<uint8_t> blob = st.column_blob(6);
+            verify_checksum(blob, st.column_text(5), what);
+            out.push_back(delta_from_blob(tensor, *kind, parse_shape(st.column_text(2), what), parse_dtype(st.column_text(3), what),
+                                          st.column_int(4), blob.data(), blob.size()));
+        }
+        return out;
+    }
+
+    std::vector<Artifact> load_artifacts(int64_t id) {
+        sql::Statement st(db, "SELECT name, kind, dtype, shape, meta, checksum, blob FROM artifacts WHERE edit_id = ? ORDER BY ord");
+        st.bind(1, id);
+        std::vector<Artifact> out;
+        while (st.step()) {
+            Artifact a;
+            a.name = st.column_text(0);
+            a.kind = st.column_text(1);
+            const std::string what = where() + ": edit " + std::to_string(id) + ", artifact '" + a.name + "'";
+            const std::vector<uint8_t> blob = st.column_blob(6);
+            verify_checksum(blob, st.column_text(5), what);
+            a.tensor = tensor_from_blob(parse_dtype(st.column_text(2), what), parse_shape(st.column_text(3), what), blob.data(), blob.size(), what);
+            a.meta = parse_json(st.column_text(4), what);
+            out.push_back(std::move(a));
+        }
+        return out;
+    }
+
+    // Every edit's metadata (no blobs), in sequence order.
+    std::vector<Edit> load_edits() {
+        sql::Statement st(db,
+                          "SELECT id, seq, created_at, method, requests, hparams, status, metrics, duration_s, state_hash_after "
+                          "FROM edits ORDER BY seq");
+        std::vector<Edit> out;
+        std::map<int64_t, size_t> at;
+        while (st.step()) {
+            Edit e;
+            e.id = st.column_int(0);
+            e.seq = st.column_int(1);
+            e.created_at = st.column_text(2);
+            e.method = st.column_text(3);
+            const std::string what = where() + ": edit " + std::to_string(e.id);
+            e.requests = parse_json(st.column_text(4), what + " requests");
+            e.hparams = parse_json(st.column_text(5), what + " hparams");
+            e.status = st.column_text(6) == "active" ? EditStatus::Active : EditStatus::Reverted;
+            e.metrics = parse_json(st.column_text(7), what + " metrics");
+            e.duration_s = st.column_double(8);
+            e.state_hash_after = st.column_text(9);
+            at[e.id] = out.size();
+            out.push_back(std::move(e));
+        }
+        sql::Statement basis(db, "SELECT edit_id, basis_id FROM edit_basis ORDER BY edit_id, basis_id");
+        while (basis.step()) {
+            auto it = at.find(basis.column_int(0));
+            if (it != at.end()) out[it->second].computed_on.push_back(basis.column_int(1));
+        }
+        for (auto& e : out)  // basis in sequence order
+            std::sort(e.computed_on.begin(), e.computed_on.end(), [&](int64_t a, int64_t b) { return out[at[a]].seq < out[at[b]].seq; });
+        return out;
+    }
+
+    EditIndex index() {
+        EditIndex ix;
+        for (const Edit& e : load_edits()) {
+            ix.seq[e.id] = e.seq;
+            ix.basis[e.id] = to_set(e.computed_on);
+            ix.touched[e.id];
+        }
+        sql::Statement st(db, "SELECT edit_id, tensor FROM deltas");
+        while (st.step()) ix.touched[st.column_int(0)].insert(st.column_text(1));
+        ix.deltas = [this](int64_t id, const std::set<std::string>* only) { return load_deltas(id, only); };
+        return ix;
+    }
+
+    void set_status(int64_t id, EditStatus status) {
+        sql::Statement st(db, "UPDATE edits SET status = ? WHERE id = ?");
+        st.bind(1, edit_status_name(status)).bind(2, id).run();
+    }
+
+    void push_redo(int64_t id) {
+        sql::Statement del(db, "DELETE FROM redo_stack WHERE edit_id = ?");
+        del.bind(1, id).run();
+        sql::Statement st(db, "INSERT INTO redo_stack (pos, edit_id) VALUES ((SELECT coalesce(max(pos), 0) + 1 FROM redo_stack), ?)");
+        st.bind(1, id).run();
+    }
+
+    void drop_redo(int64_t id) {
+        sql::Statement st(db, "DELETE FROM redo_stack WHERE edit_id = ?");
+        st.bind(1, id).run();
+    }
+
+    std::vector<int64_t> redo_ids() {
+        sql::Statement st(db, "SELECT edit_id FROM redo_stack ORDER BY pos DESC");
+        std::vector<int64_t> ids;
+        while (st.step()) ids.push_back(st.column_int(0));
+        return ids;
+    }
+
+    int64_t insert_edit(const Edit& e, int64_t seq, const std::string& created_at, std::optional<int64_t> parent,
+                        const std::vector<int64_t>& basis) {
+        sql::Statement st(db,
+                          "INSERT INTO edits (seq, created_at, method, requests, hparams, status, metrics, duration_s, state_hash_after, "
+                          "parent_id, n_deltas, n_artifacts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        st.bind(1, seq).bind(2, created_at).bind(3, e.method).bind(4, e.requests.dump()).bind(5, e.hparams.dump());
+        st.bind(6, edit_status_name(e.status)).bind(7, e.metrics.dump()).bind(8, e.duration_s).bind(9, e.state_hash_after);
+        if (parent) st.bind(10, *parent);
+        else st.bind_null(10);
+        st.bind(11, static_cast<int64_t>(e.deltas.size())).bind(12, static_cast<int64_t>(e.artifacts.size())).run();
+        const int64_t id = db.last_insert_rowid();
+        sql::Statement b(db, "INSERT INTO edit_basis (edit_id, basis_id) VALUES (?, ?)");
+        for (int64_t p : basis) {
+            b.bind(1, id).bind(2, p).run();
+        }
+        sql::Statement d(db,
+                         "INSERT INTO deltas (edit_id, ord, tensor, kind, shape, dtype, rank, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        for (size_t i = 0; i < e.deltas.size(); ++i) {
+            const Delta& delta = e.deltas[i];
+            const std::vector<uint8_t> blob = delta_blob(delta);
+            d.bind(1, id).bind(2, static_cast<int64_t>(i)).bind(3, delta.tensor).bind(4, delta_kind_name(delta.kind));
+            d.bind(5, json(delta.shape).dump()).bind(6, dtype_name(delta.dtype())).bind(7, delta.rank()).bind(8, checksum(blob));
+            d.bind_blob(9, blob.data(), blob.size()).run();
+        }
+        sql::Statement a(db,
+                         "INSERT INTO artifacts (edit_id, ord, name, kind, dtype, shape, meta, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        for (size_t i = 0; i < e.artifacts.size(); ++i) {
+            const Artifact& art = e.artifacts[i];
+            const std::vector<uint8_t> blob = tensor_blob(art.tensor);
+            a.bind(1, id).bind(2, static_cast<int64_t>(i)).bind(3, art.name).bind(4, art.kind);
+            a.bind(5, dtype_name(dtype_of_tensor(art.tensor, "artifact '" + art.name + "'"))).bind(6, json(art.tensor.sizes().vec()).dump());
+            a.bind(7, art.meta.dump()).bind(8, checksum(blob)).bind_blob(9, blob.data(), blob.size()).run();
+        }
+        return id;
+    }
+
+    // Runs a model transition plus the database changes that go with it as one unit: on any
+    // failure the model is restored and the transaction rolled back.
+    template <typename F>
+    auto guarded(Model& model, const std::string& what, F&& body) {
+        ModelSnapshot snapshot(model);
+        try {
+            return body();
+        } catch (const Error& e) {
+            snapshot.restore(model);
+            throw e.with_context(what);
+        } catch (const c10::Error& e) {
+            snapshot.restore(model);
+            throw Error(ErrorKind::Internal, what + ": libtorch: " + e.what_without_backtrace());
+        } catch (...) {
+            snapshot.restore(model);
+            throw;
+        }
+    }
+};
+
+Project::Project(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Project::~Project() = default;
+
+std::unique_ptr<Project> Project::open(const fs::path& file, const ProjectOptions& options) {
+    std::error_code ec;
+    if (!fs::exists(file, ec))
+        throw Error(ErrorKind::Io, file.string() + ": no such project file (a project is created by `engram-cli edit --db FILE --model DIR ...`)");
+    if (fs::is_directory(file, ec)) throw Error(ErrorKind::Io, file.string() + ": is a folder, not a project file");
+    if (!options.read_only) refuse_read_only_file(file);
+    auto impl = std::make_unique<Impl>(file, options, options.read_only ? sql::Database::Mode::ReadOnly : sql::Database::Mode::ReadWrite);
+    if (!options.read_only && impl->db.read_only())
+        throw Error(ErrorKind::Io, file.string() + ": the project file is read-only; nothing was changed");
+    // Nothing is written before these checks pass.
+    const store::SchemaState s = store::inspect(impl->db);
+    if (s.empty()) throw Error(ErrorKind::Format, file.string() + ": an empty file, not an Engram project");
+    if (s.application_id != store::kApplicationId)
+        throw Error(ErrorKind::Format, file.string() + ": an SQLite database, but not an Engram project (application_id " +
+                                           std::to_string(s.application_id) + ")");
+    if (s.user_version > kProjectSchemaVersion)
+        throw Error(ErrorKind::Format, file.string() + ": written by a newer Engram (project schema " + std::to_string(s.user_version) +
+                                           "; this build reads up to " + std::to_string(kProjectSchemaVersion) +
+                                           "); nothing was changed, update Engram to open it");
+    if (s.user_version < 1) throw Error(ErrorKind::Format, file.string() + ": an Engram project with no schema version; the file is damaged");
+    if (s.user_version < kProjectSchemaVersion && options.read_only)
+        throw Error(ErrorKind::Format, file.string() + ": written by an older Engram (schema " + std::to_string(s.user_version) +
+                                           "); open it once for writing to upgrade it");
+    impl->configure_connection();
+    if (s.user_version < kProjectSchemaVersion) {
+        sql::Transaction tx(impl->db);
+        store::run_migrations(impl->db, s.user_version);
+        tx.commit();
+    }
+    impl->load_model_record();
+    return std::unique_ptr<Project>(new Project(std::move(impl)));
+}
+
+std::unique_ptr<Project> Project::create(const fs::path& file, const Model& base, const ProjectOptions& options) {
+    if (options.read_only) throw Error(ErrorKind::Argument, file.string() + ": cannot create a project read-only");
+    std::error_code ec;
+    if (fs::exists(file, ec)) {
+        if (fs::is_directory(file, ec)) throw Error(ErrorKind::Io, file.string() + ": is a folder, not a project file");
+        refuse_read_only_file(file);
+        if (fs::file_size(file, ec) != 0) {
+            // An interrupted creation leaves an empty database; anything else is not ours to overwrite.
+            sql::Database probe(file, sql::Database::Mode::ReadOnly);
+            if (!store::inspect(probe).empty())
+                throw Error(ErrorKind::Argument, file.string() + ": already exists; open it instead of creating it");
+        }
+    }
+    if (base.fingerprint().empty()) throw Error(ErrorKind::Argument, "a project needs a model loaded from a checkpoint folder (it has no fingerprint)");
+    auto impl = std::make_unique<Impl>(file, options, sql::Database::Mode::Create);
+    impl->configure_connection();
+    {
+        sql::Transaction tx(impl->db);
+        store::run_migrations(impl->db, 0);
+        sql::Statement st(impl->db, "INSERT INTO models (path, architecture, fingerprint, stored_dtype, added_at) VALUES (?, ?, ?, ?, ?)");
+        const std::string path = base.dir().empty() ? std::string() : fs::absolute(base.dir()).lexically_normal().string();
+        st.bind(1, path).bind(2, base.arch_name()).bind(3, base.fingerprint()).bind(4, dtype_name(base.stored_dtype())).bind(5, now_iso()).run();
+        impl->log("create", std::nullopt, {{"model", path}}, state_hash_of_base(base.fingerprint()));
+        tx.commit();
+    }
+    impl->load_model_record();
+    return std::unique_ptr<Project>(new Project(std::move(impl)));
+}
+
+const fs::path& Project::file() const { return impl_->file; }
+const ProjectModel& Project::model_record() const { return impl_->model; }
+
+void Project::check_model(const Model& model) const {
+    const ProjectModel& p = impl_->model;
+    if (model.fingerprint() == p.fingerprint) return;
+    const std::string given = model.dir().empty() ? std::string("(a model made in memory)") : model.dir().string();
+    throw Error(ErrorKind::Argument, impl_->where() + ": this project belongs to another model: the project's model is " + p.path + " (" +
+                                         p.architecture + ", fingerprint " + short_fp(p.fingerprint) + ") but the model given is " + given +
+                                         " (" + model.arch_name() + ", fingerprint " + short_fp(model.fingerprint()) + "); nothing was changed");
+}
+
+std::unique_ptr<Model> Project::open_model(const std::optional<fs::path>& dir, const LoadOptions& options) const {
+    fs::path path = dir ? *dir : fs::path(impl_->model.path);
+    std::error_code ec;
+    if (!dir && !fs::exists(path / "config.json", ec))
+        throw Error(ErrorKind::Io, impl_->where() + ": the project's model folder " + path.string() + " is gone; pass --model DIR");
+    auto model = Model::load(path, options);
+    check_model(*model);
+    replay(*model);
+    return model;
+}
+
+std::vector<EditSummary> Project::history() const {
+    std::vector<EditSummary> out;
+    std::map<int64_t, size_t> at;
+    for (Edit& e : impl_->load_edits()) {
+        at[e.id] = out.size();
+        EditSummary s;
+        s.edit = std::move(e);
+        out.push_back(std::move(s));
+    }
+    sql::Statement d(impl_->db, "SELECT edit_id, tensor, length(blob) FROM deltas ORDER BY edit_id, ord");
+    while (d.step()) {
+        EditSummary& s = out.at(at.at(d.column_int(0)));
+        s.n_deltas++;
+        s.blob_bytes += d.column_int(2);
+        if (std::find(s.tensors.begin(), s.tensors.end(), d.column_text(1)) == s.tensors.end()) s.tensors.push_back(d.column_text(1));
+    }
+    sql::Statement a(impl_->db, "SELECT edit_id, length(blob) FROM artifacts");
+    while (a.step()) {
+        EditSummary& s = out.at(at.at(a.column_int(0)));
+        s.n_artifacts++;
+        s.blob_bytes += a.column_int(1);
+    }
+    for (auto& s : out) {
+        std::sort(s.tensors.begin(), s.tensors.end());
+        for (int64_t b : s.edit.computed_on)
+            if (out.at(at.at(b)).edit.status == EditStatus::Reverted) s.reverted_basis.push_back(b);
+    }
+    return out;
+}
+
+Edit Project::edit(int64_t id) const {
+    for (Edit& e : impl_->load_edits()) {
+        if (e.id != id) continue;
+        e.deltas = impl_->load_deltas(id, nullptr);
+        e.artifacts = impl_->load_artifacts(id);
+        return std::move(e);
+    }
+    throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(id));
+}
+
+std::vector<int64_t> Project::active_ids() const { return impl_->active_ids(); }
+std::vector<int64_t> Project::redo_ids() const { return impl_->redo_ids(); }
+std::string Project::head_state_hash() const { return impl_->head_state_hash(); }
+
+std::string Project::replay(Model& model) const {
+    check_model(model);
+    return impl_->guarded(model, impl_->where() + ": replaying the history", [&] {
+        // Every tensor any edit touched is rebuilt, whatever state the model was in.
+        const EditIndex ix = impl_->index();
+        std::set<std::string> tensors;
+        for (const auto& [id, names] : ix.touched) tensors.insert(names.begin(), names.end());
+        rebuild(model, ix, tensors, to_set(impl_->active_ids()));
+        return state_hash(model);
+    });
+}
+
+std::vector<HashCheck> Project::verify(Model& model) const {
+    check_model(model);
+    return impl_->guarded(model, impl_->where() + ": verifying the history", [&] {
+        const EditIndex ix = impl_->index();
+        std::set<int64_t> state = to_set(impl_->active_ids());
+        std::vector<HashCheck> checks;
+        for (const Edit& e : impl_->load_edits()) {
+            const std::set<int64_t> target = ix.state_after(e.id);
+            transition(model, ix, state, target);
+            state = target;
+            checks.push_back({e.id, e.state_hash_after, state_hash(model)});
+        }
+        transition(model, ix, state, to_set(impl_->active_ids()));
+        return checks;
+    });
+}
+
+int64_t Project::record(Model& model, Edit& edit) {
+    impl_->need_writable("record an edit");
+    check_model(model);
+    const std::string what = impl_->where() + ": recording a " + (edit.method.empty() ? std::string("nameless") : edit.method) + " edit";
+    if (edit.method.empty()) throw Error(ErrorKind::Argument, what + ": the edit names no method");
+    if (edit.deltas.empty() && edit.artifacts.empty()) throw Error(ErrorKind::Argument, what + ": the edit changes nothing");
+    std::set<std::string> names;
+    for (const Artifact& a : edit.artifacts) {
+        if (a.name.empty() || !names.insert(a.name).second)
+            throw Error(ErrorKind::Argument, what + ": artifact names must be unique and non-empty ('" + a.name + "')");
+        if (!a.tensor.defined()) throw Error(ErrorKind::Argument, what + ": artifact '" + a.name + "' holds no tensor");
+    }
+    if (!edit.requests.is_array()) edit.requests = json::array({edit.requests});
+    return impl_->guarded(model, what, [&] {
+        const std::vector<int64_t> basis = impl_->active_ids();
+        apply_edit(model, edit);
+        Edit stored = edit;
+        stored.status = EditStatus::Active;
+        stored.state_hash_after = state_hash(model);
+        stored.created_at = now_iso();
+        stored.computed_on = basis;
+        sql::Transaction tx(impl_->db);
+        sql::Statement next(impl_->db, "SELECT coalesce(max(seq), 0) + 1 FROM edits");
+        next.step();
+        stored.seq = next.column_int(0);
+        const int64_t id = impl_->insert_edit(stored, stored.seq, stored.created_at,
+                                              basis.empty() ? std::nullopt : std::optional<int64_t>(basis.back()), basis);
+        impl_->db.exec("DELETE FROM redo_stack", "clearing the redo stack");
+        impl_->log("record", id, {{"method", stored.method}}, stored.state_hash_after);
+        tx.commit();
+        stored.id = id;
+        stored.deltas.clear();
+        stored.artifacts.clear();
+        edit.id = id;
+        edit.seq = stored.seq;
+        edit.created_at = stored.created_at;
+        edit.status = EditStatus::Active;
+        edit.state_hash_after = stored.state_hash_after;
+        edit.computed_on = basis;
+        return id;
+    });
+}
+
+std::optional<int64_t> Project::undo(Model& model) {
+    impl_->need_writable("undo");
+    check_model(model);
+    const std::vector<int64_t> active = impl_->active_ids();
+    if (active.empty()) return std::nullopt;
+    const int64_t last = active.back();
+    return impl_->guarded(model, impl_->where() + ": undoing edit " + std::to_string(last), [&] {
+        const EditIndex ix = impl_->index();
+        std::set<int64_t> target = to_set(active);
+        target.erase(last);
+        transition(model, ix, to_set(active), target);
+        const std::string hash = state_hash(model);
+        sql::Transaction tx(impl_->db);
+        impl_->set_status(last, EditStatus::Reverted);
+        impl_->push_redo(last);
+        impl_->log("undo", last, json::object(), hash);
+        tx.commit();
+        return std::optional<int64_t>(last);
+    });
+}
+
+std::optional<int64_t> Project::redo(Model& model) {
+    impl_->need_writable("redo");
+    check_model(model);
+    const std::vector<int64_t> active = impl_->active_ids();
+    std::optional<int64_t> next;
+    for (int64_t id : impl_->redo_ids())
+        if (std::find(active.begin(), active.end(), id) == active.end()) {
+            next = id;
+            break;
+        }
+    if (!next) return std::nullopt;
+    return impl_->guarded(model, impl_->where() + ": redoing edit " + std::to_string(*next), [&] {
+        const EditIndex ix = impl_->index();
+        std::set<int64_t> target = to_set(active);
+        target.insert(*next);
+        transition(model, ix, to_set(active), target);
+        const std::string hash = state_hash(model);
+        sql::Transaction tx(impl_->db);
+        impl_->set_status(*next, EditStatus::Active);
+        impl_->drop_redo(*next);
+        impl_->log("redo", *next, json::object(), hash);
+        tx.commit();
+        return next;
+    });
+}
+
+void Project::rollback(Model& model, int64_t to_id) {
+    impl_->need_writable("roll back");
+    check_model(model);
+    if (to_id < 0) throw Error(ErrorKind::Argument, "rollback --to must be 0 (the base) or an edit number");
+    if (to_id > 0 && !impl_->edit_exists(to_id))
+        throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(to_id) + " to roll back to");
+    impl_->guarded(model, impl_->where() + ": rolling back to edit " + std::to_string(to_id), [&] {
+        const EditIndex ix = impl_->index();
+        const std::set<int64_t> active = to_set(impl_->active_ids());
+        const std::set<int64_t> target = to_id == 0 ? std::set<int64_t>{} : ix.state_after(to_id);
+        transition(model, ix, active, target);
+        const std::string hash = state_hash(model);
+        std::string expected = state_hash_of_base(impl_->model.fingerprint);
+        if (to_id > 0) {
+            sql::Statement st(impl_->db, "SELECT state_hash_after FROM edits WHERE id = ?");
+            st.bind(1, to_id);
+            st.step();
+            expected = st.column_text(0);
+        }
+        if (hash != expected)
+            throw Error(ErrorKind::Internal, "the replayed state hash " + short_fp(hash) + " differs from the one recorded " + short_fp(expected) +
+                                                 " (was the project recorded with another compute dtype?); nothing was changed");
+        std::vector<int64_t> reverted, activated;
+        for (int64_t id : ix.in_order(active))
+            if (!target.count(id)) reverted.push_back(id);
+        for (int64_t id : ix.in_order(target))
+            if (!active.count(id)) activated.push_back(id);
+        sql::Transaction tx(impl_->db);
+        for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {  // the earliest ends on top: redone first
+            impl_->set_status(*it, EditStatus::Reverted);
+            impl_->push_redo(*it);
+        }
+        for (int64_t id : activated) {
+            impl_->set_status(id, EditStatus::Active);
+            impl_->drop_redo(id);
+        }
+        impl_->log("rollback", to_id == 0 ? std::nullopt : std::optional<int64_t>(to_id),
+                   {{"to", to_id}, {"reverted", ids_json(reverted)}, {"activated", ids_json(activated)}}, hash);
+        tx.commit();
+        return 0;
+    });
+}
+
+std::vector<int64_t> Project::revert(Model& model, int64_t id) {
+    impl_->need_writable("revert an edit");
+    check_model(model);
+    if (!impl_->edit_exists(id)) throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(id));
+    const std::vector<int64_t> active = impl_->active_ids();
+    if (std::find(active.begin(), active.end(), id) == active.end())
+        throw Error(ErrorKind::Argument, impl_->where() + ": edit " + std::to_string(id) + " is already reverted");
+    return impl_->guarded(model, impl_->where() + ": reverting edit " + std::to_string(id), [&] {
+        const EditIndex ix = impl_->index();
+        std::set<int64_t> target = to_set(active);
+        target.erase(id);
+        std::vector<int64_t> dependents;
+        for (int64_t a : active)
+            if (a != id && ix.basis.at(a).count(id)) dependents.push_back(a);
+        transition(model, ix, to_set(active), target);
+        const std::string hash = state_hash(model);
+        sql::Transaction tx(impl_->db);
+        impl_->set_status(id, EditStatus::Reverted);
+        impl_->push_redo(id);
+        impl_->log("revert", id,
+                   {{"dependents", ids_json(dependents)},
+                    {"note", "the dependents were computed on a model that contained this edit"}},
+                   hash);
+        tx.commit();
+        return dependents;
+    });
+}
+
+json Project::export_history() const {
+    json edits = json::array();
+    for (const Edit& meta : impl_->load_edits()) {
+        json deltas = json::array();
+        sql::Statement d(impl_->db, "SELECT tensor, kind, shape, dtype, rank, checksum, blob FROM deltas WHERE edit_id = ? ORDER BY ord");
+        d.bind(1, meta.id);
+        while (d.step()) {
+            const std::vector<uint8_t> blob = d.column_blob(6);
+            verify_checksum(blob, d.column_text(5), impl_->where() + ": edit " + std::to_string(meta.id));
+            deltas.push_back({{"tensor", d.column_text(0)},
+                              {"kind", d.column_text(1)},
+                              {"shape", parse_json(d.column_text(2), "shape")},
+                              {"dtype", d.column_text(3)},
+                              {"rank", d.column_int(4)},
+                              {"sha256", d.column_text(5)},
+                              {"data", store::base64_encode(blob.data(), blob.size())}});
+        }
+        json artifacts = json::array();
+        sql::Statement a(impl_->db, "SELECT name, kind, dtype, shape, meta, checksum, blob FROM artifacts WHERE edit_id = ? ORDER BY ord");
+        a.bind(1, meta.id);
+        while (a.step()) {
+            const std::vector<uint8_t> blob = a.column_blob(6);
+            verify_checksum(blob, a.column_text(5), impl_->where() + ": edit " + std::to_string(meta.id));
+            artifacts.push_back({{"name", a.column_text(0)},
+                                 {"kind", a.column_text(1)},
+                                 {"dtype", a.column_text(2)},
+                                 {"shape", parse_json(a.column_text(3), "shape")},
+                                 {"meta", parse_json(a.column_text(4), "meta")},
+                                 {"sha256", a.column_text(5)},
+                                 {"data", store::base64_encode(blob.data(), blob.size())}});
+        }
+        edits.push_back({{"id", meta.id},
+                         {"seq", meta.seq},
+                         {"created_at", meta.created_at},
+                         {"method", meta.method},
+                         {"requests", meta.requests},
+                         {"hparams", meta.hparams},
+                         {"status", edit_status_name(meta.status)},
+                         {"metrics", meta.metrics},
+                         {"duration_s", meta.duration_s},
+                         {"state_hash_after", meta.state_hash_after},
+                         {"computed_on", meta.computed_on},
+                         {"deltas", deltas},
+                         {"artifacts", artifacts}});
+    }
+    const ProjectModel& m = impl_->model;
+    return {{"format", "engram-history"},
+            {"version", 1},
+            {"exported_at", now_iso()},
+            {"model", {{"path", m.path}, {"architecture", m.architecture}, {"fingerprint", m.fingerprint}, {"stored_dtype", m.stored_dtype}}},
+            {"head_state_hash", impl_->head_state_hash()},
+            {"edits", edits}};
+}
+
+std::vector<int64_t> Project::import_history(Model& model, const json& h) {
+    impl_->need_writable("import a history");
+    check_model(model);
+    const std::string what = impl_->where() + ": importing a history";
+    auto field = [&](const json& obj, const char* key, const std::string& where) -> const json& {
+        if (!obj.is_object() || !obj.contains(key)) throw Error(ErrorKind::Format, what + ": " + where + " has no \"" + key + "\"");
+        return obj.at(key);
+    };
+    try {
+        if (!h.is_object() || h.value("format", "") != "engram-history")
+            throw Error(ErrorKind::Format, what + ": not an engram-history file");
+        if (h.value("version", 0) != 1)
+            throw Error(ErrorKind::Format, what + ": history version " + h.value("version", json(0)).dump() + " is not supported (1 is)");
+        const json& hm = field(h, "model", "the file");
+        const std::string fp = field(hm, "fingerprint", "model").get<std::string>();
+        if (fp != impl_->model.fingerprint)
+            throw Error(ErrorKind::Argument, what + ": the history is for another model: " + hm.value("path", "?") + " (" +
+                                                 hm.value("architecture", "?") + ", fingerprint " + short_fp(fp) + ") but this project's model is " +
+                                                 impl_->model.path + " (" + impl_->model.architecture + ", fingerprint " +
+                                                 short_fp(impl_->model.fingerprint) + "); nothing was changed");
+        if (!impl_->load_edits().empty())
+            throw Error(ErrorKind::Argument, what + ": the project already has edits; import into a new project (--db NEW.engram)");
+
+        // Parse everything first: ids as in the file.
+        std::vector<Edit> edits;
+        for (const json& je : field(h, "edits", "the file")) {
+            Edit e;
+            e.id = field(je, "id", "an edit").get<int64_t>();
+            const std::string where = "edit " + std::to_string(e.id);
+            e.seq = field(je, "seq", where).get<int64_t>();
+            e.created_at = je.value("created_at", "");
+            e.method = field(je, "method", where).get<std::string>();
+            e.requests = je.value("requests", json::array());
+            e.hparams = je.value("hparams", json::object());
+            const std::string status = field(je, "status", where).get<std::string>();
+            if (status != "active" && status != "reverted") throw Error(ErrorKind::Format, what + ": " + where + ": status '" + status + "'");
+            e.status = status == "active" ? EditStatus::Active : EditStatus::Reverted;
+            e.metrics = je.value("metrics", json::object());
+            e.duration_s = je.value("duration_s", 0.0);
+            e.state_hash_after = field(je, "state_hash_after", where).get<std::string>();
+            e.computed_on = je.value("computed_on", std::vector<int64_t>{});
+            for (const json& jd : field(je, "deltas", where)) {
+                const std::string tensor = field(jd, "tensor", where).get<std::string>();
+                const std::string dw = what + ": " + where + ", delta for '" + tensor + "'";
+                auto kind = delta_kind_from_name(field(jd, "kind", where).get<std::string>());
+                if (!kind) throw Error(ErrorKind::Format, dw + ": unknown kind");
+                const std::vector<uint8_t> blob = store::base64_decode(field(jd, "data", where).get<std::string>(), dw);
+                verify_checksum(blob, field(jd, "sha256", where).get<std::string>(), dw);
+                e.deltas.push_back(delta_from_blob(tensor, *kind, field(jd, "shape", where).get<std::vector<int64_t>>(),
+                                                   parse_dtype(field(jd, "dtype", where).get<std::string>(), dw),
+                                                   field(jd, "rank", where).get<int64_t>(), blob.data(), blob.size()));
+            }
+            for (const json& ja : je.value("artifacts", json::array())) {
+                Artifact a;
+                a.name = field(ja, "name", where).get<std::string>();
+                a.kind = field(ja, "kind", where).get<std::string>();
+                a.meta = ja.value("meta", json::object());
+                const std::string aw = what + ": " + where + ", artifact '" + a.name + "'";
+                const std::vector<uint8_t> blob = store::base64_decode(field(ja, "data", where).get<std::string>(), aw);
+                verify_checksum(blob, field(ja, "sha256", where).get<std::string>(), aw);
+                a.tensor = tensor_from_blob(parse_dtype(field(ja, "dtype", where).get<std::string>(), aw),
+                                            field(ja, "shape", where).get<std::vector<int64_t>>(), blob.data(), blob.size(), aw);
+                e.artifacts.push_back(std::move(a));
+            }
+            edits.push_back(std::move(e));
+        }
+        std::sort(edits.begin(), edits.end(), [](const Edit& a, const Edit& b) { return a.seq < b.seq; });
+        EditIndex ix;
+        std::map<int64_t, const Edit*> by_id;
+        for (const Edit& e : edits) {
+            if (!by_id.emplace(e.id, &e).second) throw Error(ErrorKind::Format, what + ": edit id " + std::to_string(e.id) + " appears twice");
+            ix.seq[e.id] = e.seq;
+            std::set<std::string> touched;
+            for (const auto& d : e.deltas) touched.insert(d.tensor);
+            ix.touched[e.id] = touched;
+        }
+        for (const Edit& e : edits) {
+            for (int64_t b : e.computed_on)
+                if (!by_id.count(b) || ix.seq[b] >= e.seq)
+                    throw Error(ErrorKind::Format, what + ": edit " + std::to_string(e.id) + " names edit " + std::to_string(b) +
+                                                       " as its basis, which is not an earlier edit of the file");
+            ix.basis[e.id] = to_set(e.computed_on);
+        }
+        ix.deltas = [&](int64_t id, const std::set<std::string>* only) {
+            std::vector<Delta> out;
+            for (const Delta& d : by_id.at(id)->deltas)
+                if (!only || only->count(d.tensor)) out.push_back(d);
+            return out;
+        };
+        std::set<int64_t> final_active;
+        for (const Edit& e : edits)
+            if (e.status == EditStatus::Active) final_active.insert(e.id);
+
+        return impl_->guarded(model, what, [&] {
+            // Every recorded state must reproduce on this model before anything is written.
+            std::set<int64_t> state;
+            for (const Edit& e : edits) {
+                const std::set<int64_t> target = ix.state_after(e.id);
+                transition(model, ix, state, target);
+                state = target;
+                const std::string hash = state_hash(model);
+                if (hash != e.state_hash_after)
+                    throw Error(ErrorKind::Format, "edit " + std::to_string(e.id) + " does not reproduce: recorded state hash " +
+                                                       short_fp(e.state_hash_after) + ", replayed " + short_fp(hash) + "; nothing was imported");
+            }
+            transition(model, ix, state, final_active);
+            const std::string head = state_hash(model);
+            if (h.contains("head_state_hash") && h.at("head_state_hash").get<std::string>() != head)
+                throw Error(ErrorKind::Format, "the history's final state does not reproduce (recorded " +
+                                                   short_fp(h.at("head_state_hash").get<std::string>()) + ", replayed " + short_fp(head) + ")");
+            sql::Transaction tx(impl_->db);
+            std::map<int64_t, int64_t> new_id;
+            std::vector<int64_t> ids;
+            int64_t seq = 0;
+            for (const Edit& e : edits) {
+                std::vector<int64_t> basis;
+                for (int64_t b : ix.in_order(ix.basis.at(e.id))) basis.push_back(new_id.at(b));
+                const int64_t id = impl_->insert_edit(e, ++seq, e.created_at.empty() ? now_iso() : e.created_at,
+                                                      basis.empty() ? std::nullopt : std::optional<int64_t>(basis.back()), basis);
+                new_id[e.id] = id;
+                ids.push_back(id);
+            }
+            impl_->log("import", std::nullopt, {{"edits", ids.size()}, {"from", hm.value("path", "")}, {"exported_at", h.value("exported_at", "")}},
+                       head);
+            tx.commit();
+            return ids;
+        });
+    } catch (const json::exception& e) {
+        throw Error(ErrorKind::Format, what + ": " + e.what());
+    }
+}
+
+void Project::put_trace(const std::string& state_hash_value, const json& params, const at::Tensor& result) {
+    impl_->need_writable("store a trace");
+    const std::string key = trace_key(state_hash_value, params);
+    const std::vector<uint8_t> blob = tensor_blob(result);
+    sql::Transaction tx(impl_->db);
+    sql::Statement st(impl_->db,
+                      "INSERT OR REPLACE INTO traces (key, state_hash, params, created_at, dtype, shape, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    st.bind(1, key).bind(2, state_hash_value).bind(3, params.dump()).bind(4, now_iso());
+    st.bind(5, dtype_name(dtype_of_tensor(result, "trace"))).bind(6, json(result.sizes().vec()).dump()).bind(7, checksum(blob));
+    st.bind_blob(8, blob.data(), blob.size()).run();
+    tx.commit();
+}
+
+std::optional<at::Tensor> Project::find_trace(const std::string& state_hash_value, const json& params) const {
+    const std::string key = trace_key(state_hash_value, params);
+    sql::Statement st(impl_->db, "SELECT dtype, shape, checksum, blob FROM traces WHERE key = ?");
+    st.bind(1, key);
+    if (!st.step()) return std::nullopt;
+    const std::string what = impl_->where() + ": cached trace";
+    const std::vector<uint8_t> blob = st.column_blob(3);
+    verify_checksum(blob, st.column_text(2), what);
+    return tensor_from_blob(parse_dtype(st.column_text(0), what), parse_shape(st.column_text(1), what), blob.data(), blob.size(), what);
+}
+
+int64_t Project::add_evaluation(Evaluation ev) {
+    impl_->need_writable("store an evaluation");
+    if (ev.edit_id && !impl_->edit_exists(*ev.edit_id))
+        throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(*ev.edit_id) + " for the evaluation");
+    sql::Transaction tx(impl_->db);
+    sql::Statement st(impl_->db, "INSERT INTO evaluations (created_at, state_hash, edit_id, kind, params, results) VALUES (?, ?, ?, ?, ?, ?)");
+    st.bind(1, ev.created_at.empty() ? now_iso() : ev.created_at).bind(2, ev.state_hash);
+    if (ev.edit_id) st.bind(3, *ev.edit_id);
+    else st.bind_null(3);
+    st.bind(4, ev.kind).bind(5, ev.params.dump()).bind(6, ev.results.dump()).run();
+    const int64_t id = impl_->db.last_insert_rowid();
+    tx.commit();
+    return id;
+}
+
+std::vector<Evaluation> Project::evaluations() const {
+    sql::Statement st(impl_->db, "SELECT id, created_at, state_hash, edit_id, kind, params, results FROM evaluations ORDER BY id");
+    std::vector<Evaluation> out;
+    while (st.step()) {
+        Evaluation e;
+        e.id = st.column_int(0);
+        e.created_at = st.column_text(1);
+        e.state_hash = st.column_text(2);
+        if (!st.is_null(3)) e.edit_id = st.column_int(3);
+        e.kind = st.column_text(4);
+        e.params = parse_json(st.column_text(5), "evaluation params");
+        e.results = parse_json(st.column_text(6), "evaluation results");
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+json Project::operations() const {
+    sql::Statement st(impl_->db, "SELECT time, op, edit_id, detail, state_hash FROM operations ORDER BY id");
+    json out = json::array();
+    while (st.step())
+        out.push_back({{"time", st.column_text(0)},
+                       {"op", st.column_text(1)},
+                       {"edit", st.is_null(2) ? json(nullptr) : json(st.column_int(2))},
+                       {"detail", parse_json(st.column_text(3), "operation detail")},
+                       {"state_hash", st.column_text(4)}});
+    return out;
+}
+
+}  // namespace engram

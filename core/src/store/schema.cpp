@@ -1,0 +1,132 @@
+#include "store/schema.h"
+
+#include <string>
+
+#include "engram/store.h"
+
+namespace engram::store {
+
+namespace {
+
+struct Migration {
+    int64_t version;     // user_version after this step
+    const char* script;  // fixed DDL, no parameters
+};
+
+// Version 1. Blobs are the last column of their rows, so listing metadata never reads them.
+constexpr const char* kSchemaV1 = R"sql(
+PRAGMA application_id = 1164855122;
+CREATE TABLE models (
+    id            INTEGER PRIMARY KEY,
+    path          TEXT NOT NULL,
+    architecture  TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    stored_dtype  TEXT NOT NULL,
+    added_at      TEXT NOT NULL
+);
+CREATE TABLE edits (
+    id                INTEGER PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE,
+    created_at        TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    requests          TEXT NOT NULL,
+    hparams           TEXT NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN ('active', 'reverted')),
+    metrics           TEXT NOT NULL,
+    duration_s        REAL NOT NULL,
+    state_hash_after  TEXT NOT NULL,
+    parent_id         INTEGER REFERENCES edits(id),
+    n_deltas          INTEGER NOT NULL,
+    n_artifacts       INTEGER NOT NULL
+);
+CREATE TABLE edit_basis (
+    edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
+    basis_id  INTEGER NOT NULL REFERENCES edits(id),
+    PRIMARY KEY (edit_id, basis_id)
+) WITHOUT ROWID;
+CREATE INDEX edit_basis_by_basis ON edit_basis(basis_id);
+CREATE TABLE deltas (
+    id        INTEGER PRIMARY KEY,
+    edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
+    ord       INTEGER NOT NULL,
+    tensor    TEXT NOT NULL,
+    kind      TEXT NOT NULL CHECK (kind IN ('low_rank', 'dense_rows', 'dense')),
+    shape     TEXT NOT NULL,
+    dtype     TEXT NOT NULL,
+    rank      INTEGER NOT NULL,
+    checksum  TEXT NOT NULL,
+    blob      BLOB NOT NULL,
+    UNIQUE (edit_id, ord)
+);
+CREATE TABLE artifacts (
+    id        INTEGER PRIMARY KEY,
+    edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
+    ord       INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    dtype     TEXT NOT NULL,
+    shape     TEXT NOT NULL,
+    meta      TEXT NOT NULL,
+    checksum  TEXT NOT NULL,
+    blob      BLOB NOT NULL,
+    UNIQUE (edit_id, name)
+);
+CREATE TABLE redo_stack (
+    pos      INTEGER PRIMARY KEY,
+    edit_id  INTEGER NOT NULL UNIQUE REFERENCES edits(id)
+);
+CREATE TABLE operations (
+    id          INTEGER PRIMARY KEY,
+    time        TEXT NOT NULL,
+    op          TEXT NOT NULL,
+    edit_id     INTEGER REFERENCES edits(id),
+    detail      TEXT NOT NULL,
+    state_hash  TEXT NOT NULL
+);
+CREATE TABLE traces (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    state_hash  TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    dtype       TEXT NOT NULL,
+    shape       TEXT NOT NULL,
+    checksum    TEXT NOT NULL,
+    blob        BLOB NOT NULL
+);
+CREATE TABLE evaluations (
+    id          INTEGER PRIMARY KEY,
+    created_at  TEXT NOT NULL,
+    state_hash  TEXT NOT NULL,
+    edit_id     INTEGER REFERENCES edits(id),
+    kind        TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    results     TEXT NOT NULL
+);
+)sql";
+
+constexpr Migration kMigrations[] = {
+    {1, kSchemaV1},
+};
+static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kProjectSchemaVersion, "one migration step per schema version");
+
+}  // namespace
+
+SchemaState inspect(sql::Database& db) {
+    SchemaState s;
+    s.application_id = db.pragma_int("application_id");
+    s.user_version = db.pragma_int("user_version");
+    sql::Statement count(db, "SELECT count(*) FROM sqlite_master");
+    if (count.step()) s.objects = count.column_int(0);
+    return s;
+}
+
+void run_migrations(sql::Database& db, int64_t from) {
+    for (const Migration& m : kMigrations) {
+        if (m.version <= from) continue;
+        db.exec(m.script, ("migrating the project to schema " + std::to_string(m.version)).c_str());
+        db.exec(("PRAGMA user_version = " + std::to_string(m.version)).c_str(), "recording the schema version");
+    }
+}
+
+}  // namespace engram::store
