@@ -111,7 +111,7 @@ json summary_json(const EditSummary& s) {
             {"metrics", e.metrics},
             {"duration_s", e.duration_s},
             {"state_hash_after", e.state_hash_after},
-            {"computed_on", e.computed_on},
+            {"parent", s.parent_id},
             {"computed_on_reverted", s.reverted_basis},
             {"tensors", s.tensors},
             {"n_deltas", s.n_deltas},
@@ -172,7 +172,7 @@ int cmd_edit(const Argv& argv) {
         project = Project::create(db, *model);
         id = project->record(*model, edit);
         guard.keep();
-        std::cout << "created project " << db.string() << " for " << model->arch_name() << " at " << model->dir().string() << "\n";
+        if (!args.flag("json")) std::cout << "created project " << db.string() << " for " << model->arch_name() << " at " << model->dir().string() << "\n";
     } else {
         id = project->record(*model, edit);
     }

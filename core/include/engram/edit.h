@@ -82,7 +82,8 @@ struct Edit {
     std::string created_at;        // ISO 8601 UTC
     EditStatus status = EditStatus::Active;
     std::string state_hash_after;  // the model's state hash right after this edit was recorded
-    std::vector<int64_t> computed_on;  // ids of the edits active in the model it was computed on
+    std::vector<int64_t> computed_on;  // ids of the edits active in the model it was computed on,
+                                       // in sequence order (filled by record() and Project::edit())
 
     // Filled by the method that made it.
     std::string method;            // "synthetic", "rome", "memit", ...

@@ -19,7 +19,8 @@
 //   Touched tensors are always rebuilt from the immutable base and replayed, never subtracted.
 //
 // Schema (PRAGMA user_version 1, PRAGMA application_id 0x456E4752 "EnGR"): models, edits,
-// edit_basis (which edits each edit was computed on), deltas, artifacts, redo_stack, operations
+// edit_basis (which edits each edit was computed on, stored as exceptions to "its parent and
+// everything under it", so a linear history adds no rows), deltas, artifacts, redo_stack, operations
 // (an append-only log of what was done), traces, evaluations. A file written by a newer schema is
 // refused; an older one is migrated in place, one transaction per step.
 #pragma once
@@ -58,6 +59,7 @@ struct EditSummary {
     std::vector<std::string> tensors;        // touched, sorted
     int64_t n_deltas = 0, n_artifacts = 0;
     int64_t blob_bytes = 0;                  // delta + artifact payload bytes
+    int64_t parent_id = 0;                   // the last active edit when it was recorded (0: none)
     std::vector<int64_t> reverted_basis;     // edits it was computed on that are now reverted
 };
 

@@ -113,12 +113,35 @@ void restore_base_tensor(Model& model, const std::string& name) {
     if (tied_head) model.restore_base(Slot::Output);
 }
 
+// An edit's basis (the edits active in the model it was computed on) is stored compactly, so a
+// long sequential history costs O(1) rows per edit: basis(e) = state_after(parent(e)), plus the
+// exceptions with included = 1, minus those with included = 0, where state_after(p) = basis(p) + p
+// and parent(e) is the active edit with the highest sequence number when e was recorded (0: none).
+struct Basis {
+    int64_t parent = 0;
+    std::vector<std::pair<int64_t, bool>> exceptions;  // (edit id, included)
+};
+
+// The compact form of `basis` given a function for state_after(parent).
+template <typename StateAfter>
+Basis compact_basis(const std::vector<int64_t>& basis_in_order, StateAfter&& state_after) {
+    Basis b;
+    if (!basis_in_order.empty()) b.parent = basis_in_order.back();
+    const std::set<int64_t> expected = b.parent ? state_after(b.parent) : std::set<int64_t>{};
+    const std::set<int64_t> actual(basis_in_order.begin(), basis_in_order.end());
+    for (int64_t id : actual)
+        if (!expected.count(id)) b.exceptions.emplace_back(id, true);
+    for (int64_t id : expected)
+        if (!actual.count(id)) b.exceptions.emplace_back(id, false);
+    return b;
+}
+
 // What moving between history states needs to know about each edit, wherever the edits live
 // (the database, or a history being imported).
 struct EditIndex {
     std::map<int64_t, int64_t> seq;                    // id -> seq
     std::map<int64_t, std::set<std::string>> touched;  // id -> tensor names
-    std::map<int64_t, std::set<int64_t>> basis;        // id -> ids it was computed on
+    std::map<int64_t, Basis> basis_of;                 // id -> compact basis
     std::function<std::vector<Delta>(int64_t id, const std::set<std::string>* only)> deltas;
 
     std::vector<int64_t> in_order(const std::set<int64_t>& ids) const {
@@ -126,12 +149,68 @@ struct EditIndex {
         std::sort(v.begin(), v.end(), [&](int64_t a, int64_t b) { return seq.at(a) < seq.at(b); });
         return v;
     }
+    std::vector<int64_t> all_in_order() const {
+        std::set<int64_t> ids;
+        for (const auto& [id, s] : seq) ids.insert(id);
+        return in_order(ids);
+    }
+    // basis(id) given state_after(parent(id)).
+    std::set<int64_t> basis_from(std::set<int64_t> parent_state, int64_t id) const {
+        for (const auto& [e, included] : basis_of.at(id).exceptions) {
+            if (included) parent_state.insert(e);
+            else parent_state.erase(e);
+        }
+        return parent_state;
+    }
+    std::set<int64_t> basis(int64_t id) const {
+        std::vector<int64_t> chain;  // id, its parent, ..., the first edit of the chain
+        for (int64_t c = id; c; c = basis_of.at(c).parent) chain.push_back(c);
+        std::set<int64_t> s;
+        int64_t prev = 0;
+        for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+            if (prev) s.insert(prev);
+            s = basis_from(std::move(s), *it);
+            prev = *it;
+        }
+        return s;
+    }
     std::set<int64_t> state_after(int64_t id) const {
-        std::set<int64_t> s = basis.at(id);
+        std::set<int64_t> s = basis(id);
         s.insert(id);
         return s;
     }
+    // For every edit, whether `k` is in its basis; one pass in sequence order.
+    std::map<int64_t, bool> basis_contains(int64_t k) const {
+        std::map<int64_t, bool> in;
+        for (int64_t id : all_in_order()) {
+            const Basis& b = basis_of.at(id);
+            bool v = b.parent && (b.parent == k || in.at(b.parent));
+            for (const auto& [e, included] : b.exceptions)
+                if (e == k) v = included;
+            in[id] = v;
+        }
+        return in;
+    }
 };
+
+// Walks the edits in sequence order yielding each one's state_after, reusing the previous state
+// when an edit's parent is the edit before it (the common, linear case), so a whole history costs
+// about one set copy per edit instead of one chain walk.
+template <typename F>
+void for_each_state_after(const EditIndex& ix, F&& f) {
+    int64_t last = 0;
+    std::set<int64_t> last_state;
+    for (int64_t id : ix.all_in_order()) {
+        const int64_t parent = ix.basis_of.at(id).parent;
+        std::set<int64_t> state = parent == 0 ? ix.basis_from({}, id)
+                                  : parent == last ? ix.basis_from(last_state, id)
+                                                   : ix.basis_from(ix.state_after(parent), id);
+        state.insert(id);
+        f(id, state);
+        last = id;
+        last_state = std::move(state);
+    }
+}
 
 // Restores `tensors` from the base and replays, in sequence order, the deltas of the `active`
 // edits that touch them. Other tensors are left alone.
@@ -171,6 +250,12 @@ void transition(Model& model, const EditIndex& index, const std::set<int64_t>& f
 std::set<int64_t> to_set(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
 
 json ids_json(const std::vector<int64_t>& ids) { return json(ids); }
+
+json basis_exceptions_json(const Basis& b) {
+    json out = json::array();
+    for (const auto& [id, included] : b.exceptions) out.push_back({{"edit", id}, {"included", included}});
+    return out;
+}
 
 // A trace depends on the model state and its parameters (object keys dump sorted, so canonical).
 std::string trace_key(const std::string& state_hash_value, const json& params) {
@@ -274,13 +359,12 @@ struct Project::Impl {
         return out;
     }
 
-    // Every edit's metadata (no blobs), in sequence order.
+    // Every edit's metadata (no blobs, computed_on left empty), in sequence order.
     std::vector<Edit> load_edits() {
         sql::Statement st(db,
                           "SELECT id, seq, created_at, method, requests, hparams, status, metrics, duration_s, state_hash_after "
                           "FROM edits ORDER BY seq");
         std::vector<Edit> out;
-        std::map<int64_t, size_t> at;
         while (st.step()) {
             Edit e;
             e.id = st.column_int(0);
@@ -294,26 +378,22 @@ struct Project::Impl {
             e.metrics = parse_json(st.column_text(7), what + " metrics");
             e.duration_s = st.column_double(8);
             e.state_hash_after = st.column_text(9);
-            at[e.id] = out.size();
             out.push_back(std::move(e));
         }
-        sql::Statement basis(db, "SELECT edit_id, basis_id FROM edit_basis ORDER BY edit_id, basis_id");
-        while (basis.step()) {
-            auto it = at.find(basis.column_int(0));
-            if (it != at.end()) out[it->second].computed_on.push_back(basis.column_int(1));
-        }
-        for (auto& e : out)  // basis in sequence order
-            std::sort(e.computed_on.begin(), e.computed_on.end(), [&](int64_t a, int64_t b) { return out[at[a]].seq < out[at[b]].seq; });
         return out;
     }
 
     EditIndex index() {
         EditIndex ix;
-        for (const Edit& e : load_edits()) {
-            ix.seq[e.id] = e.seq;
-            ix.basis[e.id] = to_set(e.computed_on);
-            ix.touched[e.id];
+        sql::Statement edits(db, "SELECT id, seq, parent_id FROM edits");
+        while (edits.step()) {
+            const int64_t id = edits.column_int(0);
+            ix.seq[id] = edits.column_int(1);
+            ix.basis_of[id].parent = edits.is_null(2) ? 0 : edits.column_int(2);
+            ix.touched[id];
         }
+        sql::Statement basis(db, "SELECT edit_id, basis_id, included FROM edit_basis ORDER BY edit_id, basis_id");
+        while (basis.step()) ix.basis_of.at(basis.column_int(0)).exceptions.emplace_back(basis.column_int(1), basis.column_int(2) != 0);
         sql::Statement st(db, "SELECT edit_id, tensor FROM deltas");
         while (st.step()) ix.touched[st.column_int(0)].insert(st.column_text(1));
         ix.deltas = [this](int64_t id, const std::set<std::string>* only) { return load_deltas(id, only); };
@@ -344,21 +424,18 @@ struct Project::Impl {
         return ids;
     }
 
-    int64_t insert_edit(const Edit& e, int64_t seq, const std::string& created_at, std::optional<int64_t> parent,
-                        const std::vector<int64_t>& basis) {
+    int64_t insert_edit(const Edit& e, int64_t seq, const std::string& created_at, const Basis& basis) {
         sql::Statement st(db,
                           "INSERT INTO edits (seq, created_at, method, requests, hparams, status, metrics, duration_s, state_hash_after, "
                           "parent_id, n_deltas, n_artifacts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         st.bind(1, seq).bind(2, created_at).bind(3, e.method).bind(4, e.requests.dump()).bind(5, e.hparams.dump());
         st.bind(6, edit_status_name(e.status)).bind(7, e.metrics.dump()).bind(8, e.duration_s).bind(9, e.state_hash_after);
-        if (parent) st.bind(10, *parent);
+        if (basis.parent) st.bind(10, basis.parent);
         else st.bind_null(10);
         st.bind(11, static_cast<int64_t>(e.deltas.size())).bind(12, static_cast<int64_t>(e.artifacts.size())).run();
         const int64_t id = db.last_insert_rowid();
-        sql::Statement b(db, "INSERT INTO edit_basis (edit_id, basis_id) VALUES (?, ?)");
-        for (int64_t p : basis) {
-            b.bind(1, id).bind(2, p).run();
-        }
+        sql::Statement b(db, "INSERT INTO edit_basis (edit_id, basis_id, included) VALUES (?, ?, ?)");
+        for (const auto& [other, included] : basis.exceptions) b.bind(1, id).bind(2, other).bind(3, int64_t{included}).run();
         sql::Statement d(db,
                          "INSERT INTO deltas (edit_id, ord, tensor, kind, shape, dtype, rank, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
         for (size_t i = 0; i < e.deltas.size(); ++i) {
@@ -510,10 +587,25 @@ std::vector<EditSummary> Project::history() const {
         s.n_artifacts++;
         s.blob_bytes += a.column_int(1);
     }
-    for (auto& s : out) {
-        std::sort(s.tensors.begin(), s.tensors.end());
-        for (int64_t b : s.edit.computed_on)
-            if (out.at(at.at(b)).edit.status == EditStatus::Reverted) s.reverted_basis.push_back(b);
+    for (auto& s : out) std::sort(s.tensors.begin(), s.tensors.end());
+    // Reverted edits in each basis, in one pass: each edit's set is its parent's plus exceptions.
+    const EditIndex ix = impl_->index();
+    std::set<int64_t> reverted;
+    for (const auto& s : out)
+        if (s.edit.status == EditStatus::Reverted) reverted.insert(s.edit.id);
+    std::map<int64_t, std::set<int64_t>> reverted_after;  // reverted edits in state_after(id)
+    for (int64_t id : ix.all_in_order()) {
+        const Basis& b = ix.basis_of.at(id);
+        std::set<int64_t> r = b.parent ? reverted_after.at(b.parent) : std::set<int64_t>{};
+        for (const auto& [e, included] : b.exceptions) {
+            if (!included) r.erase(e);
+            else if (reverted.count(e)) r.insert(e);
+        }
+        EditSummary& s = out.at(at.at(id));
+        s.parent_id = b.parent;
+        s.reverted_basis = ix.in_order(r);
+        if (reverted.count(id)) r.insert(id);
+        reverted_after[id] = std::move(r);
     }
     return out;
 }
@@ -523,6 +615,8 @@ Edit Project::edit(int64_t id) const {
         if (e.id != id) continue;
         e.deltas = impl_->load_deltas(id, nullptr);
         e.artifacts = impl_->load_artifacts(id);
+        const EditIndex ix = impl_->index();
+        e.computed_on = ix.in_order(ix.basis(id));
         return std::move(e);
     }
     throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(id));
@@ -548,14 +642,15 @@ std::vector<HashCheck> Project::verify(Model& model) const {
     check_model(model);
     return impl_->guarded(model, impl_->where() + ": verifying the history", [&] {
         const EditIndex ix = impl_->index();
+        std::map<int64_t, std::string> recorded;
+        for (const Edit& e : impl_->load_edits()) recorded[e.id] = e.state_hash_after;
         std::set<int64_t> state = to_set(impl_->active_ids());
         std::vector<HashCheck> checks;
-        for (const Edit& e : impl_->load_edits()) {
-            const std::set<int64_t> target = ix.state_after(e.id);
+        for_each_state_after(ix, [&](int64_t id, const std::set<int64_t>& target) {
             transition(model, ix, state, target);
             state = target;
-            checks.push_back({e.id, e.state_hash_after, state_hash(model)});
-        }
+            checks.push_back({id, recorded.at(id), state_hash(model)});
+        });
         transition(model, ix, state, to_set(impl_->active_ids()));
         return checks;
     });
@@ -576,6 +671,8 @@ int64_t Project::record(Model& model, Edit& edit) {
     if (!edit.requests.is_array()) edit.requests = json::array({edit.requests});
     return impl_->guarded(model, what, [&] {
         const std::vector<int64_t> basis = impl_->active_ids();
+        const EditIndex ix = impl_->index();
+        const Basis compact = compact_basis(basis, [&](int64_t p) { return ix.state_after(p); });
         apply_edit(model, edit);
         Edit stored = edit;
         stored.status = EditStatus::Active;
@@ -586,8 +683,7 @@ int64_t Project::record(Model& model, Edit& edit) {
         sql::Statement next(impl_->db, "SELECT coalesce(max(seq), 0) + 1 FROM edits");
         next.step();
         stored.seq = next.column_int(0);
-        const int64_t id = impl_->insert_edit(stored, stored.seq, stored.created_at,
-                                              basis.empty() ? std::nullopt : std::optional<int64_t>(basis.back()), basis);
+        const int64_t id = impl_->insert_edit(stored, stored.seq, stored.created_at, compact);
         impl_->db.exec("DELETE FROM redo_stack", "clearing the redo stack");
         impl_->log("record", id, {{"method", stored.method}}, stored.state_hash_after);
         tx.commit();
@@ -706,8 +802,9 @@ std::vector<int64_t> Project::revert(Model& model, int64_t id) {
         std::set<int64_t> target = to_set(active);
         target.erase(id);
         std::vector<int64_t> dependents;
+        const std::map<int64_t, bool> contains = ix.basis_contains(id);
         for (int64_t a : active)
-            if (a != id && ix.basis.at(a).count(id)) dependents.push_back(a);
+            if (a != id && contains.at(a)) dependents.push_back(a);
         transition(model, ix, to_set(active), target);
         const std::string hash = state_hash(model);
         sql::Transaction tx(impl_->db);
@@ -724,6 +821,7 @@ std::vector<int64_t> Project::revert(Model& model, int64_t id) {
 
 json Project::export_history() const {
     json edits = json::array();
+    const EditIndex ix = impl_->index();
     for (const Edit& meta : impl_->load_edits()) {
         json deltas = json::array();
         sql::Statement d(impl_->db, "SELECT tensor, kind, shape, dtype, rank, checksum, blob FROM deltas WHERE edit_id = ? ORDER BY ord");
@@ -763,7 +861,8 @@ json Project::export_history() const {
                          {"metrics", meta.metrics},
                          {"duration_s", meta.duration_s},
                          {"state_hash_after", meta.state_hash_after},
-                         {"computed_on", meta.computed_on},
+                         {"parent", ix.basis_of.at(meta.id).parent},
+                         {"basis_exceptions", basis_exceptions_json(ix.basis_of.at(meta.id))},
                          {"deltas", deltas},
                          {"artifacts", artifacts}});
     }
@@ -801,6 +900,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
 
         // Parse everything first: ids as in the file.
         std::vector<Edit> edits;
+        std::map<int64_t, Basis> bases;
         for (const json& je : field(h, "edits", "the file")) {
             Edit e;
             e.id = field(je, "id", "an edit").get<int64_t>();
@@ -816,7 +916,11 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             e.metrics = je.value("metrics", json::object());
             e.duration_s = je.value("duration_s", 0.0);
             e.state_hash_after = field(je, "state_hash_after", where).get<std::string>();
-            e.computed_on = je.value("computed_on", std::vector<int64_t>{});
+            Basis b;
+            b.parent = je.value("parent", int64_t{0});
+            for (const json& x : je.value("basis_exceptions", json::array()))
+                b.exceptions.emplace_back(field(x, "edit", where).get<int64_t>(), field(x, "included", where).get<bool>());
+            bases[e.id] = b;
             for (const json& jd : field(je, "deltas", where)) {
                 const std::string tensor = field(jd, "tensor", where).get<std::string>();
                 const std::string dw = what + ": " + where + ", delta for '" + tensor + "'";
@@ -853,11 +957,14 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             ix.touched[e.id] = touched;
         }
         for (const Edit& e : edits) {
-            for (int64_t b : e.computed_on)
-                if (!by_id.count(b) || ix.seq[b] >= e.seq)
-                    throw Error(ErrorKind::Format, what + ": edit " + std::to_string(e.id) + " names edit " + std::to_string(b) +
-                                                       " as its basis, which is not an earlier edit of the file");
-            ix.basis[e.id] = to_set(e.computed_on);
+            const Basis& b = bases.at(e.id);
+            std::vector<int64_t> named = {b.parent};
+            for (const auto& [other, included] : b.exceptions) named.push_back(other);
+            for (int64_t other : named)
+                if (other != 0 && (!by_id.count(other) || ix.seq[other] >= e.seq))
+                    throw Error(ErrorKind::Format, what + ": edit " + std::to_string(e.id) + " names edit " + std::to_string(other) +
+                                                       " in its basis, which is not an earlier edit of the file");
+            ix.basis_of[e.id] = b;
         }
         ix.deltas = [&](int64_t id, const std::set<std::string>* only) {
             std::vector<Delta> out;
@@ -872,15 +979,15 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
         return impl_->guarded(model, what, [&] {
             // Every recorded state must reproduce on this model before anything is written.
             std::set<int64_t> state;
-            for (const Edit& e : edits) {
-                const std::set<int64_t> target = ix.state_after(e.id);
+            for_each_state_after(ix, [&](int64_t id, const std::set<int64_t>& target) {
                 transition(model, ix, state, target);
                 state = target;
                 const std::string hash = state_hash(model);
-                if (hash != e.state_hash_after)
-                    throw Error(ErrorKind::Format, "edit " + std::to_string(e.id) + " does not reproduce: recorded state hash " +
-                                                       short_fp(e.state_hash_after) + ", replayed " + short_fp(hash) + "; nothing was imported");
-            }
+                const std::string& recorded = by_id.at(id)->state_hash_after;
+                if (hash != recorded)
+                    throw Error(ErrorKind::Format, "edit " + std::to_string(id) + " does not reproduce: recorded state hash " +
+                                                       short_fp(recorded) + ", replayed " + short_fp(hash) + "; nothing was imported");
+            });
             transition(model, ix, state, final_active);
             const std::string head = state_hash(model);
             if (h.contains("head_state_hash") && h.at("head_state_hash").get<std::string>() != head)
@@ -891,10 +998,10 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             std::vector<int64_t> ids;
             int64_t seq = 0;
             for (const Edit& e : edits) {
-                std::vector<int64_t> basis;
-                for (int64_t b : ix.in_order(ix.basis.at(e.id))) basis.push_back(new_id.at(b));
-                const int64_t id = impl_->insert_edit(e, ++seq, e.created_at.empty() ? now_iso() : e.created_at,
-                                                      basis.empty() ? std::nullopt : std::optional<int64_t>(basis.back()), basis);
+                Basis b = bases.at(e.id);
+                if (b.parent) b.parent = new_id.at(b.parent);
+                for (auto& x : b.exceptions) x.first = new_id.at(x.first);
+                const int64_t id = impl_->insert_edit(e, ++seq, e.created_at.empty() ? now_iso() : e.created_at, b);
                 new_id[e.id] = id;
                 ids.push_back(id);
             }

@@ -39,12 +39,15 @@ CREATE TABLE edits (
     n_deltas          INTEGER NOT NULL,
     n_artifacts       INTEGER NOT NULL
 );
+-- The edits an edit was computed on (its basis), stored as exceptions: basis(e) is
+-- state_after(parent_id), plus the rows with included = 1, minus those with included = 0, where
+-- state_after(p) = basis(p) + p. A linear history needs no rows at all.
 CREATE TABLE edit_basis (
     edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
     basis_id  INTEGER NOT NULL REFERENCES edits(id),
+    included  INTEGER NOT NULL CHECK (included IN (0, 1)),
     PRIMARY KEY (edit_id, basis_id)
 ) WITHOUT ROWID;
-CREATE INDEX edit_basis_by_basis ON edit_basis(basis_id);
 CREATE TABLE deltas (
     id        INTEGER PRIMARY KEY,
     edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
