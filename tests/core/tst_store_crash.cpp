@@ -79,21 +79,45 @@ void TestStoreCrash::killedEditsLeaveWholeEditsOrNone() {
     std::mt19937 rng(seed);
     std::uniform_int_distribution<qint64> when(0, full_ms * 11 / 10);
 
+    // Every other run is killed at a uniform random moment of its life; the others right after
+    // the transaction starts spilling pages into the write-ahead log, so that kills also land
+    // inside the transaction, where it matters most.
+    std::uniform_int_distribution<int> in_transaction(0, 12);
+    const fs::path wal = db.string() + "-wal";
+    auto wal_bytes = [&] {
+        std::error_code ec;
+        const auto n = fs::file_size(wal, ec);
+        return ec ? uintmax_t{0} : n;
+    };
     auto model = Model::load(model_dir);
     size_t edits = 1;
-    int committed = 0, absent = 0, finished = 0;
+    int committed = 0, absent = 0, finished = 0, mid_transaction = 0;
     for (int i = 1; i <= kKills; ++i) {
         QProcess p;
         p.start(QString(ENGRAM_CLI_PATH), edit_args(db, model_dir, i));
         QVERIFY(p.waitForStarted(10000));
-        const qint64 delay = when(rng);
-        if (p.waitForFinished(static_cast<int>(delay))) {
+        const bool targeted = i % 2 == 0;
+        qint64 delay = 0;
+        bool done = false;
+        if (targeted) {
+            QElapsedTimer t;
+            t.start();
+            while (!(done = p.waitForFinished(1)) && wal_bytes() == 0 && t.elapsed() < 20000) {
+            }
+            if (!done) done = p.waitForFinished(in_transaction(rng));
+            delay = t.elapsed();
+        } else {
+            delay = when(rng);
+            done = p.waitForFinished(static_cast<int>(delay));
+        }
+        if (done) {
             ++finished;  // it beat the kill
         } else {
             p.kill();  // SIGKILL
             QVERIFY(p.waitForFinished(10000));
         }
-        const QString ctx = QString("run %1, killed after %2 ms").arg(i).arg(delay);
+        const bool wal_left = wal_bytes() > 0;
+        const QString ctx = QString("run %1, killed after %2 ms%3").arg(i).arg(delay).arg(targeted ? " (transaction-targeted)" : "");
         QVERIFY2(integrity_check(db) == "ok", qPrintable(ctx));
         std::unique_ptr<Project> project;
         try {
@@ -115,15 +139,18 @@ void TestStoreCrash::killedEditsLeaveWholeEditsOrNone() {
             ++committed;
         } else {
             ++absent;
+            if (wal_left) ++mid_transaction;  // pages of the edit had reached the log, uncommitted
         }
         QCOMPARE(project->operations().size(), edits + 1);  // "create" plus one "record" per edit: nothing half-logged
         // Replay reproduces every recorded hash, and the head.
         QCOMPARE(project->replay(*model), project->head_state_hash());
         for (const auto& c : project->verify(*model)) QVERIFY2(c.ok(), qPrintable(ctx + QString(": edit %1").arg(c.edit_id)));
     }
-    qInfo("%d kills: %d runs had committed their edit, %d had not; %d finished before the kill; the project holds %zu edits",
-          kKills, committed, absent, finished, edits);
+    qInfo("%d kills: %d runs had committed their edit, %d had not (%d of them killed inside the transaction, with uncommitted "
+          "pages in the log); %d finished before the kill; the project holds %zu edits",
+          kKills, committed, absent, mid_transaction, finished, edits);
     QVERIFY(absent > 0);  // some kills did land before the commit
+    QVERIFY(mid_transaction > 0);  // and some inside the transaction
 }
 
 QTEST_GUILESS_MAIN(TestStoreCrash)
