@@ -182,6 +182,7 @@ private Q_SLOTS:
     void refusesNewerSchema();
     void refusesReadOnlyFile();
     void fullDiskLeavesProjectUnchanged();
+    void refusesAStaleModelAfterAnotherProcessChangedTheProject();
     void cliEndToEnd();
     void storageOfARankOneEdit();
 };
@@ -648,6 +649,25 @@ void TestStore::fullDiskLeavesProjectUnchanged() {
     auto reopened = Project::open(f.db);
     auto m2 = reopened->open_model(std::nullopt);
     for (const auto& c : reopened->verify(*m2)) QVERIFY(c.ok());
+}
+
+void TestStore::refusesAStaleModelAfterAnotherProcessChangedTheProject() {
+    Fixture f("gpt2-tiny", 2);
+    auto other = Project::open(f.db);  // a second connection, as another process would hold
+    auto other_model = other->open_model(std::nullopt);
+    Edit theirs = synthetic(*other_model, 2, 1, 50);
+    other->record(*other_model, theirs);
+    // This handle's model no longer shows the project's state: every change is refused.
+    const std::string before = state_hash(*f.model);
+    Edit mine = synthetic(*f.model, 1, 1, 51);
+    QVERIFY(error_of([&] { f.project->record(*f.model, mine); }).contains("another process"));
+    QVERIFY(error_of([&] { f.project->undo(*f.model); }).contains("another process"));
+    QCOMPARE(state_hash(*f.model), before);
+    QCOMPARE(f.project->history().size(), size_t(3));
+    // Replaying brings it up to date, and then it may change the project again.
+    QCOMPARE(f.project->replay(*f.model), theirs.state_hash_after);
+    QCOMPARE(*f.project->undo(*f.model), theirs.id);
+    QCOMPARE(state_hash(*f.model), f.edits[1].state_hash_after);
 }
 
 void TestStore::cliEndToEnd() {

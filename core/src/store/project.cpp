@@ -271,7 +271,23 @@ struct Project::Impl {
     sql::Database db;
     ProjectModel model;
 
+    // The last operation this process has seen. Every change checks, inside its transaction, that
+    // no other process changed the history meanwhile, since the model in hand would be stale.
+    mutable int64_t seen_op = 0;
+
     Impl(const fs::path& f, const ProjectOptions& o, sql::Database::Mode mode) : file(f), options(o), db(f, mode) {}
+
+    int64_t last_operation() {
+        sql::Statement st(db, "SELECT coalesce(max(id), 0) FROM operations");
+        st.step();
+        return st.column_int(0);
+    }
+
+    void expect_unchanged() {
+        if (last_operation() != seen_op)
+            throw Error(ErrorKind::Io, where() + ": another process changed the project meanwhile; nothing was changed here "
+                                                 "(open the project again and retry)");
+    }
 
     std::string where() const { return file.string(); }
 
@@ -510,6 +526,7 @@ std::unique_ptr<Project> Project::open(const fs::path& file, const ProjectOption
         tx.commit();
     }
     impl->load_model_record();
+    impl->seen_op = impl->last_operation();
     return std::unique_ptr<Project>(new Project(std::move(impl)));
 }
 
@@ -539,6 +556,7 @@ std::unique_ptr<Project> Project::create(const fs::path& file, const Model& base
         tx.commit();
     }
     impl->load_model_record();
+    impl->seen_op = impl->last_operation();
     return std::unique_ptr<Project>(new Project(std::move(impl)));
 }
 
@@ -630,10 +648,12 @@ std::string Project::replay(Model& model) const {
     check_model(model);
     return impl_->guarded(model, impl_->where() + ": replaying the history", [&] {
         // Every tensor any edit touched is rebuilt, whatever state the model was in.
+        const int64_t op = impl_->last_operation();  // read first: a later change must not go unnoticed
         const EditIndex ix = impl_->index();
         std::set<std::string> tensors;
         for (const auto& [id, names] : ix.touched) tensors.insert(names.begin(), names.end());
         rebuild(model, ix, tensors, to_set(impl_->active_ids()));
+        impl_->seen_op = op;
         return state_hash(model);
     });
 }
@@ -680,6 +700,7 @@ int64_t Project::record(Model& model, Edit& edit) {
         stored.created_at = now_iso();
         stored.computed_on = basis;
         sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
         sql::Statement next(impl_->db, "SELECT coalesce(max(seq), 0) + 1 FROM edits");
         next.step();
         stored.seq = next.column_int(0);
@@ -687,6 +708,7 @@ int64_t Project::record(Model& model, Edit& edit) {
         impl_->db.exec("DELETE FROM redo_stack", "clearing the redo stack");
         impl_->log("record", id, {{"method", stored.method}}, stored.state_hash_after);
         tx.commit();
+        impl_->seen_op = impl_->last_operation();
         stored.id = id;
         stored.deltas.clear();
         stored.artifacts.clear();
@@ -713,10 +735,12 @@ std::optional<int64_t> Project::undo(Model& model) {
         transition(model, ix, to_set(active), target);
         const std::string hash = state_hash(model);
         sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
         impl_->set_status(last, EditStatus::Reverted);
         impl_->push_redo(last);
         impl_->log("undo", last, json::object(), hash);
         tx.commit();
+        impl_->seen_op = impl_->last_operation();
         return std::optional<int64_t>(last);
     });
 }
@@ -739,10 +763,12 @@ std::optional<int64_t> Project::redo(Model& model) {
         transition(model, ix, to_set(active), target);
         const std::string hash = state_hash(model);
         sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
         impl_->set_status(*next, EditStatus::Active);
         impl_->drop_redo(*next);
         impl_->log("redo", *next, json::object(), hash);
         tx.commit();
+        impl_->seen_op = impl_->last_operation();
         return next;
     });
 }
@@ -775,6 +801,7 @@ void Project::rollback(Model& model, int64_t to_id) {
         for (int64_t id : ix.in_order(target))
             if (!active.count(id)) activated.push_back(id);
         sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
         for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {  // the earliest ends on top: redone first
             impl_->set_status(*it, EditStatus::Reverted);
             impl_->push_redo(*it);
@@ -786,6 +813,7 @@ void Project::rollback(Model& model, int64_t to_id) {
         impl_->log("rollback", to_id == 0 ? std::nullopt : std::optional<int64_t>(to_id),
                    {{"to", to_id}, {"reverted", ids_json(reverted)}, {"activated", ids_json(activated)}}, hash);
         tx.commit();
+        impl_->seen_op = impl_->last_operation();
         return 0;
     });
 }
@@ -808,6 +836,7 @@ std::vector<int64_t> Project::revert(Model& model, int64_t id) {
         transition(model, ix, to_set(active), target);
         const std::string hash = state_hash(model);
         sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
         impl_->set_status(id, EditStatus::Reverted);
         impl_->push_redo(id);
         impl_->log("revert", id,
@@ -815,6 +844,7 @@ std::vector<int64_t> Project::revert(Model& model, int64_t id) {
                     {"note", "the dependents were computed on a model that contained this edit"}},
                    hash);
         tx.commit();
+        impl_->seen_op = impl_->last_operation();
         return dependents;
     });
 }
@@ -994,6 +1024,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                 throw Error(ErrorKind::Format, "the history's final state does not reproduce (recorded " +
                                                    short_fp(h.at("head_state_hash").get<std::string>()) + ", replayed " + short_fp(head) + ")");
             sql::Transaction tx(impl_->db);
+            impl_->expect_unchanged();
             std::map<int64_t, int64_t> new_id;
             std::vector<int64_t> ids;
             int64_t seq = 0;
@@ -1008,6 +1039,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             impl_->log("import", std::nullopt, {{"edits", ids.size()}, {"from", hm.value("path", "")}, {"exported_at", h.value("exported_at", "")}},
                        head);
             tx.commit();
+            impl_->seen_op = impl_->last_operation();
             return ids;
         });
     } catch (const json::exception& e) {
