@@ -250,6 +250,19 @@ void TestStore::applyRuleIsTheDocumentedOne() {
     const at::Tensor ulp = at::abs(reference).to(at::kFloat).to(at::kDouble) * std::ldexp(1.0, -23) + 1e-30;
     QVERIFY(((got - reference).abs() <= ulp).all().item<bool>());
     QVERIFY(max_abs_diff(got, expected_rows) > 1e-4);  // it did change
+    // And bit for bit the rule as edit.h words it, written out naively here.
+    const at::Tensor w = expected_rows.contiguous(), u = lr.u.contiguous(), v = lr.v.contiguous();
+    at::Tensor literal = at::empty({64, 256}, at::kFloat);
+    for (int64_t i = 0; i < 64; ++i)
+        for (int64_t j = 0; j < 256; ++j) {
+            double d = 0.0;
+            for (int64_t k = 0; k < 4; ++k) {
+                volatile double p = double(u.data_ptr<float>()[i * 4 + k]) * double(v.data_ptr<float>()[j * 4 + k]);  // no FMA
+                d += p;
+            }
+            literal.data_ptr<float>()[i * 256 + j] = static_cast<float>(double(w.data_ptr<float>()[i * 256 + j]) + d);
+        }
+    QVERIFY(at::equal(model->weight(Slot::FfnDown, 1), literal));
 }
 
 void TestStore::applyIsBitDeterministicAcrossThreads() {

@@ -49,18 +49,25 @@ bool is_factor_dtype(const at::Tensor& t) { return t.scalar_type() == at::kFloat
 // Rows are independent: each output row is produced by one thread, each element in a fixed order.
 constexpr int64_t kRowGrain = 16;
 
-// W' = round(double(W) + D) for D = u v^T, k ascending. W, out: [out, in] contiguous; u [out, r], v [in, r].
-template <typename W, typename F>
-void add_low_rank(const W* w, W* out, const F* u, const F* v, int64_t n_out, int64_t n_in, int64_t r) {
+// W' = round(double(W) + D) for D = u v^T. Each element's sum runs over k ascending from 0.0,
+// exactly as edit.h states; keeping one accumulator per column (acc[j]) lets the compiler
+// vectorise across j without changing any element's order of operations. This file is built with
+// -ffp-contract=off so no build fuses the multiply and add into an FMA (which rounds differently).
+// W, out: [n_out, n_in] contiguous; u: [n_out, r] as double; vt: [r, n_in] as double (v transposed).
+template <typename W>
+void add_low_rank(const W* w, W* out, const double* u, const double* vt, int64_t n_out, int64_t n_in, int64_t r) {
     at::parallel_for(0, n_out, kRowGrain, [&](int64_t begin, int64_t end) {
+        std::vector<double> acc(static_cast<size_t>(n_in));
         for (int64_t i = begin; i < end; ++i) {
-            const F* ui = u + i * r;
-            for (int64_t j = 0; j < n_in; ++j) {
-                const F* vj = v + j * r;
-                double d = 0.0;
-                for (int64_t k = 0; k < r; ++k) d += static_cast<double>(ui[k]) * static_cast<double>(vj[k]);
-                out[i * n_in + j] = static_cast<W>(static_cast<double>(w[i * n_in + j]) + d);
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t k = 0; k < r; ++k) {
+                const double uik = u[i * r + k];
+                const double* vk = vt + k * n_in;
+                for (int64_t j = 0; j < n_in; ++j) acc[j] += uik * vk[j];
             }
+            const W* wi = w + i * n_in;
+            W* oi = out + i * n_in;
+            for (int64_t j = 0; j < n_in; ++j) oi[j] = static_cast<W>(static_cast<double>(wi[j]) + acc[j]);
         }
     });
 }
@@ -84,7 +91,13 @@ void apply_typed(const at::Tensor& w, at::Tensor& out, const Delta& d) {
     const W* wp = w.data_ptr<W>();
     W* op = out.data_ptr<W>();
     switch (d.kind) {
-        case DeltaKind::LowRank: add_low_rank<W, F>(wp, op, d.u.data_ptr<F>(), d.v.data_ptr<F>(), n_out, n_in, d.rank()); break;
+        case DeltaKind::LowRank: {
+            // Converting F32 factors to F64 is exact, so this changes no value.
+            const at::Tensor u = d.u.to(at::kDouble).contiguous();       // [out, r]
+            const at::Tensor vt = d.v.to(at::kDouble).t().contiguous();  // [r, in]
+            add_low_rank<W>(wp, op, u.data_ptr<double>(), vt.data_ptr<double>(), n_out, n_in, d.rank());
+            break;
+        }
         case DeltaKind::DenseRows: {
             std::memcpy(op, wp, static_cast<size_t>(w.numel()) * sizeof(W));
             const int64_t* rows = d.rows.data_ptr<int64_t>();
