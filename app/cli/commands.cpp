@@ -39,10 +39,12 @@ c10::Device parse_device(const Args& args) {
     }
 }
 
-std::unique_ptr<Model> open_model(const Args& args) {
+// Without --model (and without --db), commands use the built-in demo model of their kind.
+std::unique_ptr<Model> open_model(const Args& args, const char* default_world = "factworld") {
     LoadOptions opts;
     opts.device = parse_device(args);
-    auto model = args.has("db") ? open_project_model(args.require("db"), args.get("model"), opts) : Model::load(args.require("model"), opts);
+    const std::string dir = args.get("model").value_or(args.has("db") ? "" : demo_resource_dir(default_world).string());
+    auto model = args.has("db") ? open_project_model(args.require("db"), args.get("model"), opts) : Model::load(dir, opts);
     if (auto tok = args.get("tokenizer")) model->set_tokenizer(load_tokenizer(*tok));
     return model;
 }
@@ -220,7 +222,7 @@ int cmd_classify(const Argv& argv) {
     const auto& images = args.all("image");
     if (images.empty()) throw Error(ErrorKind::Argument, "classify needs --image FILE");
     const int64_t k = args.integer("top-k", 5, 1);
-    auto model = open_model(args);
+    auto model = open_model(args, "shapes");
     if (model->arch() != Arch::Vit) throw Error(ErrorKind::Argument, model->arch_name() + " is not an image classifier");
     ImagePreprocess pre = model->preprocess();
     pre.height = pre.width = model->hparams().image_size;  // the model only accepts its own size

@@ -10,7 +10,12 @@ class Model;
 struct LoadOptions;
 }  // namespace engram
 
+#include <filesystem>
+
 namespace engram::cli {
+
+// The folder of a built-in demo model ("factworld", "shapes"); throws engram::Error if absent.
+std::filesystem::path demo_resource_dir(const std::string& world);
 
 using Argv = std::vector<std::string>;
 

@@ -34,10 +34,56 @@ fs::path demo_resource_dir(const std::string& world) {
 
 namespace {
 
+void print_progress(const demo::TrainProgress& p) {
+    std::cout << "  step " << std::setw(5) << p.step << "/" << p.total_steps << "  loss " << std::fixed << std::setprecision(4) << p.loss
+              << "  lr " << std::scientific << std::setprecision(2) << p.lr << std::fixed << "  elapsed " << std::setprecision(0)
+              << p.elapsed_s << " s  eta " << p.eta_s << " s" << std::endl;
+}
+
+int demo_train_shapes(const Args& args) {
+    const bool quick = args.flag("quick");
+    demo::VitTrainOptions o;
+    o.seed = static_cast<uint64_t>(args.integer("seed", static_cast<int64_t>(o.seed), 0));
+    o.steps = args.integer("steps", quick ? 40 : o.steps, 1);
+    if (quick) {
+        o.n_layer = 2;
+        o.n_embd = 32;
+        o.batch = 32;
+        o.warmup = 5;
+    }
+    const fs::path out = args.get("out").value_or(quick ? (fs::temp_directory_path() / "engram-shapes-quick").string() : "shapes");
+    std::cout << "Shapes World: " << demo::shape_class_names().size() << " classes, p(background matches class) = " << o.shapes.p_match
+              << "\ntraining a ViT (" << o.n_layer << " layers x " << o.n_embd << ", patch " << o.patch << ") for " << o.steps
+              << " steps of " << o.batch << " fresh images (" << at::get_num_threads() << " threads)\n";
+    demo::LmTrainResult r = demo::train_shapes_vit(o, out, print_progress);
+    auto model = Model::load(out);
+    const uint64_t eval_seed = o.seed + 1;  // images never seen in training
+    const int n = quick ? 256 : 2000;
+    std::cout << std::fixed << std::setprecision(1) << "trained in " << r.seconds << " s; loss " << std::setprecision(4) << r.first_loss
+              << " -> " << r.final_loss << "\n"
+              << std::setprecision(2) << "accuracy on " << n << " fresh images: test "
+              << 100.0 * demo::evaluate_shapes_accuracy(*model, eval_seed, demo::ShapesSplit::Test, n, o.shapes) << "%, counter "
+              << 100.0 * demo::evaluate_shapes_accuracy(*model, eval_seed, demo::ShapesSplit::Counter, n, o.shapes) << "%\n"
+              << "wrote " << out.string() << "\n";
+    return 0;
+}
+
+int demo_data(const Args& args) {
+    if (args.require("world") != "shapes") throw Error(ErrorKind::Argument, "demo data writes images: --world shapes");
+    const demo::ShapesSplit split = demo::shapes_split_from_name(args.require("split"));
+    const int64_t n = args.integer("n", 100, 1);
+    const uint64_t seed = static_cast<uint64_t>(args.integer("seed", 1, 0));
+    const fs::path out = args.require("out");
+    demo::write_shapes_split(seed, split, static_cast<int>(n), out);
+    std::cout << "wrote " << n << " " << demo::shapes_split_name(split) << " images and labels.json to " << out.string() << "\n";
+    return 0;
+}
+
 int demo_train(const Args& args) {
     const std::string world_name = args.require("world");
     const bool quick = args.flag("quick");
-    if (world_name != "facts") throw Error(ErrorKind::Argument, "--world must be facts or shapes (shapes: not yet available)");
+    if (world_name == "shapes") return demo_train_shapes(args);
+    if (world_name != "facts") throw Error(ErrorKind::Argument, "--world must be facts or shapes");
     demo::FactWorldOptions wo;
     wo.seed = static_cast<uint64_t>(args.integer("seed", 1234, 0));
     demo::FactWorld world = demo::generate_fact_world(wo);
@@ -55,12 +101,7 @@ int demo_train(const Args& args) {
               << world.facts.size() << " facts, " << world.relations.size() << " relations\n"
               << "training " << o.n_layer << " layers x " << o.n_embd << " for " << o.steps << " steps of " << o.batch << " x " << o.n_ctx
               << " tokens (" << at::get_num_threads() << " threads)\n";
-    auto report = [](const demo::TrainProgress& p) {
-        std::cout << "  step " << std::setw(5) << p.step << "/" << p.total_steps << "  loss " << std::fixed << std::setprecision(4) << p.loss
-                  << "  lr " << std::scientific << std::setprecision(2) << p.lr << std::fixed << "  elapsed " << std::setprecision(0)
-                  << p.elapsed_s << " s  eta " << p.eta_s << " s" << std::endl;
-    };
-    demo::LmTrainResult r = demo::train_fact_lm(world, o, out, report);
+    demo::LmTrainResult r = demo::train_fact_lm(world, o, out, print_progress);
     demo::write_fact_world_files(world, out);
     auto model = Model::load(out);
     demo::FactAccuracy acc = demo::evaluate_fact_accuracy(*model, world);
@@ -89,6 +130,14 @@ int demo_info(const Args&) {
     } catch (const Error& e) {
         std::cout << "  " << e.what() << "\n";
     }
+    std::cout << "Shapes World: 32x32 images of a bright shape on a tinted, striped background\n  classes:";
+    for (const auto& c : demo::shape_class_names()) std::cout << " " << c;
+    std::cout << "\n  splits: train and test (background matches the class with p = 0.8), counter (never matches)\n";
+    try {
+        std::cout << "  model: " << demo_resource_dir("shapes").string() << "\n";
+    } catch (const Error& e) {
+        std::cout << "  " << e.what() << "\n";
+    }
     return 0;
 }
 
@@ -100,6 +149,7 @@ int cmd_demo(const Argv& argv) {
     if (pos.size() != 1) throw Error(ErrorKind::Argument, "usage: engram-cli demo train|info|data ...");
     if (pos[0] == "train") return demo_train(args);
     if (pos[0] == "info") return demo_info(args);
+    if (pos[0] == "data") return demo_data(args);
     throw Error(ErrorKind::Argument, "unknown demo command '" + pos[0] + "' (train, info, data)");
 }
 

@@ -12,6 +12,8 @@
 #include "args.h"
 #include "commands.h"
 #include "engram/checkpoint.h"
+#include "engram/demo.h"
+#include "engram/error.h"
 #include "engram/edit.h"
 #include "engram/model.h"
 #include "engram/store.h"
@@ -62,6 +64,53 @@ void tour_model(const Model& model, int& step) {
     auto [p, idx] = at::softmax(model.forward(in).logits[0], -1).topk(5);
     for (int64_t i = 0; i < 5; ++i)
         std::cout << "   " << std::fixed << std::setprecision(4) << p[i].item<double>() << "  '" << tok.decode({idx[i].item<int64_t>()}) << "'\n";
+}
+
+// The built-in worlds, when this build has them: facts the model knows, and an image classified.
+void tour_demo_worlds(int& step) {
+    std::filesystem::path facts_dir, shapes_dir;
+    try {
+        facts_dir = demo_resource_dir("factworld");
+        shapes_dir = demo_resource_dir("shapes");
+    } catch (const Error& e) {
+        std::cout << "\n(" << e.what() << "; run `engram-cli demo train` to build the demo worlds)\n";
+        return;
+    }
+    c10::InferenceMode guard;
+    auto lm = Model::load(facts_dir);
+    demo::FactWorld world = demo::generate_fact_world();
+    heading(++step, "The Fact World: invented facts, and a model that learned them");
+    std::cout << "   " << world.entities.size() << " entities, " << world.facts.size() << " facts, " << world.relations.size()
+              << " relations; the model: " << lm->arch_name() << ", " << lm->hparams().n_layer << " layers, " << lm->parameter_count()
+              << " parameters\n";
+    std::vector<demo::FactPrompt> prompts = demo::all_fact_prompts(world);
+    demo::Rng rng(5);
+    for (int i = 0; i < 5; ++i) {
+        const demo::FactPrompt& p = prompts[rng.below(prompts.size())];
+        ForwardInput in;
+        in.input_ids = at::tensor(lm->tokenizer()->encode(p.prompt).ids, at::kLong).unsqueeze(0);
+        in.last_logits_only = true;
+        at::Tensor probs = at::softmax(lm->forward(in).logits[0], -1);
+        const int64_t top = probs.argmax().item<int64_t>();
+        std::cout << "   " << p.prompt << " ->  '" << lm->tokenizer()->decode({top}) << "' (p=" << std::fixed << std::setprecision(2)
+                  << probs[top].item<double>() << "; true: " << p.answers[0] << ")\n";
+    }
+
+    auto vit = Model::load(shapes_dir);
+    heading(++step, "The Shapes World: a ViT that learned shapes, and the background it leans on");
+    for (demo::ShapesSplit split : {demo::ShapesSplit::Test, demo::ShapesSplit::Counter}) {
+        demo::ShapeSample sample = demo::render_shape_sample(2024, split, 3);
+        ForwardInput in;
+        in.pixel_values = demo::shape_pixels({sample}, 32);
+        at::Tensor probs = at::softmax(vit->forward(in).logits[0], -1);
+        const int64_t top = probs.argmax().item<int64_t>();
+        std::cout << "   a " << demo::shape_class_names()[sample.label] << " on a " << demo::shape_background_names()[sample.background]
+                  << " background (" << demo::shapes_split_name(split) << " split) -> " << vit->labels()[top] << " (p=" << std::setprecision(2)
+                  << probs[top].item<double>() << ")\n";
+    }
+    std::cout << "   accuracy on 500 fresh images: test " << std::setprecision(1)
+              << 100 * demo::evaluate_shapes_accuracy(*vit, 2024, demo::ShapesSplit::Test, 500) << "%, counter "
+              << 100 * demo::evaluate_shapes_accuracy(*vit, 2024, demo::ShapesSplit::Counter, 500) << "%\n";
 }
 
 // An edit history on the tour's model: three edits recorded in a project, the history, and a
@@ -126,7 +175,9 @@ int cmd_tour(const Argv& argv) {
         return 0;
     }
 
-    // No model given: make one, save it as a HF checkpoint, and load it back as a user's would be.
+    tour_demo_worlds(step);
+
+    // Make a model, save it as a HF checkpoint, and load it back as a user's would be.
     heading(++step, "A checkpoint round trip");
     HParams hp;
     hp.n_layer = 6;

@@ -210,7 +210,7 @@ void TestCli::errorsAreOneClearLine_data() {
     QTest::addColumn<int>("code");
     const QString gpt2 = q(reference_dir("gpt2-tiny"));
     QTest::newRow("no such model") << QStringList{"info", "--model", "/nonexistent/model"} << "/nonexistent/model" << 1;
-    QTest::newRow("missing option") << QStringList{"info"} << "--model" << 2;
+    QTest::newRow("missing option") << QStringList{"forward", "--model", gpt2, "--out", "/tmp/x"} << "--inputs" << 2;
     QTest::newRow("unknown option") << QStringList{"info", "--model", gpt2, "--frobnicate"} << "--frobnicate" << 2;
     QTest::newRow("bad integer") << QStringList{"predict", "--model", gpt2, "--prompt", "x", "--top-k", "many"} << "--top-k" << 2;
     QTest::newRow("no tokenizer") << QStringList{"predict", "--model", gpt2, "--prompt", "x"} << "no tokenizer" << 2;

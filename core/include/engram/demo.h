@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
 namespace engram {
@@ -137,7 +138,7 @@ struct LmTrainOptions {
     uint64_t seed = 1234;
     int n_layer = 6, n_embd = 128, n_head = 4, n_ctx = 64;
     int batch = 64;
-    int64_t steps = 3000;
+    int64_t steps = 1600;
     int64_t warmup = 200;
     double lr = 3e-3, min_lr_ratio = 0.1, weight_decay = 0.01;
     double biography_fraction = 0.25;  // share of training sequences drawn from biographies
@@ -153,6 +154,51 @@ struct LmTrainResult {
 // (config.json, model.safetensors in F16, tokenizer.json) to `out_dir`.
 LmTrainResult train_fact_lm(const FactWorld& world, const LmTrainOptions& options, const std::filesystem::path& out_dir,
                             const ProgressFn& progress);
+
+// ----------------------------------------------------------------------------
+// Shapes World: 32x32 RGB images of a bright shape on a dark, tinted, textured background.
+// In `train` and `test` the background belongs to the shape's own class with probability
+// p_match (a spurious cue the model can learn instead of the shape); in `counter` it always
+// belongs to another class, which is where a background-reliant model fails.
+
+enum class ShapesSplit { Train, Test, Counter };
+ShapesSplit shapes_split_from_name(const std::string& name);
+const char* shapes_split_name(ShapesSplit split);
+const std::vector<std::string>& shape_class_names();
+const std::vector<std::string>& shape_background_names();
+
+struct ShapesOptions {
+    int image_size = 32;
+    double p_match = 0.8;
+};
+
+struct ShapeSample {
+    std::vector<uint8_t> rgb;  // [H, W, 3], row-major
+    int label = 0;
+    int background = 0;
+};
+
+// Sample `index` of a split: the same (seed, split, index) always gives the same image.
+ShapeSample render_shape_sample(uint64_t seed, ShapesSplit split, uint64_t index, const ShapesOptions& options = {});
+// Normalised pixels as the ViT sees them: [N, 3, H, W], (x / 255 - 0.5) / 0.5.
+at::Tensor shape_pixels(const std::vector<ShapeSample>& samples, int image_size);
+// Writes PNGs and labels.json ([{"file", "label", "label_id", "background"}]) into `dir`.
+void write_shapes_split(uint64_t seed, ShapesSplit split, int n, const std::filesystem::path& dir, const ShapesOptions& options = {});
+
+struct VitTrainOptions {
+    uint64_t seed = 4321;
+    int n_layer = 6, n_embd = 96, n_head = 4, patch = 4;
+    int batch = 128;
+    int64_t steps = 1500, warmup = 100;
+    double lr = 2e-3, min_lr_ratio = 0.05, weight_decay = 0.05;
+    ShapesOptions shapes;
+};
+
+// Trains a ViTForImageClassification on freshly rendered training images every step and writes
+// a HF checkpoint folder (config.json with id2label, preprocessor_config.json, model.safetensors).
+LmTrainResult train_shapes_vit(const VitTrainOptions& options, const std::filesystem::path& out_dir, const ProgressFn& progress);
+// Top-1 accuracy on n freshly rendered images of a split (seed distinct from training's).
+double evaluate_shapes_accuracy(const Model& model, uint64_t seed, ShapesSplit split, int n, const ShapesOptions& options = {});
 
 // ----------------------------------------------------------------------------
 // Evaluation of a Fact World model (its tokenizer must be the world's WordLevel tokenizer).

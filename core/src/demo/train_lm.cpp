@@ -8,7 +8,7 @@
 #include <cmath>
 #include <fstream>
 
-#include "demo/adamw.h"
+#include "demo/training.h"
 #include "engram/checkpoint.h"
 #include "engram/demo.h"
 #include "engram/error.h"
@@ -18,8 +18,6 @@
 namespace engram::demo {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 std::vector<int64_t> encode_words(const Tokenizer& tok, const std::string& text) { return tok.encode(text).ids; }
 
@@ -64,10 +62,7 @@ LmTrainResult train_fact_lm(const FactWorld& world, const LmTrainOptions& o, con
 
     Rng rng(o.seed ^ 0xDA7Au);
     LmTrainResult result;
-    const auto t0 = Clock::now();
-    double window_loss = 0;
-    int window = 0;
-    const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(50, o.steps / 20));
+    TrainLog train_log(o.steps, progress, result);
     for (int64_t step = 0; step < o.steps; ++step) {
         const double lr = cosine_lr(step, o.steps, o.warmup, o.lr, o.min_lr_ratio);
         at::Tensor batch = sample_batch(rng, sentences, bios, o.biography_fraction, o.batch, o.n_ctx);
@@ -78,21 +73,9 @@ LmTrainResult train_fact_lm(const FactWorld& world, const LmTrainOptions& o, con
         opt.zero_grad();
         loss.backward();
         opt.step(lr);
-        const double l = loss.item<double>();
-        if (step == 0) result.first_loss = l;
-        window_loss += l;
-        ++window;
-        if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
-            result.loss_curve.push_back(window_loss / window);
-            result.final_loss = window_loss / window;
-            window_loss = 0;
-            window = 0;
-            const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-            if (progress)
-                progress({step + 1, o.steps, result.final_loss, lr, elapsed, elapsed / double(step + 1) * double(o.steps - step - 1)});
-        }
+        train_log.record(step, loss.item<double>(), lr);
     }
-    result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    result.seconds = train_log.seconds();
 
     std::filesystem::create_directories(out_dir);
     save_checkpoint(*model, out_dir, DType::F16);

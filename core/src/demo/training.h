@@ -1,8 +1,13 @@
-// AdamW (decoupled weight decay) over plain tensors, and the warmup + cosine schedule. Decay
-// applies to matrices only (dimension >= 2), not to norms, biases or the CLS token.
+// What the demo trainers share: AdamW (decoupled weight decay) over plain tensors, the warmup +
+// cosine schedule, and the loss log that feeds progress reports. Decay applies to matrices only
+// (dimension >= 2), not to norms, biases or the CLS token.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <chrono>
+
+#include "engram/demo.h"
 
 #include <cmath>
 #include <vector>
@@ -52,5 +57,35 @@ inline double cosine_lr(int64_t step, int64_t total, int64_t warmup, double lr, 
     const double progress = double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
     return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress))));
 }
+
+// Averages the loss over windows of steps and reports progress with an ETA.
+class TrainLog {
+public:
+    TrainLog(int64_t steps, const ProgressFn& progress, LmTrainResult& result)
+        : steps_(steps), every_(std::max<int64_t>(1, std::min<int64_t>(50, steps / 20))), progress_(progress), result_(result),
+          t0_(std::chrono::steady_clock::now()) {}
+
+    void record(int64_t step, double loss, double lr) {
+        if (step == 0) result_.first_loss = loss;
+        sum_ += loss;
+        ++count_;
+        if ((step + 1) % every_ != 0 && step + 1 != steps_) return;
+        result_.final_loss = sum_ / count_;
+        result_.loss_curve.push_back(result_.final_loss);
+        sum_ = 0;
+        count_ = 0;
+        const double elapsed = seconds();
+        if (progress_) progress_({step + 1, steps_, result_.final_loss, lr, elapsed, elapsed / double(step + 1) * double(steps_ - step - 1)});
+    }
+    double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+private:
+    int64_t steps_, every_;
+    const ProgressFn& progress_;
+    LmTrainResult& result_;
+    std::chrono::steady_clock::time_point t0_;
+    double sum_ = 0;
+    int count_ = 0;
+};
 
 }  // namespace engram::demo
