@@ -427,6 +427,14 @@ void TestStore::revertOutOfOrder() {
     // Rolling back to edit 3 restores the state it was computed in.
     project->rollback(*model, e[2].id);
     QCOMPARE(state_hash(*model), e[2].state_hash_after);
+    // Verify replays every recorded state on any copy, a fresh base included, and ends at the head.
+    project->revert(*model, e[0].id);
+    auto another = Model::load(dir);
+    const auto checks = project->verify(*another);
+    QCOMPARE(checks.size(), size_t(3));
+    for (const auto& c : checks) QVERIFY2(c.ok(), qPrintable(QString("edit %1").arg(c.edit_id)));
+    QCOMPARE(state_hash(*another), state_hash(*model));
+    QVERIFY(same_weights(*another, *model));
 }
 
 void TestStore::exportModelLoadsBackIdentical() {

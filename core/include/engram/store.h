@@ -108,7 +108,8 @@ public:
     // Brings a freshly loaded base model to the project's state; returns the state hash.
     std::string replay(Model& model) const;
     // Replays every edit's recorded state (its basis plus itself) and compares the hashes; leaves
-    // the model in the project's current state.
+    // the model in the project's current state. The model may start in any state of this project
+    // (a freshly loaded base included).
     std::vector<HashCheck> verify(Model& model) const;
 
     // Applies `edit` to the model, records it (one transaction, committed before returning) and

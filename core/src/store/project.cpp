@@ -664,7 +664,11 @@ std::vector<HashCheck> Project::verify(Model& model) const {
         const EditIndex ix = impl_->index();
         std::map<int64_t, std::string> recorded;
         for (const Edit& e : impl_->load_edits()) recorded[e.id] = e.state_hash_after;
-        std::set<int64_t> state = to_set(impl_->active_ids());
+        // Start from the base, whatever state the model was in: restoring costs no replay.
+        std::set<std::string> tensors;
+        for (const auto& [id, names] : ix.touched) tensors.insert(names.begin(), names.end());
+        rebuild(model, ix, tensors, {});
+        std::set<int64_t> state;
         std::vector<HashCheck> checks;
         for_each_state_after(ix, [&](int64_t id, const std::set<int64_t>& target) {
             transition(model, ix, state, target);

@@ -133,6 +133,7 @@ void Statement::run() {
     while (step()) {
     }
     reset();
+    sqlite3_clear_bindings(stmt_);  // no SQLITE_STATIC blob is left pointing at freed bytes
 }
 
 void Statement::reset() { sqlite3_reset(stmt_); }

@@ -59,7 +59,7 @@ public:
     Statement& bind_null(int index);
 
     bool step();  // true while a row is available
-    void run();   // steps to completion; for statements without results
+    void run();   // steps to completion, then resets and clears the bindings; for statements without results
     void reset(); // ready to run again (bindings kept)
 
     bool is_null(int column) const;
