@@ -29,7 +29,7 @@ commands:
 projects (a *.engram file: the base model plus every edit, replayable bit for bit):
   edit            --db F --model DIR --method synthetic --layer L [--rank R --seed S --scale X --artifact-kib N] [--json]
                   (creates F when it does not exist; synthetic = a seeded random low-rank test delta)
-  history         --db F [--json] [--verify]
+  history         --db F [--json] [--verify] [--edit N]   (--edit: one edit in full)
   undo | redo     --db F
   rollback        --db F --to N        back to the state right after edit N (0: the base model)
   revert          --db F --edit N      revert one edit out of order; the others are replayed

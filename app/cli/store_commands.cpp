@@ -188,11 +188,43 @@ int cmd_edit(const Argv& argv) {
     return 0;
 }
 
+// `history --edit N`: one edit in full (its deltas and artifacts, checksums verified).
+int show_edit(const Project& project, int64_t id, bool as_json) {
+    const Edit e = project.edit(id);
+    json deltas = json::array(), artifacts = json::array();
+    for (const Delta& d : e.deltas) {
+        double norm = 0.0;
+        if (d.kind == DeltaKind::LowRank) norm = at::matmul(d.u.to(at::kDouble), d.v.to(at::kDouble).t()).norm().item<double>();
+        else norm = d.values.to(at::kDouble).norm().item<double>();
+        deltas.push_back({{"tensor", d.tensor}, {"kind", delta_kind_name(d.kind)}, {"shape", d.shape}, {"rank", d.rank()},
+                          {"dtype", dtype_name(d.dtype())}, {"fro_norm", norm}});
+    }
+    for (const Artifact& a : e.artifacts)
+        artifacts.push_back({{"name", a.name}, {"kind", a.kind}, {"shape", a.tensor.sizes().vec()}, {"meta", a.meta}});
+    const json j = {{"id", e.id},           {"seq", e.seq},         {"created_at", e.created_at}, {"method", e.method},
+                    {"status", edit_status_name(e.status)},         {"requests", e.requests},     {"hparams", e.hparams},
+                    {"metrics", e.metrics}, {"duration_s", e.duration_s}, {"state_hash_after", e.state_hash_after},
+                    {"computed_on", e.computed_on}, {"deltas", deltas}, {"artifacts", artifacts}};
+    if (as_json) {
+        std::cout << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+        return 0;
+    }
+    std::cout << "edit " << e.id << " (seq " << e.seq << ", " << edit_status_name(e.status) << "), " << when(e.created_at) << ", " << e.method
+              << ", " << std::setprecision(3) << e.duration_s << " s\n  " << describe(e) << "\n  requests " << e.requests.dump()
+              << "\n  hparams  " << e.hparams.dump() << "\n  metrics  " << e.metrics.dump() << "\n  computed on "
+              << (e.computed_on.empty() ? std::string("the base model") : "edits " + join(e.computed_on)) << "\n  state hash after "
+              << e.state_hash_after << "\n";
+    for (const auto& d : deltas) std::cout << "  delta    " << d.dump() << "\n";
+    for (const auto& a : artifacts) std::cout << "  artifact " << a.dump() << "\n";
+    return 0;
+}
+
 int cmd_history(const Argv& argv) {
-    Args args(argv, {"json", "verify"}, {"db", "model"});
+    Args args(argv, {"json", "verify"}, {"db", "model", "edit"});
     ProjectOptions po;
     po.read_only = true;
     auto project = Project::open(args.require("db"), po);
+    if (args.has("edit")) return show_edit(*project, args.integer("edit", 0, 1), args.flag("json"));
     const auto history = project->history();
     std::vector<HashCheck> checks;
     if (args.flag("verify")) {

@@ -727,6 +727,13 @@ void TestStore::cliEndToEnd() {
     QCOMPARE(hj["edits"].toArray().size(), 3);
     for (const auto& v : hj["verify"].toArray()) QVERIFY(v.toObject()["ok"].toBool());
 
+    Run show = cli({"history", "--db", q(db), "--edit", "2", "--json"});
+    QVERIFY2(show.code == 0, show.err.constData());
+    const QJsonObject sj = QJsonDocument::fromJson(show.out).object();
+    QCOMPARE(sj["deltas"].toArray()[0].toObject()["rank"].toInt(), 2);
+    QCOMPARE(sj["computed_on"].toArray().size(), 1);
+    QCOMPARE(sj["state_hash_after"].toString().toStdString(), hashes[1]);
+
     // --db works on every --model command: predictions differ from the base model's.
     Run pb = cli({"predict", "--model", q(dir), "--prompt", "w5 w17 w300", "--json"});
     Run pe = cli({"predict", "--db", q(db), "--prompt", "w5 w17 w300", "--json"});
