@@ -21,5 +21,7 @@ target_compile_options(engram_torch INTERFACE ${_engram_torch_flags})
 find_path(STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb REQUIRED)
 
 if(ENGRAM_BUILD_QT)
-  find_package(Qt6 6.2 REQUIRED COMPONENTS Core Test)
+  find_package(Qt6 6.2 REQUIRED COMPONENTS Core Test Widgets PrintSupport)
+  find_package(Qt6 6.2 QUIET OPTIONAL_COMPONENTS Svg)  # SVG heatmap export when qt6-svg-dev is present
+  find_package(QCustomPlotQt6 REQUIRED)
 endif()

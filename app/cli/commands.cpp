@@ -43,8 +43,10 @@ c10::Device parse_device(const Args& args) {
 std::unique_ptr<Model> open_model(const Args& args, const char* default_world = "factworld") {
     LoadOptions opts;
     opts.device = parse_device(args);
-    const std::string dir = args.get("model").value_or(args.has("db") ? "" : demo_resource_dir(default_world).string());
-    auto model = args.has("db") ? open_project_model(args.require("db"), args.get("model"), opts) : Model::load(dir, opts);
+    std::unique_ptr<Model> model;
+    if (args.has("db")) model = open_project_model(args.require("db"), args.get("model"), opts);
+    else if (auto dir = args.get("model")) model = Model::load(*dir, opts);
+    else model = Model::load(demo_resource_dir(default_world), opts);
     if (auto tok = args.get("tokenizer")) model->set_tokenizer(load_tokenizer(*tok));
     return model;
 }
@@ -251,6 +253,7 @@ int cmd_classify(const Argv& argv) {
 }
 
 int cmd_bench(const Argv& argv) {
+    if (!argv.empty() && argv[0] == "trace") return cmd_bench_trace(Argv(argv.begin() + 1, argv.end()));
     Args args(argv, {}, {"batch", "seq", "iters", "device"});
     if (args.positional().size() == 1 && args.positional()[0] == "load") {
         const fs::path dir = fs::temp_directory_path() / ("engram-bench-load-" + std::to_string(::getpid()));

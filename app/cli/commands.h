@@ -29,6 +29,10 @@ int cmd_bench(const Argv& argv);
 int cmd_tour(const Argv& argv);
 int cmd_demo(const Argv& argv);
 
+// Causal tracing (trace_commands.cpp).
+int cmd_trace(const Argv& argv);
+int cmd_bench_trace(const Argv& argv);  // engram-cli bench trace ...
+
 // Projects (store_commands.cpp).
 int cmd_edit(const Argv& argv);
 int cmd_history(const Argv& argv);

@@ -23,6 +23,11 @@ commands:
   classify  --model DIR --image FILE... [--top-k K] [--json] [--device D]
   bench     forward [--batch B --seq T --iters N --device D]
   bench     load     time loading a ~500 MB F32 checkpoint
+  bench     trace [--json] [--seq T --samples N --layers L --fast-only]   naive vs fast causal trace
+  trace     --model DIR --prompt P --subject S [--target T] [--kind hidden|mlp|attn|all] [--samples N]
+            [--noise s3|FLOAT|uX|tNU] [--replace] [--window W] [--seed S] [--sever mlp|attn] [--subjects FILE]
+            [--naive] [--json OUT] [--csv OUT] [--png OUT] [--pdf OUT] [--svg OUT] [--quiet]
+  trace     --dataset FILE|demo [--limit N] ... average indirect effects per token bucket (ROME Fig. 2)
   demo      train --world facts|shapes [--quick] [--out DIR] | info | data ...
   tour      [--model DIR]    a headless walk through what Engram can do
 
@@ -53,7 +58,7 @@ constexpr Command kCommands[] = {
     {"info", engram::cli::cmd_info},         {"tokenize", engram::cli::cmd_tokenize}, {"forward", engram::cli::cmd_forward},
     {"predict", engram::cli::cmd_predict},   {"generate", engram::cli::cmd_generate}, {"classify", engram::cli::cmd_classify},
     {"bench", engram::cli::cmd_bench},       {"tour", engram::cli::cmd_tour},
-    {"demo", engram::cli::cmd_demo},
+    {"demo", engram::cli::cmd_demo},         {"trace", engram::cli::cmd_trace},
     {"edit", engram::cli::cmd_edit},         {"history", engram::cli::cmd_history},   {"undo", engram::cli::cmd_undo},
     {"redo", engram::cli::cmd_redo},         {"rollback", engram::cli::cmd_rollback}, {"revert", engram::cli::cmd_revert},
     {"replay", engram::cli::cmd_replay},     {"hash", engram::cli::cmd_hash},         {"export-model", engram::cli::cmd_export_model},

@@ -1,0 +1,205 @@
+#include "widgets/heatmap_widget.h"
+
+#include <QFileInfo>
+#include <QPainter>
+#include <QVBoxLayout>
+#include "widgets/qcustomplot_include.h"
+
+#include <cmath>
+
+#ifdef ENGRAM_UI_HAS_SVG
+#include <QSvgGenerator>
+#endif
+
+namespace engram::ui {
+
+namespace {
+
+QString kindWord(HeatmapKind kind) {
+    switch (kind) {
+        case HeatmapKind::Hidden: return QStringLiteral("state");
+        case HeatmapKind::Mlp: return QStringLiteral("MLP");
+        case HeatmapKind::Attn: return QStringLiteral("Attn");
+    }
+    return {};
+}
+
+QFont paperFont(int pointSize) {
+    QFont f(QStringLiteral("Times New Roman"), pointSize);
+    f.setStyleHint(QFont::Serif);
+    return f;
+}
+
+}  // namespace
+
+QVector<QColor> HeatmapWidget::colorStops(HeatmapKind kind) {
+    static const char* purples[] = {"#fcfbfd", "#efedf5", "#dadaeb", "#bcbddc", "#9e9ac8", "#807dba", "#6a51a3", "#54278f", "#3f007d"};
+    static const char* greens[] = {"#f7fcf5", "#e5f5e0", "#c7e9c0", "#a1d99b", "#74c476", "#41ab5d", "#238b45", "#006d2c", "#00441b"};
+    static const char* reds[] = {"#fff5f0", "#fee0d2", "#fcbba1", "#fc9272", "#fb6a4a", "#ef3b2c", "#cb181d", "#a50f15", "#67000d"};
+    const char** stops = kind == HeatmapKind::Hidden ? purples : kind == HeatmapKind::Mlp ? greens : reds;
+    QVector<QColor> out;
+    for (int i = 0; i < 9; ++i) out.push_back(QColor(QString::fromLatin1(stops[i])));
+    return out;
+}
+
+HeatmapWidget::HeatmapWidget(QWidget* parent) : QWidget(parent) {
+    auto* layout = new QVBoxLayout(this);
+    layout->setContentsMargins(0, 0, 0, 0);
+    m_plot = new QCustomPlot(this);
+    layout->addWidget(m_plot);
+    m_map = new QCPColorMap(m_plot->xAxis, m_plot->yAxis);
+    m_map->setInterpolate(false);  // crisp cells, as pcolor
+    m_map->setTightBoundary(false);
+    m_scale = new QCPColorScale(m_plot);
+    m_plot->plotLayout()->addElement(0, 1, m_scale);
+    m_scale->setType(QCPAxis::atRight);
+    m_map->setColorScale(m_scale);
+    auto* group = new QCPMarginGroup(m_plot);
+    m_plot->axisRect()->setMarginGroup(QCP::msBottom | QCP::msTop, group);
+    m_scale->setMarginGroup(QCP::msBottom | QCP::msTop, group);
+    m_plot->plotLayout()->insertRow(0);
+    m_title = new QCPTextElement(m_plot, QString(), paperFont(11));
+    m_plot->plotLayout()->addElement(0, 0, m_title);
+    m_plot->yAxis->setRangeReversed(true);  // the first token at the top
+    for (QCPAxis* axis : {m_plot->xAxis, m_plot->yAxis}) {
+        axis->setTickLabelFont(paperFont(9));
+        axis->setLabelFont(paperFont(10));
+        axis->grid()->setVisible(false);
+        axis->setSubTicks(false);
+    }
+    m_scale->axis()->setTickLabelFont(paperFont(8));
+    m_scale->axis()->setLabelFont(paperFont(10));
+    setMinimumSize(320, 200);
+}
+
+void HeatmapWidget::setData(const HeatmapData& data) {
+    m_data = data;
+    const int rows = int(data.values.size());
+    const int cols = rows > 0 ? int(data.values[0].size()) : 0;
+    QCPColorMapData* md = m_map->data();
+    md->setSize(cols, rows);
+    md->setRange(QCPRange(0, std::max(0, cols - 1)), QCPRange(0, std::max(0, rows - 1)));
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) {
+            const double v = c < data.values[r].size() ? data.values[r][c] : std::nan("");
+            md->setCell(c, r, v);
+            if (!std::isnan(v)) {
+                lo = std::min(lo, v);
+                hi = std::max(hi, v);
+            }
+        }
+    if (!std::isfinite(lo)) lo = 0, hi = 1;
+    const double low = std::isnan(data.low) ? lo : data.low;
+    double high = std::isnan(data.high) ? hi : data.high;
+    if (!(high > low)) high = low + std::max(1e-9, std::abs(low) * 1e-6);
+    QCPColorGradient gradient;
+    gradient.clearColorStops();
+    const QVector<QColor> stops = colorStops(data.kind);
+    for (int i = 0; i < stops.size(); ++i) gradient.setColorStopAt(double(i) / (stops.size() - 1), stops[i]);
+    gradient.setColorInterpolation(QCPColorGradient::ciRGB);
+    gradient.setLevelCount(350);
+    gradient.setNanHandling(QCPColorGradient::nhTransparent);
+    m_map->setGradient(gradient);
+    m_map->setDataRange(QCPRange(low, high));  // values below the corrupted probability draw as the lightest colour
+
+    // Tokens as rows, the subject marked.
+    QSharedPointer<QCPAxisTickerText> yTicks(new QCPAxisTickerText);
+    for (int r = 0; r < rows; ++r) yTicks->addTick(r, rowLabel(r));
+    m_plot->yAxis->setTicker(yTicks);
+    m_plot->yAxis->setRange(-0.5, rows - 0.5);
+    // Layers as columns: a tick every 5 layers at the cell centres (ROME: range(0, L - 6, 5)); all of them when few.
+    QSharedPointer<QCPAxisTickerText> xTicks(new QCPAxisTickerText);
+    const int step = cols <= 8 ? 1 : 5;
+    for (int c = 0; c < cols; c += step) xTicks->addTick(c, QString::number(c));
+    m_plot->xAxis->setTicker(xTicks);
+    m_plot->xAxis->setRange(-0.5, cols - 0.5);
+
+    m_title->setText(titleText());
+    m_plot->xAxis->setLabel(xLabelText());
+    m_scale->axis()->setLabel(colorBarText());
+    m_plot->replot(QCustomPlot::rpImmediateRefresh);
+}
+
+int HeatmapWidget::rowCount() const { return m_map->data()->valueSize(); }
+int HeatmapWidget::columnCount() const { return m_map->data()->keySize(); }
+double HeatmapWidget::cellValue(int row, int column) const { return m_map->data()->cell(column, row); }
+double HeatmapWidget::rangeLower() const { return m_map->dataRange().lower; }
+double HeatmapWidget::rangeUpper() const { return m_map->dataRange().upper; }
+bool HeatmapWidget::interpolates() const { return m_map->interpolate(); }
+
+QString HeatmapWidget::rowLabel(int row) const {
+    QString label = row < m_data.rowLabels.size() ? m_data.rowLabels[row] : QString::number(row);
+    if (row >= m_data.subjectBegin && row < m_data.subjectEnd) label += QLatin1Char('*');
+    return label;
+}
+
+QString HeatmapWidget::titleText() const {
+    if (!m_data.title.isEmpty()) return m_data.title;
+    return QStringLiteral("Impact of restoring %1 after corrupted input").arg(kindWord(m_data.kind));
+}
+
+QString HeatmapWidget::xLabelText() const {
+    if (!m_data.xLabel.isEmpty()) return m_data.xLabel;
+    if (m_data.kind == HeatmapKind::Hidden)
+        return QStringLiteral("single restored layer within %1").arg(m_data.modelName.isEmpty() ? QStringLiteral("the model") : m_data.modelName);
+    return QStringLiteral("center of interval of %1 restored %2 layers").arg(m_data.window).arg(kindWord(m_data.kind));
+}
+
+QString HeatmapWidget::colorBarText() const {
+    if (!m_data.colorBarLabel.isEmpty()) return m_data.colorBarLabel;
+    return QStringLiteral("p(%1)").arg(m_data.answer.isEmpty() ? QStringLiteral("answer") : m_data.answer);
+}
+
+QColor HeatmapWidget::cellColor(int row, int column) const {
+    const double v = cellValue(row, column);
+    QRgb rgb = 0;
+    QCPColorGradient g = m_map->gradient();
+    g.colorize(&v, m_map->dataRange(), &rgb, 1);
+    return QColor::fromRgba(rgb);
+}
+
+QSize HeatmapWidget::exportSize() const {
+    // ROME: 3.5 x 2 in at 200 dpi. Taller when there are many tokens so labels never overlap.
+    const int rows = rowCount();
+    return QSize(700, std::max(400, 110 + 24 * rows));
+}
+
+bool HeatmapWidget::exportTo(const QString& path, const QString& format, QString* error, int width, int height) {
+    const QString fmt = (format.isEmpty() ? QFileInfo(path).suffix() : format).toLower();
+    const QSize size = exportSize();
+    if (width <= 0) width = size.width();
+    if (height <= 0) height = size.height();
+    m_plot->resize(width, height);
+    m_plot->replot(QCustomPlot::rpImmediateRefresh);
+    bool ok = false;
+    if (fmt == QLatin1String("png")) {
+        ok = m_plot->savePng(path, width, height, 2.0, -1, 200);
+    } else if (fmt == QLatin1String("pdf")) {
+        ok = m_plot->savePdf(path, width, height, QCP::epNoCosmetic, QStringLiteral("Engram"), titleText());
+    } else if (fmt == QLatin1String("svg")) {
+#ifdef ENGRAM_UI_HAS_SVG
+        QSvgGenerator svg;
+        svg.setFileName(path);
+        svg.setSize(QSize(width, height));
+        svg.setViewBox(QRect(0, 0, width, height));
+        svg.setTitle(titleText());
+        QCPPainter painter;
+        ok = painter.begin(&svg);
+        if (ok) {
+            m_plot->toPainter(&painter, width, height);
+            ok = painter.end();
+        }
+#else
+        if (error) *error = QStringLiteral("SVG export needs the Qt Svg module (qt6-svg-dev), which this build lacks");
+        return false;
+#endif
+    } else {
+        if (error) *error = QStringLiteral("unknown image format '%1' (use png, pdf or svg)").arg(fmt);
+        return false;
+    }
+    if (!ok && error) *error = QStringLiteral("could not write %1").arg(path);
+    return ok;
+}
+
+}  // namespace engram::ui
