@@ -32,6 +32,8 @@ int cmd_demo(const Argv& argv);
 // Causal tracing (trace_commands.cpp).
 int cmd_trace(const Argv& argv);
 int cmd_bench_trace(const Argv& argv);  // engram-cli bench trace ...
+// The tour's causal-trace stop (needs the demo model; says so and returns when it is absent).
+void tour_causal_trace(int& step);
 
 // Projects (store_commands.cpp).
 int cmd_edit(const Argv& argv);

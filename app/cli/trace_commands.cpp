@@ -12,6 +12,7 @@
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -469,6 +470,53 @@ int cmd_trace(const Argv& argv) {
     }
     for (const auto& p : write_trace_images(args, r, model_name)) std::cout << "wrote " << p << "\n";
     return 0;
+}
+
+void tour_causal_trace(int& step) {
+    fs::path dir;
+    try {
+        dir = demo_resource_dir("factworld");
+    } catch (const Error&) {
+        return;  // tour_demo_worlds already said how to build the demo models
+    }
+    auto model = Model::load(dir);
+    const demo::FactWorld world = demo::generate_fact_world();
+    const std::vector<demo::FactPrompt> prompts = demo::all_fact_prompts(world);
+    std::cout << "\n" << ++step << ". Causal tracing: where does the model keep a fact?\n";
+    std::vector<std::string> subjects;
+    for (const demo::Fact& f : world.facts) subjects.push_back(world.entities[size_t(f.subject)].name);
+    const double noise_std = subject_embedding_std(*model, subjects);
+    // The first fact (in a fixed stride) that the model gets right.
+    for (size_t i = 0; i < prompts.size(); i += 97) {
+        const demo::FactPrompt& p = prompts[i];
+        const std::string subject = world.entities[size_t(p.subject)].name;
+        TraceInput in = make_trace_input(*model, p.prompt, subject);
+        TraceOptions o;
+        o.embedding_std = noise_std;
+        TraceResult r = causal_trace(*model, in, o);
+        const std::string answer = trimmed(r.answer_token);
+        if (p.answers.empty() || answer != p.answers[0].substr(0, p.answers[0].find(' '))) continue;
+        std::cout << "   \"" << p.prompt << "\" -> '" << answer << "': p " << std::fixed << std::setprecision(3) << r.clean_prob
+                  << " clean, " << r.corrupted_prob << " with the subject's embeddings noised (3 sigma, 10 samples); "
+                  << int64_t(in.ids.size()) * r.n_layer * 3 << " restorations in " << std::setprecision(2) << r.seconds << " s\n";
+        for (const auto& k : r.kinds) {
+            double best = -1;
+            int64_t bt = 0, bl = 0;
+            for (size_t t = 0; t < k.scores.size(); ++t)
+                for (size_t l = 0; l < k.scores[t].size(); ++l)
+                    if (k.scores[t][l] > best) best = k.scores[t][l], bt = int64_t(t), bl = int64_t(l);
+            std::cout << "   " << std::setw(6) << std::left << trace_kind_name(k.kind) << std::right << " restoring token '" << in.tokens[size_t(bt)]
+                      << "' at layer " << bl << " brings p back to " << std::setprecision(3) << best << "\n";
+        }
+#ifdef ENGRAM_CLI_HAS_UI
+        const fs::path out = fs::temp_directory_path() / ("engram-tour-trace-" + std::to_string(::getpid()));
+        fs::create_directories(out);
+        Args args({"--png", (out / "trace.png").string()}, {}, {"png"});
+        for (const auto& path : write_trace_images(args, r, "factworld")) std::cout << "   wrote " << path << "\n";
+#endif
+        return;
+    }
+    std::cout << "   (the demo model got none of the sampled facts right, so there is nothing to trace)\n";
 }
 
 int cmd_bench_trace(const Argv& argv) {
