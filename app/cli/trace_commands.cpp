@@ -326,7 +326,16 @@ std::string trimmed(const std::string& s) {
 int trace_dataset(const Args& args, const Model& model, const TraceOptions& base) {
     std::vector<DatasetRecord> records = read_dataset(args.require("dataset"));
     const int64_t limit = args.integer("limit", int64_t(records.size()), 1);
-    if (int64_t(records.size()) > limit) records.resize(size_t(limit));
+    if (int64_t(records.size()) > limit) {
+        if (args.require("dataset") == "demo") {
+            // Evenly spaced, so every relation is represented (the facts are grouped by relation).
+            std::vector<DatasetRecord> spread;
+            for (int64_t i = 0; i < limit; ++i) spread.push_back(records[size_t(i * int64_t(records.size()) / limit)]);
+            records = std::move(spread);
+        } else {
+            records.resize(size_t(limit));  // the first N records of the file
+        }
+    }
     std::vector<TraceAverage> avgs;
     for (TraceKind k : base.kinds) avgs.push_back(TraceAverage{k});
     int used = 0, skipped = 0, failed = 0;
