@@ -508,14 +508,20 @@ void tour_causal_trace(int& step) {
         std::cout << "   \"" << p.prompt << "\" -> '" << answer << "': p " << std::fixed << std::setprecision(3) << r.clean_prob
                   << " clean, " << r.corrupted_prob << " with the subject's embeddings noised (3 sigma, 10 samples); "
                   << int64_t(in.ids.size()) * r.n_layer * 3 << " restorations in " << std::setprecision(2) << r.seconds << " s\n";
+        // The strongest restoration within the subject (the early site) and at the last token (the late site).
         for (const auto& k : r.kinds) {
-            double best = -1;
-            int64_t bt = 0, bl = 0;
-            for (size_t t = 0; t < k.scores.size(); ++t)
-                for (size_t l = 0; l < k.scores[t].size(); ++l)
-                    if (k.scores[t][l] > best) best = k.scores[t][l], bt = int64_t(t), bl = int64_t(l);
-            std::cout << "   " << std::setw(6) << std::left << trace_kind_name(k.kind) << std::right << " restoring token '" << in.tokens[size_t(bt)]
-                      << "' at layer " << bl << " brings p back to " << std::setprecision(3) << best << "\n";
+            auto best_in = [&](int64_t t0, int64_t t1) {
+                double best = -1;
+                int64_t bt = t0, bl = 0;
+                for (int64_t t = t0; t < t1; ++t)
+                    for (int64_t l = 0; l < r.n_layer; ++l)
+                        if (k.scores[size_t(t)][size_t(l)] > best) best = k.scores[size_t(t)][size_t(l)], bt = t, bl = l;
+                return std::tuple{best, bt, bl};
+            };
+            const auto [sp, st, sl] = best_in(in.subject_begin, in.subject_end);
+            const auto [lp, lt, ll] = best_in(int64_t(in.ids.size()) - 1, int64_t(in.ids.size()));
+            std::cout << "   " << std::setw(6) << std::left << trace_kind_name(k.kind) << std::right << std::setprecision(3) << " subject token '"
+                      << in.tokens[size_t(st)] << "' at layer " << sl << ": p " << sp << "; last token at layer " << ll << ": p " << lp << "\n";
         }
 #ifdef ENGRAM_CLI_HAS_UI
         const fs::path out = fs::temp_directory_path() / ("engram-tour-trace-" + std::to_string(::getpid()));
