@@ -30,6 +30,7 @@ private Q_SLOTS:
     void fastMatchesNaive_data();
     void fastMatchesNaive();
     void severedFastMatchesNaive();
+    void replaceFastMatchesNaive();
     void zeroNoiseGivesCleanEverywhere();
     void lastLayerLastTokenIsClean();
     void subjectRangeByCharacters();
@@ -200,6 +201,23 @@ void TestTrace::severedFastMatchesNaive() {
         plain.sever = Sever::None;
         const Compared d = compare(run(*m, in, plain, false), fast);
         QVERIFY2(d.max_diff > 1e-4, "severing changed nothing");
+    }
+}
+
+void TestTrace::replaceFastMatchesNaive() {
+    // --replace: the subject embeddings become the noise (GPT-2 keeps its position embeddings).
+    for (Arch arch : {Arch::Gpt2, Arch::Llama}) {
+        auto m = random_model(arch, 4, 13);
+        const TraceInput in = ids_input({5, 60, 70, 80, 9, 10}, 1, 3);
+        TraceOptions o;
+        o.replace = true;
+        o.noise = parse_noise_rule("1");
+        const TraceResult naive = run(*m, in, o, true), fast = run(*m, in, o, false);
+        const Compared c = compare(fast, naive);
+        QVERIFY2(c.max_diff <= kTol, qPrintable(QString("max diff %1").arg(c.max_diff)));
+        TraceOptions added = o;
+        added.replace = false;
+        QVERIFY(std::abs(run(*m, in, added, false).corrupted_prob - fast.corrupted_prob) > 1e-6);
     }
 }
 
