@@ -18,6 +18,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "engram/bench.h"
 #include "engram/demo.h"
 #include "engram/error.h"
 #include "engram/model.h"
@@ -537,16 +538,7 @@ void tour_causal_trace(int& step) {
 int cmd_bench_trace(const Argv& argv) {
     Args args(argv, {"json", "fast-only"}, {"seq", "samples", "layers", "threads"});
     const int64_t seq = args.integer("seq", 11, 3), samples = args.integer("samples", 10, 1), layers = args.integer("layers", 12, 1);
-    HParams hp;
-    hp.n_layer = layers;
-    hp.n_embd = 768;
-    hp.n_head = hp.n_head_kv = 12;
-    hp.head_dim = 64;
-    hp.n_ff = 3072;
-    hp.n_vocab = 50257;
-    hp.n_ctx = 1024;
-    hp.attn_qkv_bias = hp.attn_out_bias = hp.mlp_bias = true;
-    auto model = Model::random(Arch::Gpt2, hp, 4);
+    auto model = Model::random(Arch::Gpt2, gpt2_small_hparams(layers), 4);
     // "The Eiffel Tower is located in the city of" in GPT-2 ids: 11 tokens, the subject at [1, 5).
     std::vector<int64_t> base_ids{464, 412, 733, 417, 8765, 318, 5140, 287, 262, 1748, 286, 11, 290, 257, 13};
     TraceInput in;

@@ -18,6 +18,11 @@ struct ForwardBenchResult {
     double flops_per_forward = 0;
 };
 
+struct HParams;
+// GPT-2 small's shape (12 layers, 768 wide, 12 heads, 3072 MLP, 50257 vocab, 1024 positions), for
+// random-weight benchmarks; n_layer may be overridden.
+HParams gpt2_small_hparams(int64_t n_layer = 12);
+
 // A GPT-2-small-shaped model (12 layers, 768 wide, 50257 vocab) with random weights, built in
 // memory. FLOPs count 2 per multiply-add of every matmul: projections, MLP, attention scores and
 // mixing, and the LM head.

@@ -58,8 +58,10 @@ private:
     void add_file(const std::filesystem::path& path);
 };
 
-// at::ScalarType for a safetensors dtype.
+// at::ScalarType for a safetensors dtype, and back. The reverse throws Error(Unsupported) naming
+// `what` for a type safetensors cannot hold.
 c10::ScalarType to_scalar_type(DType dtype);
+DType dtype_from_scalar_type(c10::ScalarType type, const std::string& what);
 
 // Reads a JSON file, naming it in errors.
 nlohmann::json read_json_file(const std::filesystem::path& path);

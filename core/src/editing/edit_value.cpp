@@ -28,21 +28,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 std::string shape_str(const at::Tensor& t) { return shape_str(t.sizes().vec()); }
 
-DType dtype_of(c10::ScalarType type, const std::string& what) {
-    switch (type) {
-        case at::kDouble: return DType::F64;
-        case at::kFloat: return DType::F32;
-        case at::kHalf: return DType::F16;
-        case at::kBFloat16: return DType::BF16;
-        case at::kLong: return DType::I64;
-        case at::kInt: return DType::I32;
-        case at::kShort: return DType::I16;
-        case at::kChar: return DType::I8;
-        case at::kByte: return DType::U8;
-        case at::kBool: return DType::Bool;
-        default: throw Error(ErrorKind::Unsupported, what + ": dtype " + std::string(c10::toString(type)) + " cannot be stored");
-    }
-}
 
 bool is_factor_dtype(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble; }
 
@@ -268,7 +253,7 @@ std::string state_hash(const Model& model) {
         if (w.is_same(base)) continue;
         if (w.sizes() == base.sizes() && w.scalar_type() == base.scalar_type() && at::equal(w, base)) continue;
         const at::Tensor c = w.to(at::kCPU).contiguous();
-        const std::string dtype = dtype_name(dtype_of(c.scalar_type(), ref.name));
+        const std::string dtype = dtype_name(dtype_from_scalar_type(c.scalar_type(), ref.name));
         h.update_u64(ref.name.size());
         h.update(ref.name);
         h.update_u64(dtype.size());

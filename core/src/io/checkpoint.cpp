@@ -29,6 +29,12 @@ c10::ScalarType to_scalar_type(DType dtype) {
     throw Error(ErrorKind::Internal, "unknown dtype");
 }
 
+DType dtype_from_scalar_type(c10::ScalarType type, const std::string& what) {
+    for (DType d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::Bool})
+        if (to_scalar_type(d) == type) return d;
+    throw Error(ErrorKind::Unsupported, what + ": dtype " + std::string(c10::toString(type)) + " cannot be stored in safetensors");
+}
+
 nlohmann::json read_json_file(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error(ErrorKind::Io, path.string() + ": cannot open");

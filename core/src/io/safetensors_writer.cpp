@@ -10,24 +10,6 @@ namespace engram {
 
 namespace fs = std::filesystem;
 
-namespace {
-DType dtype_of(const at::Tensor& t, const std::string& name) {
-    switch (t.scalar_type()) {
-        case at::kDouble: return DType::F64;
-        case at::kFloat: return DType::F32;
-        case at::kHalf: return DType::F16;
-        case at::kBFloat16: return DType::BF16;
-        case at::kLong: return DType::I64;
-        case at::kInt: return DType::I32;
-        case at::kShort: return DType::I16;
-        case at::kChar: return DType::I8;
-        case at::kByte: return DType::U8;
-        case at::kBool: return DType::Bool;
-        default: throw Error(ErrorKind::Unsupported, "tensor '" + name + "': dtype cannot be stored in safetensors");
-    }
-}
-}  // namespace
-
 void write_safetensors(const fs::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -37,7 +19,7 @@ void write_safetensors(const fs::path& path, const std::vector<std::pair<std::st
     for (const auto& [name, t] : tensors) {
         at::Tensor c = t.detach().to(at::kCPU).contiguous();
         const uint64_t n = static_cast<uint64_t>(c.numel()) * c.element_size();
-        header[name] = {{"dtype", dtype_name(dtype_of(c, name))}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+        header[name] = {{"dtype", dtype_name(dtype_from_scalar_type(c.scalar_type(), "tensor '" + name + "'"))}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
         offset += n;
         contiguous.push_back(std::move(c));
     }

@@ -35,10 +35,9 @@ double measure_matmul_peak(c10::Device device) {
 }
 }  // namespace
 
-namespace {
-HParams gpt2_small() {
+HParams gpt2_small_hparams(int64_t n_layer) {
     HParams hp;
-    hp.n_layer = 12;
+    hp.n_layer = n_layer;
     hp.n_embd = 768;
     hp.n_head = hp.n_head_kv = 12;
     hp.head_dim = 64;
@@ -48,12 +47,11 @@ HParams gpt2_small() {
     hp.attn_qkv_bias = hp.attn_out_bias = hp.mlp_bias = true;
     return hp;
 }
-}  // namespace
 
 LoadBenchResult bench_load(const std::string& dir) {
     LoadBenchResult r;
     {
-        auto made = Model::random(Arch::Gpt2, gpt2_small(), 99);
+        auto made = Model::random(Arch::Gpt2, gpt2_small_hparams(), 99);
         save_checkpoint(*made, dir, DType::F32);
     }
     auto ms = [](Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); };
@@ -79,7 +77,7 @@ LoadBenchResult bench_load(const std::string& dir) {
 
 ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device) {
     c10::InferenceMode guard;
-    const HParams hp = gpt2_small();
+    const HParams hp = gpt2_small_hparams();
     auto model = Model::random(Arch::Gpt2, hp, 1234);
     model->to(device);
 
