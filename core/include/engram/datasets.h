@@ -1,0 +1,102 @@
+// Editing datasets in the field's layouts, loaded into one value type, and the text metrics that
+// need no model. Torch-free (engram_eval_base).
+//
+// Layouts read (specs/locate_then_edit.md §8):
+//   - CounterFact, ROME's nested layout: {case_id, requested_rewrite: {prompt, subject, relation_id,
+//     target_new: {str, id}, target_true: {str, id}}, paraphrase_prompts, neighborhood_prompts,
+//     attribute_prompts, generation_prompts}
+//   - CounterFact, EasyEdit's flat layout: {case_id, prompt, subject, target_new, ground_truth,
+//     rephrase_prompt, locality_prompt, locality_ground_truth}; the prompt holds the subject verbatim
+//     and becomes a template by replacing its first occurrence with "{}"
+//   - zsRE, MEND/EasyEdit layout: {subject, src, rephrase, alt, answers, loc, loc_ans, ...}
+//   - MQuAKE: {case_id, requested_rewrite: [...], questions, answer, new_answer, ...}
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace engram::eval {
+
+enum class DatasetFormat { Auto, CounterFact, CounterFactFlat, Zsre, Mquake };
+const char* dataset_format_name(DatasetFormat format);  // "auto", "counterfact", "counterfact_flat", "zsre", "mquake"
+std::optional<DatasetFormat> dataset_format_from_name(std::string_view name);
+
+// zsRE has two conventions for what an edit inserts (spec §7.2, §8):
+//   Answer: ROME/MEMIT/AlphaEdit/BLUE, target_new = answers[0] (the true answer), no target_true;
+//   Alt:    EasyEdit, target_new = alt, ground truth = answers[0]; records with an empty alt are skipped.
+enum class ZsreTarget { Answer, Alt };
+
+// One rewrite: the prompt is a template with exactly one "{}" where the subject goes.
+struct Rewrite {
+    std::string prompt;        // "{} was born in"
+    std::string subject;
+    std::string relation_id;   // "" where the layout has none
+    std::string target_new;
+    std::string target_true;   // "" where the layout has none (zsRE Answer convention)
+    std::string question;      // MQuAKE: the rewrite as a question; "" otherwise
+    std::string prompt_text() const;  // prompt with the subject substituted
+};
+
+// A prompt with its expected answer (locality / portability probes, zsRE neighbourhood).
+struct Probe {
+    std::string prompt;
+    std::string answer;
+    std::string kind;          // "neighborhood" (CounterFact), "nq" (zsRE), "multi_hop", "single_hop",
+                               // "new_single_hop" (MQuAKE; single hops are probed by their cloze)
+};
+
+struct EditCase {
+    int64_t case_id = 0;
+    int64_t index = 0;                         // position in the file
+    std::vector<Rewrite> rewrites;             // one, except MQuAKE (one per hop edited)
+    std::vector<std::string> paraphrase_prompts;    // full prompts (subject included)
+    std::vector<std::string> neighborhood_prompts;  // CounterFact: other subjects, same relation and true object
+    std::vector<std::string> attribute_prompts;
+    std::vector<std::string> generation_prompts;
+    std::vector<Probe> locality;               // prompt -> answer expected unchanged by the edit
+    std::vector<Probe> portability;            // prompt -> answer expected after the edit (MQuAKE questions)
+    std::string answer_before;                 // MQuAKE answer / zsRE answers[0] (Alt convention)
+    std::vector<std::string> answer_aliases;   // MQuAKE answer_alias
+    std::vector<std::string> new_answer_aliases;
+};
+
+struct Dataset {
+    std::filesystem::path file;
+    DatasetFormat format = DatasetFormat::Auto;  // the layout it was read as
+    std::vector<EditCase> cases;
+};
+
+struct DatasetOptions {
+    DatasetFormat format = DatasetFormat::Auto;  // Auto: decided from the first record's fields
+    ZsreTarget zsre_target = ZsreTarget::Answer;
+    int64_t limit = 0;                          // > 0: only the first `limit` records (as the reference code does;
+                                                // records the zsRE Alt convention skips don't count)
+};
+
+// Throws engram::Error(Format) naming the file and, for a malformed record, its index and field
+// (a missing field, a wrong type, a subject not in the prompt, a template without exactly one "{}");
+// Error(Io) if the file cannot be read. A file that does not open with '[' is read as JSON Lines.
+// Locality probes: CounterFact's neighborhood prompts -> target_true; flat CounterFact's
+// locality_prompt -> locality_ground_truth; zsRE's loc ("nq question: ..." as it is) -> loc_ans.
+// Portability (MQuAKE): questions -> new_answer, then single_hops, then new_single_hops.
+Dataset load_dataset(const std::filesystem::path& file, const DatasetOptions& options = {});
+
+// ---------------------------------------------------------------------------------------------
+// Text metrics (no model).
+
+// Words as NLTK's word_tokenize would split plain English closely enough for n-gram statistics:
+// runs of letters/digits (with inner apostrophes and hyphens), and each punctuation character alone.
+std::vector<std::string> word_tokenize(std::string_view text);
+// ROME/MEMIT fluency of one text: mean(2/3 * H2, 4/3 * H3) in bits over word n-gram frequencies
+// (spec §7.1 item 6); 0 for a text too short to have n-grams.
+double n_gram_entropy(std::string_view text);
+// Arithmetic mean over texts (the caller multiplies by 100 to report, as the papers do).
+double mean_n_gram_entropy(const std::vector<std::string>& texts);
+// Harmonic mean of positive values; 0 if any is 0 (score S).
+double harmonic_mean(const std::vector<double>& values);
+
+}  // namespace engram::eval
