@@ -1,0 +1,95 @@
+// Hyperparameters of the locate-then-edit methods (specs/locate_then_edit.md §1, §3-§6): one value
+// type for every method, a default table per architecture and depth, EasyEdit-style YAML files and
+// `--set key=value` overrides. Torch-free (engram_eval_base).
+//
+// Names follow the reference code (v_lr, v_num_grad_steps, mom2_update_weight, L2, ...) so that a
+// researcher's hparams file reads the same here.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace engram {
+
+enum class EditMethod { Rome, Memit, MemitSeq, AlphaEdit, Pmet, Ft };
+const char* edit_method_name(EditMethod method);  // "rome", "memit", "memit_seq", "alphaedit", "pmet", "ft"
+// Accepts our names and the reference alg_name spellings ("ROME", "MEMIT", "AlphaEdit", "PMET", "FT", "R-ROME").
+std::optional<EditMethod> edit_method_from_name(std::string_view name);
+
+// What the default table is chosen by: the model family and shape.
+struct ModelShape {
+    std::string family;   // "gpt2", "gptj", "llama", "vit"
+    int64_t n_layer = 0;
+    int64_t n_embd = 0;
+    int64_t n_ff = 0;
+};
+
+struct EditHParams {
+    EditMethod method = EditMethod::Rome;
+    bool blue = false;              // BLUE: two boundary layers, a target per layer, no residual division
+    std::vector<int> layers;        // edited layers (ascending); with blue, exactly two
+    std::string fact_token = "subject_last";  // subject_last | subject_first | last
+
+    // Target-vector optimisation (compute_v / compute_z, spec §1.6).
+    int v_num_grad_steps = 20;
+    double v_lr = 0.5;
+    int v_loss_layer = -1;          // -1: the last layer
+    double v_weight_decay = 0.5;
+    double clamp_norm_factor = 4.0;
+    double kl_factor = 0.0625;
+
+    // Second-moment statistics C (spec §1.5).
+    bool mom2_adjustment = true;          // ROME: u = C^-1 k (false: u = k)
+    double mom2_update_weight = 20000;    // MEMIT/PMET lambda
+    int64_t mom2_n_samples = 100000;      // documents
+    std::string mom2_dataset;             // corpus file (text: one document per line; .jsonl: {"text": ...}); "" = the model's demo corpus
+
+    // ROME.
+    bool rrome_fix = true;          // r-ROME: the prefix-averaged key in both u and the denominator (spec §3 "Known bug")
+
+    // Context templates (spec §1.3). Pinned templates win over generation.
+    std::vector<std::vector<int>> context_template_length_params = {{5, 10}, {10, 10}};  // ROME: [tokens, count]
+    std::vector<std::vector<std::string>> context_templates;  // each holds "{}"; ROME uses them flattened
+    uint64_t seed = 0;              // sampling of generated templates
+
+    // AlphaEdit.
+    double nullspace_threshold = 2e-2;
+    double L2 = 10.0;
+
+    // PMET.
+    double nll_loss_factor = 1.0;
+
+    // FT-L (constrained fine-tuning of one MLP down-projection).
+    double ft_lr = 5e-4;
+    int ft_steps = 25;
+    double ft_norm_constraint = 5e-4;   // L-inf bound on the change of each weight entry
+
+    nlohmann::json to_json() const;
+    // Reads what to_json() wrote (and tolerates missing keys: they keep the current values).
+    void merge_json(const nlohmann::json& j);
+};
+
+// The default table: our demo model and the GPT-2 XL, GPT-J and Llama-3-8B shapes; other depths get
+// layers scaled from the nearest entry of the same family. The method's own values (MEMIT clamp 0.75,
+// AlphaEdit L2, BLUE's two layers and retuned L2, ...) are filled in.
+EditHParams default_edit_hparams(const ModelShape& shape, EditMethod method, bool blue);
+
+// An EasyEdit/reference hparams file (YAML or JSON): known keys override `hp`; module templates
+// (rewrite_module_tmp, ...), model_name, stats_dir, device and the like are accepted and ignored;
+// an unknown key, a wrong type or an alg_name naming another method throws Error(Format) naming the key.
+void apply_hparams_file(EditHParams& hp, const std::filesystem::path& file);
+// One `key=value` override. Lists are JSON ("layers=[1,2]", "context_templates=[[\"{}\"],[\"A. {}\"]]")
+// or comma-separated numbers ("layers=1,2"); booleans true/false/1/0. Throws Error(Argument).
+void apply_hparam_setting(EditHParams& hp, std::string_view key_equals_value);
+// Checks values against the model: layers in [0, n_layer), ascending, non-empty; two layers with
+// blue; BLUE only for MEMIT, MEMIT_seq, AlphaEdit and PMET; every template with exactly one "{}";
+// positive steps and learning rates. Throws Error(Argument) naming the setting.
+void validate_edit_hparams(const EditHParams& hp, const ModelShape& shape);
+
+}  // namespace engram

@@ -1,0 +1,120 @@
+// Evaluation of edits (specs/locate_then_edit.md §7): the ROME/MEMIT probability metrics (ES, PS,
+// NS, their magnitudes, score S, fluency), the EasyEdit/KnowEdit token metrics (reliability,
+// generalization, locality against the pre-edit model, portability), general ability (held-out
+// perplexity, accuracy on facts that were not edited), and the sequential batch protocol.
+//
+// Names are kept apart on purpose: `es/ps/ns` are the probability comparisons of the ROME/MEMIT
+// papers; `reliability/generalization/locality/portability` are EasyEdit's token fractions. The two
+// families are not comparable (spec §7.3).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engram/datasets.h"
+#include "engram/edit_hparams.h"
+#include "engram/editing.h"
+
+namespace engram {
+class Model;
+class Project;
+}
+
+namespace engram::eval {
+
+// One prompt scored against one target under teacher forcing.
+struct TargetScore {
+    double nll = 0;                 // mean over target tokens of -log p
+    double token_accuracy = 0;      // fraction of target tokens that are the argmax
+    std::vector<int64_t> argmax;    // the argmax token at each target position
+};
+// Batched; the prompt is tokenized with special tokens, the target as the editing methods do.
+std::vector<TargetScore> score_targets(const Model& model, const std::vector<std::pair<std::string, std::string>>& prompt_target);
+
+// Per-case results of both families. Fields that a case cannot have (no paraphrases, no target_true)
+// are NaN and are left out of the means.
+struct CaseMetrics {
+    double es = 0, ps = 0, ns = 0;        // probability metrics (fractions of prompts)
+    double em = 0, pm = 0, nm = 0;        // magnitudes
+    double reliability = 0, generalization = 0, locality = 0, portability = 0;  // token metrics
+};
+
+// The pre-edit model's argmax tokens on each case's locality probes (what locality compares to).
+struct PreEdit {
+    std::vector<std::vector<std::vector<int64_t>>> locality_argmax;  // [case][probe] -> tokens
+};
+PreEdit record_pre_edit(const Model& model, const std::vector<EditCase>& cases);
+
+std::vector<CaseMetrics> score_cases(const Model& model, const std::vector<EditCase>& cases, const PreEdit& pre);
+
+struct Summary {
+    int64_t cases = 0;
+    double es = 0, ps = 0, ns = 0, score = 0;  // x100, S = harmonic mean of ES, PS, NS
+    double em = 0, pm = 0, nm = 0;             // x100
+    double reliability = 0, generalization = 0, locality = 0, portability = 0;  // x100
+    std::optional<double> fluency;             // mean n-gram entropy x100
+    std::optional<double> perplexity;          // held-out
+    std::optional<double> unedited_accuracy;   // x100: top-1 on facts outside the edited set
+    nlohmann::json to_json() const;
+};
+Summary summarize(const std::vector<CaseMetrics>& metrics);
+
+// Fluency: each case's generation prompts completed with top-k 5 sampling to min(100, n_ctx)
+// tokens, scored by n-gram entropy (x100).
+double fluency(const Model& model, const std::vector<EditCase>& cases, uint64_t seed);
+// exp(mean next-token NLL) over the lines of a text file (each line one document, truncated to
+// the context).
+double text_perplexity(const Model& model, const std::filesystem::path& file, int64_t max_lines = 0);
+// Top-1 accuracy of the first token of target_true after each case's prompt (cases with a target_true).
+double fact_accuracy(const Model& model, const std::vector<EditCase>& cases);
+
+std::vector<EditRequest> requests_of(const EditCase& c);
+
+// ---------------------------------------------------------------------------------------------
+// The sequential batch protocol (spec §6 "Experimental protocol"): the first T cases, edited in
+// batches of B without restoring, all evaluated after the last batch, and optionally at
+// checkpoints along the way (curves).
+
+struct SequentialOptions {
+    int64_t edits = 1000;             // T
+    int64_t batch = 100;              // B
+    int64_t checkpoint_every = 0;     // > 0: evaluate the cases edited so far after every k batches
+    int64_t fluency_cases = 50;       // cases whose generation prompts are completed (0: no fluency)
+    int64_t unedited_cases = 200;     // cases after the first T used for the unedited-facts accuracy
+    std::filesystem::path perplexity_file;  // empty: held_out.txt beside the model, when present
+    uint64_t seed = 0;
+};
+
+struct EvalProgress {
+    std::string stage;   // "pre", "edit", "checkpoint", "post"
+    int64_t done = 0, total = 0;
+    std::string detail;
+};
+
+struct SequentialResult {
+    std::string method;              // "memit", "alphaedit+blue", ...
+    nlohmann::json hparams;
+    Summary pre, post;
+    struct Point {
+        int64_t edits = 0;
+        Summary summary;
+    };
+    std::vector<Point> curve;
+    double edit_seconds = 0, eval_seconds = 0;
+    nlohmann::json to_json() const;
+};
+
+// Runs the protocol on `model` from its current state (normally the base) and leaves the model
+// edited. Throws Error(Internal) when cancelled.
+SequentialResult run_sequential(Model& model, const Dataset& dataset, const EditHParams& hparams, const StatsOptions& stats,
+                                const SequentialOptions& options, const std::function<void(const EvalProgress&)>& progress = {},
+                                const std::atomic<bool>* cancel = nullptr);
+
+}  // namespace engram::eval

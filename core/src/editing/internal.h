@@ -1,0 +1,45 @@
+// Internal helpers shared by the editing methods (not part of the public surface).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "engram/editing.h"
+#include "engram/hooks.h"
+
+namespace engram::editing {
+
+// A token row with the position at which its site value is read or changed.
+struct Row {
+    std::vector<int64_t> ids;
+    int64_t lookup = 0;
+};
+
+// Right-padded [B, T] ids and mask for rows.
+struct Batch {
+    at::Tensor ids, mask;  // [B, T] int64
+    std::vector<int64_t> lengths;
+};
+Batch make_batch(const std::vector<Row>& rows, c10::Device device);
+
+// Rows for every template (flattened) of a request, at fact_token.
+std::vector<Row> template_rows(const Tokenizer& tok, const EditRequest& r, const std::vector<std::string>& templates,
+                               const std::string& fact_token);
+
+// The site's value at each row's lookup position: [rows, dim] float32 on the CPU (no grad).
+at::Tensor read_at_lookup(const Model& model, const std::vector<Row>& rows, Site site, int layer);
+
+std::vector<std::string> flatten(const std::vector<std::vector<std::string>>& groups);
+
+// Target optimisation at one or more sites of one layer (compute_v / compute_z; PMET optimises the
+// attention and MLP outputs jointly). Returns one result per site; `pmet` switches on PMET's loss.
+struct SiteTargets {
+    std::vector<at::Tensor> target, init;  // per site: [n_embd] float32
+    TargetResult summary;
+};
+SiteTargets optimize_targets(const Model& model, const EditRequest& request, int layer, const std::vector<Site>& sites,
+                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
+
+}  // namespace engram::editing

@@ -1,0 +1,367 @@
+// The editing session: ROME (§3), the MEMIT family — MEMIT, MEMIT_seq, AlphaEdit, PMET — with
+// BLUE as a switch (§4-§6b), and FT-L. Every weight change is applied through apply_delta from the
+// factors that are stored, so the bits seen while computing are the bits a replay gives.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "editing/internal.h"
+#include "engram/error.h"
+#include "engram/model.h"
+#include "engram/tokenizer.h"
+
+namespace engram {
+
+using editing::Row;
+
+namespace {
+
+// Restores the down-projection slots of the given layers when the computation ends, whatever
+// happens (the caller applies the returned edit value).
+class SlotRestore {
+public:
+    SlotRestore(Model& model, const std::vector<int>& layers) : model_(model) {
+        for (int l : layers) saved_.emplace_back(l, model.weight(Slot::FfnDown, l));
+    }
+    ~SlotRestore() {
+        for (auto& [l, t] : saved_) model_.weight(Slot::FfnDown, l) = t;
+    }
+    SlotRestore(const SlotRestore&) = delete;
+    SlotRestore& operator=(const SlotRestore&) = delete;
+
+private:
+    Model& model_;
+    std::vector<std::pair<int, at::Tensor>> saved_;
+};
+
+Delta low_rank_delta(const Model& model, int layer, const at::Tensor& u, const at::Tensor& v) {
+    Delta d;
+    d.tensor = model.tensor_name(Slot::FfnDown, layer);
+    d.kind = DeltaKind::LowRank;
+    const at::Tensor& w = model.weight(Slot::FfnDown, layer);
+    d.shape = {w.size(0), w.size(1)};
+    d.u = u.to(at::kCPU).to(at::kDouble).contiguous();  // [n_embd, r]
+    d.v = v.to(at::kCPU).to(at::kDouble).contiguous();  // [n_ff, r]
+    return d;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string method_label(const EditHParams& hp) {
+    std::string m = edit_method_name(hp.method);
+    return hp.blue ? m + "+blue" : m;
+}
+
+}  // namespace
+
+EditSession::EditSession(Model& model, EditHParams hparams, StatsOptions stats)
+    : model_(model), hp_(std::move(hparams)), stats_options_(std::move(stats)) {
+    validate_edit_hparams(hp_, model_shape(model_));
+    if (!model_.is_decoder()) throw Error(ErrorKind::Argument, "fact editing needs a language model, not " + model_.arch_name());
+    if (!model_.tokenizer()) throw Error(ErrorKind::Argument, "editing needs the model's tokenizer");
+    if (stats_options_.corpus.empty() && !hp_.mom2_dataset.empty()) stats_options_.corpus = hp_.mom2_dataset;
+    if (hp_.mom2_n_samples > 0) stats_options_.n_samples = hp_.mom2_n_samples;
+}
+
+EditSession::~EditSession() = default;
+
+void EditSession::report(const std::string& stage, int64_t done, int64_t total) const {
+    if (progress_) progress_({stage, done, total});
+}
+
+void EditSession::check_cancel() const {
+    if (cancel_ && cancel_->load()) throw Error(ErrorKind::Internal, "editing was cancelled");
+}
+
+const std::vector<std::vector<std::string>>& EditSession::context_templates() {
+    if (!templates_) {
+        report("templates", 0, 1);
+        templates_ = hp_.method == EditMethod::Rome || hp_.method == EditMethod::Ft ? rome_context_templates(model_, hp_)
+                                                                                     : memit_context_templates(model_, hp_);
+        for (const auto& g : *templates_)
+            for (const auto& t : g)
+                if (t.find("{}") == std::string::npos || t.find("{}") != t.rfind("{}"))
+                    throw Error(ErrorKind::Argument, "context template \"" + t + "\" must hold exactly one \"{}\"");
+        report("templates", 1, 1);
+    }
+    return *templates_;
+}
+
+const LayerStats& EditSession::stats(int layer) {
+    auto it = stats_.find(layer);
+    if (it != stats_.end()) return it->second;
+    std::vector<LayerStats> s = second_moments(model_, {layer}, stats_options_, [&](int64_t done, int64_t total) { report("stats", done, total); });
+    return stats_.emplace(layer, std::move(s[0])).first->second;
+}
+
+const at::Tensor& EditSession::null_space_projection(int layer) {
+    auto it = projection_.find(layer);
+    if (it != projection_.end()) return it->second;
+    const at::Tensor& c = stats(layer).mom2;  // [n_ff, n_ff] f64
+    // C is symmetric PSD: its SVD is its eigendecomposition. Keep the directions whose eigenvalue is
+    // below the threshold: the approximate null space of the preserved keys (spec §5).
+    auto [evals, evecs] = at::linalg_eigh(c);
+    at::Tensor keep = evals < hp_.nullspace_threshold;
+    at::Tensor u = evecs.index({at::indexing::Slice(), keep});  // [n_ff, k]
+    return projection_.emplace(layer, u.mm(u.t())).first->second;
+}
+
+void EditSession::absorb_history(const std::vector<Edit>& applied) {
+    if (hp_.method != EditMethod::AlphaEdit && hp_.method != EditMethod::MemitSeq) return;
+    for (const Edit& e : applied) {
+        for (const Artifact& a : e.artifacts) {
+            if (a.kind != "keys" || !a.meta.contains("layer")) continue;
+            const int l = a.meta["layer"].get<int>();
+            at::Tensor k = a.tensor.to(at::kDouble);  // [n_ff, n]
+            at::Tensor& c = cache_c_[l];
+            if (!c.defined()) c = at::zeros({k.size(0), k.size(0)}, at::kDouble);
+            c.add_(k.mm(k.t()));
+        }
+    }
+}
+
+Edit EditSession::compute(const std::vector<EditRequest>& requests) {
+    if (requests.empty()) throw Error(ErrorKind::Argument, "no edit requests");
+    for (size_t i = 0; i < requests.size(); ++i) {
+        try {
+            validate_request(model_, requests[i]);
+        } catch (const Error& e) {
+            throw e.with_context("request " + std::to_string(i));
+        }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    Edit e;
+    switch (hp_.method) {
+        case EditMethod::Rome: e = compute_rome(requests); break;
+        case EditMethod::Ft: e = compute_ft(requests); break;
+        default: e = compute_memit_family(requests); break;
+    }
+    e.method = method_label(hp_);
+    e.requests = nlohmann::json::array();
+    for (const auto& r : requests) e.requests.push_back(r.to_json());
+    EditHParams pinned = hp_;
+    if (hp_.method != EditMethod::Ft) pinned.context_templates = context_templates();
+    e.hparams = pinned.to_json();
+    if (hp_.method != EditMethod::Ft && (hp_.method != EditMethod::Rome || hp_.mom2_adjustment)) {
+        nlohmann::json st = nlohmann::json::array();
+        for (const auto& [l, s] : stats_)
+            st.push_back({{"layer", l}, {"corpus_hash", s.corpus_hash}, {"tokens", s.count}, {"documents", s.documents}});
+        e.hparams["stats"] = st;
+    }
+    e.duration_s = seconds_since(t0);
+    return e;
+}
+
+Edit EditSession::compute_rome(const std::vector<EditRequest>& requests) {
+    const int layer = hp_.layers.at(0);
+    const std::vector<std::string> templates = editing::flatten(context_templates());
+    const Tokenizer& tok = *model_.tokenizer();
+    SlotRestore restore(model_, {layer});
+    Edit e;
+    nlohmann::json per = nlohmann::json::array();
+    for (size_t i = 0; i < requests.size(); ++i) {
+        check_cancel();
+        const EditRequest& r = requests[i];
+        report("target", static_cast<int64_t>(i), static_cast<int64_t>(requests.size()));
+        std::vector<Row> rows = editing::template_rows(tok, r, templates, hp_.fact_token);
+        at::Tensor keys = editing::read_at_lookup(model_, rows, Site::MlpKey, layer).to(at::kDouble);  // [n_t, n_ff]
+        at::Tensor kbar = keys.mean(0);
+        at::Tensor u = kbar;
+        if (hp_.mom2_adjustment) u = at::linalg_solve(stats(layer).mom2, kbar.unsqueeze(1)).squeeze(1);
+        u = u / u.norm();
+        editing::SiteTargets v = editing::optimize_targets(model_, r, layer, {Site::MlpOut}, templates, hp_, false);
+        at::Tensor vstar = v.target[0].to(at::kDouble);
+        at::Tensor k, vcur;
+        if (hp_.rrome_fix) {
+            // r-ROME: the prefix-averaged key and value in the denominator and the residual.
+            k = kbar;
+            vcur = editing::read_at_lookup(model_, rows, Site::MlpOut, layer).to(at::kDouble).mean(0);
+        } else {
+            // Original ROME: the plain prompt's key and value.
+            LocatedPrompt p = locate_subject(tok, "{}", r.prompt, r.subject);
+            std::vector<Row> plain = {{p.ids, lookup_index(p, hp_.fact_token)}};
+            k = editing::read_at_lookup(model_, plain, Site::MlpKey, layer).to(at::kDouble)[0];
+            vcur = editing::read_at_lookup(model_, plain, Site::MlpOut, layer).to(at::kDouble)[0];
+        }
+        const double denom = k.dot(u).item<double>();
+        at::Tensor right = (vstar - vcur) / denom;  // [n_embd]
+        Delta d = low_rank_delta(model_, layer, right.unsqueeze(1), u.unsqueeze(1));
+        apply_delta(model_, d);
+        e.deltas.push_back(std::move(d));
+        per.push_back({{"layer", layer},
+                       {"v_init_norm", v.summary.init.norm().item<double>()},
+                       {"v_star_norm", vstar.norm().item<double>()},
+                       {"key_dot_u", denom},
+                       {"delta_norm", right.norm().item<double>()},
+                       {"target_prob_before", v.summary.prob_first},
+                       {"target_prob_optimised", v.summary.prob_last},
+                       {"steps", v.summary.steps}});
+    }
+    e.metrics = {{"requests", per}};
+    return e;
+}
+
+Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests) {
+    const EditMethod method = hp_.method;
+    const bool pmet = method == EditMethod::Pmet;
+    const bool alpha = method == EditMethod::AlphaEdit;
+    const bool sequential = alpha || method == EditMethod::MemitSeq;
+    std::vector<int> layers = hp_.layers;
+    const int n_layers = static_cast<int>(layers.size());
+    const auto& groups = context_templates();
+    const std::vector<std::string> flat = editing::flatten(groups);
+    const Tokenizer& tok = *model_.tokenizer();
+    const int64_t n = static_cast<int64_t>(requests.size());
+    SlotRestore restore(model_, layers);
+
+    // PMET optimises the attention and MLP outputs jointly and edits in MLP-output space; the MEMIT
+    // family optimises the residual stream (block output).
+    const std::vector<Site> z_sites = pmet ? std::vector<Site>{Site::AttnOut, Site::MlpOut} : std::vector<Site>{Site::BlockOut};
+    const Site h_site = pmet ? Site::MlpOut : Site::BlockOut;
+    std::vector<Row> plain_rows;
+    for (const auto& r : requests) {
+        LocatedPrompt p = locate_subject(tok, "{}", r.prompt, r.subject);
+        plain_rows.push_back({p.ids, lookup_index(p, hp_.fact_token)});
+    }
+
+    nlohmann::json z_info = nlohmann::json::array();
+    auto compute_zs = [&](int z_layer) {
+        std::vector<at::Tensor> zs;
+        for (int64_t i = 0; i < n; ++i) {
+            check_cancel();
+            report("target", i, n);
+            editing::SiteTargets t = editing::optimize_targets(model_, requests[static_cast<size_t>(i)], z_layer, z_sites, flat, hp_, pmet);
+            zs.push_back(t.target.back().to(at::kDouble));  // the block output, or PMET's MLP output
+            z_info.push_back({{"request", i}, {"layer", z_layer}, {"target_prob_before", t.summary.prob_first},
+                              {"target_prob_optimised", t.summary.prob_last}, {"steps", t.summary.steps},
+                              {"delta_norm", (t.target.back() - t.init.back()).norm().item<double>()}});
+        }
+        return at::stack(zs, 1);  // [n_embd, n]
+    };
+
+    at::Tensor Z;
+    if (!hp_.blue) Z = compute_zs(layers.back());
+    Edit e;
+    nlohmann::json per_layer = nlohmann::json::array();
+    for (int i = 0; i < n_layers; ++i) {
+        const int l = layers[static_cast<size_t>(i)];
+        check_cancel();
+        // BLUE: a target per boundary layer, optimised on the model the earlier layer's edit left.
+        const int z_layer = hp_.blue ? l : layers.back();
+        if (hp_.blue) Z = compute_zs(l);
+        report("keys", i, n_layers);
+        std::vector<at::Tensor> ks;
+        for (const auto& r : requests) ks.push_back(mean_key(model_, r, l, groups, true, hp_).to(at::kDouble));
+        at::Tensor K = at::stack(ks, 1);                                                   // [n_ff, n]
+        at::Tensor H = editing::read_at_lookup(model_, plain_rows, h_site, z_layer).to(at::kDouble).t();  // [n_embd, n]
+        at::Tensor R = Z - H;
+        if (!hp_.blue) R = pmet ? R / std::sqrt(static_cast<double>(n_layers - i)) : R / static_cast<double>(n_layers - i);
+        report("solve", i, n_layers);
+        at::Tensor V;  // [n_ff, n]: the delta is R V^T
+        if (alpha) {
+            const at::Tensor& P = null_space_projection(l);
+            const int64_t m = K.size(0);
+            at::Tensor cache = cache_c_.count(l) ? cache_c_[l] : at::zeros({m, m}, at::kDouble);
+            at::Tensor A = P.mm(K.mm(K.t()) + cache) + hp_.L2 * at::eye(m, at::kDouble);
+            V = at::linalg_solve(A, P.mm(K));
+        } else {
+            at::Tensor A = hp_.mom2_update_weight * stats(l).mom2 + K.mm(K.t());
+            if (method == EditMethod::MemitSeq && cache_c_.count(l)) A = A + cache_c_[l];
+            V = at::linalg_solve(A, K);
+        }
+        Delta d = low_rank_delta(model_, l, R, V);
+        apply_delta(model_, d);
+        per_layer.push_back({{"layer", l}, {"residual_norm", R.norm().item<double>()}, {"delta_frobenius", R.mm(V.t()).norm().item<double>()}});
+        e.deltas.push_back(std::move(d));
+    }
+    if (sequential) {
+        // The keys of this batch on the edited model join the protected set (spec §5 step 4).
+        for (int l : layers) {
+            std::vector<at::Tensor> ks;
+            for (const auto& r : requests) ks.push_back(mean_key(model_, r, l, groups, true, hp_).to(at::kDouble));
+            at::Tensor K = at::stack(ks, 1);
+            at::Tensor& c = cache_c_[l];
+            if (!c.defined()) c = at::zeros({K.size(0), K.size(0)}, at::kDouble);
+            c.add_(K.mm(K.t()));
+            Artifact a;
+            a.name = "keys_" + std::to_string(l);
+            a.kind = "keys";
+            a.tensor = K.to(at::kFloat).contiguous();
+            a.meta = {{"layer", l}};
+            e.artifacts.push_back(std::move(a));
+        }
+    }
+    e.metrics = {{"targets", z_info}, {"layers", per_layer}};
+    return e;
+}
+
+Edit EditSession::compute_ft(const std::vector<EditRequest>& requests) {
+    // FT-L: Adam on one down-projection, each entry kept within +-ft_norm_constraint of its start,
+    // minimising the target NLL on the plain prompts.
+    const int layer = hp_.layers.at(0);
+    const Tokenizer& tok = *model_.tokenizer();
+    SlotRestore restore(model_, {layer});
+    std::vector<Row> rows;
+    std::vector<std::vector<int64_t>> targets;
+    for (const auto& r : requests) {
+        LocatedPrompt p = locate_subject(tok, "{}", r.prompt, r.subject);
+        std::vector<int64_t> t = target_ids(tok, r.target_new);
+        Row row{p.ids, 0};
+        row.ids.insert(row.ids.end(), t.begin(), t.end() - 1);
+        rows.push_back(row);
+        targets.push_back(t);
+    }
+    editing::Batch b = editing::make_batch(rows, model_.device());
+    const int64_t B = static_cast<int64_t>(rows.size()), T = b.ids.size(1);
+    at::Tensor tgt = at::zeros({B, T}, at::kLong), tmask = at::zeros({B, T}, at::kFloat);
+    for (int64_t i = 0; i < B; ++i) {
+        const auto& t = targets[static_cast<size_t>(i)];
+        const int64_t len = b.lengths[static_cast<size_t>(i)], nt = static_cast<int64_t>(t.size());
+        for (int64_t j = 0; j < nt; ++j) {
+            tgt[i][len - nt + j] = t[static_cast<size_t>(j)];
+            tmask[i][len - nt + j] = 1.0f / static_cast<float>(nt);
+        }
+    }
+    tgt = tgt.to(model_.device());
+    tmask = tmask.to(model_.device());
+    const at::Tensor w0 = model_.weight(Slot::FfnDown, layer).detach().to(at::kFloat);
+    at::Tensor w = w0.clone().set_requires_grad(true);
+    at::Tensor m1 = at::zeros_like(w0), m2 = at::zeros_like(w0);
+    model_.weight(Slot::FfnDown, layer) = w;
+    double loss_first = 0, loss_last = 0;
+    for (int step = 1; step <= hp_.ft_steps; ++step) {
+        check_cancel();
+        if (w.grad().defined()) w.mutable_grad().zero_();
+        ForwardInput in;
+        in.input_ids = b.ids;
+        in.attention_mask = b.mask;
+        at::Tensor lp = at::log_softmax(model_.forward(in).logits, 2);
+        at::Tensor loss = -(lp.gather(2, tgt.unsqueeze(2)).squeeze(2) * tmask).sum() / static_cast<double>(B);
+        loss_last = loss.item<double>();
+        if (step == 1) loss_first = loss_last;
+        loss.backward();
+        at::NoGradGuard no_grad;
+        const double bc1 = 1.0 - std::pow(0.9, step), bc2 = 1.0 - std::pow(0.999, step);
+        at::Tensor g = w.grad();
+        m1.mul_(0.9).add_(g, 0.1);
+        m2.mul_(0.999).addcmul_(g, g, 0.001);
+        w.addcdiv_(m1, (m2.sqrt() / std::sqrt(bc2)).add_(1e-8), -hp_.ft_lr / bc1);
+        at::Tensor lo = w0 - hp_.ft_norm_constraint, hi = w0 + hp_.ft_norm_constraint;
+        w.copy_(at::max(at::min(w, hi), lo));
+    }
+    Delta d;
+    d.tensor = model_.tensor_name(Slot::FfnDown, layer);
+    d.kind = DeltaKind::Dense;
+    d.shape = {w0.size(0), w0.size(1)};
+    d.values = (w.detach() - w0).to(at::kCPU).contiguous();
+    Edit e;
+    e.deltas.push_back(std::move(d));
+    e.metrics = {{"loss_first", loss_first}, {"loss_last", loss_last}, {"layer", layer}};
+    return e;
+}
+
+}  // namespace engram

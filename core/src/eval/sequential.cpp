@@ -1,0 +1,110 @@
+// The sequential batch protocol: T cases edited in batches of B without restoring, evaluated after
+// the last batch (and optionally at checkpoints), as AlphaEdit and BLUE run it.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "engram/error.h"
+#include "engram/evaluate.h"
+#include "engram/model.h"
+
+namespace engram::eval {
+
+namespace {
+
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+nlohmann::json SequentialResult::to_json() const {
+    nlohmann::json c = nlohmann::json::array();
+    for (const Point& p : curve) c.push_back({{"edits", p.edits}, {"summary", p.summary.to_json()}});
+    return {{"method", method},       {"hparams", hparams},           {"pre", pre.to_json()},
+            {"post", post.to_json()}, {"curve", c},                   {"edit_seconds", edit_seconds},
+            {"eval_seconds", eval_seconds}};
+}
+
+SequentialResult run_sequential(Model& model, const Dataset& dataset, const EditHParams& hparams, const StatsOptions& stats,
+                                const SequentialOptions& o, const std::function<void(const EvalProgress&)>& progress,
+                                const std::atomic<bool>* cancel) {
+    if (o.edits <= 0 || o.batch <= 0) throw Error(ErrorKind::Argument, "--edits and --batch must be positive");
+    const int64_t T = o.edits;
+    if (static_cast<int64_t>(dataset.cases.size()) < T)
+        throw Error(ErrorKind::Argument, dataset.file.string() + " has " + std::to_string(dataset.cases.size()) + " cases; " +
+                                             std::to_string(T) + " edits were asked for");
+    auto report = [&](const std::string& stage, int64_t done, int64_t total, const std::string& detail = {}) {
+        if (progress) progress({stage, done, total, detail});
+    };
+    auto check_cancel = [&] {
+        if (cancel && cancel->load()) throw Error(ErrorKind::Internal, "evaluation was cancelled");
+    };
+    const std::vector<EditCase> cases(dataset.cases.begin(), dataset.cases.begin() + T);
+    const int64_t u_end = std::min<int64_t>(static_cast<int64_t>(dataset.cases.size()), T + o.unedited_cases);
+    const std::vector<EditCase> unedited(dataset.cases.begin() + T, dataset.cases.begin() + u_end);
+    const std::vector<EditCase> flu_cases(cases.begin(), cases.begin() + std::min<int64_t>(T, o.fluency_cases));
+    std::filesystem::path ppl_file = o.perplexity_file;
+    if (ppl_file.empty() && !model.dir().empty() && std::filesystem::exists(model.dir() / "held_out.txt")) ppl_file = model.dir() / "held_out.txt";
+
+    SequentialResult res;
+    res.method = std::string(edit_method_name(hparams.method)) + (hparams.blue ? "+blue" : "");
+    auto general = [&](Summary& s) {
+        if (!flu_cases.empty()) s.fluency = fluency(model, flu_cases, o.seed);
+        if (!ppl_file.empty()) s.perplexity = text_perplexity(model, ppl_file);
+        if (!unedited.empty()) {
+            const double a = fact_accuracy(model, unedited);
+            if (!std::isnan(a)) s.unedited_accuracy = a;
+        }
+    };
+
+    auto t_eval = std::chrono::steady_clock::now();
+    report("pre", 0, 1);
+    const PreEdit pre = record_pre_edit(model, cases);
+    res.pre = summarize(score_cases(model, cases, pre));
+    general(res.pre);
+    res.eval_seconds += since(t_eval);
+
+    EditSession session(model, hparams, stats);
+    session.set_cancel_flag(cancel);
+    const int64_t n_batches = (T + o.batch - 1) / o.batch;
+    for (int64_t b = 0; b < n_batches; ++b) {
+        check_cancel();
+        const int64_t lo = b * o.batch, hi = std::min(T, lo + o.batch);
+        std::vector<EditRequest> reqs;
+        for (int64_t i = lo; i < hi; ++i)
+            for (auto& r : requests_of(cases[static_cast<size_t>(i)])) reqs.push_back(std::move(r));
+        session.set_progress([&](const EditProgress& p) {
+            report("edit", lo + (p.stage == "target" ? std::min<int64_t>(p.done, hi - lo) : 0), T, p.stage);
+        });
+        const auto t_edit = std::chrono::steady_clock::now();
+        Edit e = session.compute(reqs);
+        apply_edit(model, e);
+        res.edit_seconds += since(t_edit);
+        report("edit", hi, T, "batch " + std::to_string(b + 1) + "/" + std::to_string(n_batches));
+        if (b == 0) res.hparams = e.hparams;
+        if (o.checkpoint_every > 0 && (b + 1) % o.checkpoint_every == 0 && b + 1 < n_batches) {
+            t_eval = std::chrono::steady_clock::now();
+            report("checkpoint", hi, T);
+            const std::vector<EditCase> done(cases.begin(), cases.begin() + hi);
+            PreEdit pre_done;
+            pre_done.locality_argmax.assign(pre.locality_argmax.begin(), pre.locality_argmax.begin() + hi);
+            SequentialResult::Point p;
+            p.edits = hi;
+            p.summary = summarize(score_cases(model, done, pre_done));
+            if (!ppl_file.empty()) p.summary.perplexity = text_perplexity(model, ppl_file);
+            res.curve.push_back(p);
+            res.eval_seconds += since(t_eval);
+        }
+    }
+    t_eval = std::chrono::steady_clock::now();
+    report("post", 0, 1);
+    res.post = summarize(score_cases(model, cases, pre));
+    general(res.post);
+    res.curve.push_back({T, res.post});
+    res.eval_seconds += since(t_eval);
+    return res;
+}
+
+}  // namespace engram::eval
