@@ -254,6 +254,7 @@ int cmd_classify(const Argv& argv) {
 
 int cmd_bench(const Argv& argv) {
     if (!argv.empty() && argv[0] == "trace") return cmd_bench_trace(Argv(argv.begin() + 1, argv.end()));
+    if (!argv.empty() && argv[0] == "edit") return cmd_bench_edit(Argv(argv.begin() + 1, argv.end()));
     Args args(argv, {}, {"batch", "seq", "iters", "device"});
     if (args.positional().size() == 1 && args.positional()[0] == "load") {
         const fs::path dir = fs::temp_directory_path() / ("engram-bench-load-" + std::to_string(::getpid()));

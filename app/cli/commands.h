@@ -47,6 +47,12 @@ int cmd_hash(const Argv& argv);
 int cmd_export_model(const Argv& argv);
 int cmd_export_history(const Argv& argv);
 int cmd_import_history(const Argv& argv);
+
+// Locate-then-edit (edit_commands.cpp); `edit --method synthetic` goes to cmd_edit_synthetic.
+int cmd_edit_synthetic(const Argv& argv);
+int cmd_eval(const Argv& argv);
+int cmd_stats(const Argv& argv);
+int cmd_bench_edit(const Argv& argv);  // engram-cli bench edit ...
 // The base model of project `db` (from `model_dir`, else the recorded folder) with its active edits
 // replayed: what every --model command works on when --db is given.
 std::unique_ptr<Model> open_project_model(const std::string& db, const std::optional<std::string>& model_dir, const LoadOptions& options);

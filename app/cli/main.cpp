@@ -24,12 +24,23 @@ commands:
   bench     forward [--batch B --seq T --iters N --device D]
   bench     load     time loading a ~500 MB F32 checkpoint
   bench     trace [--json] [--seq T --samples N --layers L --fast-only]   naive vs fast causal trace
+  bench     edit [--rome-edits N --memit-batch N]   ROME s/edit and MEMIT s/batch on a GPT-2-small shape
   trace     --model DIR --prompt P --subject S [--target T] [--kind hidden|mlp|attn|all] [--samples N]
             [--noise s3|FLOAT|uX|tNU] [--replace] [--window W] [--seed S] [--sever mlp|attn] [--subjects FILE]
             [--naive] [--json OUT] [--csv OUT] [--png OUT] [--pdf OUT] [--svg OUT] [--quiet]
   trace     --dataset FILE|demo [--limit N] ... average indirect effects per token bucket (ROME Fig. 2)
   demo      train --world facts|shapes [--quick] [--out DIR] | info | data ...
   tour      [--model DIR]    a headless walk through what Engram can do
+
+editing (locate-then-edit; without --model the Fact World demo model):
+  edit      --method rome|memit|memit_seq|alphaedit|pmet|ft [--blue] --prompt "{} was born in" --subject S --target T
+            [--target-true T] [--requests FILE] [--db F] [--model DIR] [--hparams FILE] [--set key=value]... [--corpus FILE] [--json]
+            prints p(new) and p(old) before and after; with --db the edit is recorded (F is created if needed)
+  eval      --method M[,M...] [--blue] [--dataset FILE] [--edits T] [--batch B] [--checkpoint-every K] [--single] [--fluency-cases N]
+            [--json OUT] [--csv OUT] [--db F] [--hparams FILE] [--set key=value]... [--corpus FILE] [--format F] [--zsre-target answer|alt]
+            the sequential batch protocol: T cases edited in batches of B, evaluated after all edits; one row per method
+            (--single: the weights are restored after each batch, whose cases are scored right after their edit)
+  stats     --layers L[,L...] [--model DIR] [--corpus FILE] [--samples N]   precompute and cache C = E[k k^T]
 
 projects (a *.engram file: the base model plus every edit, replayable bit for bit):
   edit            --db F --model DIR --method synthetic --layer L [--rank R --seed S --scale X --artifact-kib N] [--json]
@@ -63,6 +74,7 @@ constexpr Command kCommands[] = {
     {"redo", engram::cli::cmd_redo},         {"rollback", engram::cli::cmd_rollback}, {"revert", engram::cli::cmd_revert},
     {"replay", engram::cli::cmd_replay},     {"hash", engram::cli::cmd_hash},         {"export-model", engram::cli::cmd_export_model},
     {"export-history", engram::cli::cmd_export_history}, {"import-history", engram::cli::cmd_import_history},
+    {"eval", engram::cli::cmd_eval},         {"stats", engram::cli::cmd_stats},
 };
 
 }  // namespace

@@ -133,7 +133,7 @@ std::unique_ptr<Model> open_project_model(const std::string& db, const std::opti
     return project->open_model(model_dir ? std::optional<fs::path>(*model_dir) : std::nullopt, options);
 }
 
-int cmd_edit(const Argv& argv) {
+int cmd_edit_synthetic(const Argv& argv) {
     Args args(argv, {"json"}, {"db", "model", "method", "layer", "rank", "seed", "scale", "artifact-kib"});
     const fs::path db = args.require("db");
     const std::string method = args.require("method");

@@ -90,6 +90,10 @@ struct SequentialOptions {
     int64_t unedited_cases = 200;     // cases after the first T used for the unedited-facts accuracy
     std::filesystem::path perplexity_file;  // empty: held_out.txt beside the model, when present
     uint64_t seed = 0;
+    // Single-edit protocol (ROME/MEMIT papers' "restore after each edit"): each batch is applied,
+    // its own cases are scored, and the weights are restored before the next batch. Post-edit
+    // fluency, perplexity and unedited accuracy are then not measured (there is no one edited model).
+    bool restore_between = false;
 };
 
 struct EvalProgress {

@@ -67,6 +67,7 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
     res.eval_seconds += since(t_eval);
 
     EditSession session(model, hparams, stats);
+    std::vector<CaseMetrics> single_metrics;
     session.set_cancel_flag(cancel);
     const int64_t n_batches = (T + o.batch - 1) / o.batch;
     for (int64_t b = 0; b < n_batches; ++b) {
@@ -80,11 +81,26 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
         });
         const auto t_edit = std::chrono::steady_clock::now();
         Edit e = session.compute(reqs);
+        // Single-edit protocol: keep the touched tensors to put back after scoring this batch.
+        std::vector<std::pair<Model::WeightRef, at::Tensor>> saved;
+        if (o.restore_between)
+            for (const Delta& d : e.deltas)
+                if (auto ref = model.find_weight(d.tensor)) saved.emplace_back(*ref, model.weight(ref->slot, ref->layer));
         apply_edit(model, e);
         res.edit_seconds += since(t_edit);
+        if (o.restore_between) {
+            t_eval = std::chrono::steady_clock::now();
+            const std::vector<EditCase> mine(cases.begin() + lo, cases.begin() + hi);
+            PreEdit pre_mine;
+            pre_mine.locality_argmax.assign(pre.locality_argmax.begin() + lo, pre.locality_argmax.begin() + hi);
+            std::vector<CaseMetrics> m = score_cases(model, mine, pre_mine);
+            single_metrics.insert(single_metrics.end(), m.begin(), m.end());
+            for (auto it = saved.rbegin(); it != saved.rend(); ++it) model.weight(it->first.slot, it->first.layer) = it->second;
+            res.eval_seconds += since(t_eval);
+        }
         report("edit", hi, T, "batch " + std::to_string(b + 1) + "/" + std::to_string(n_batches));
         if (b == 0) res.hparams = e.hparams;
-        if (o.checkpoint_every > 0 && (b + 1) % o.checkpoint_every == 0 && b + 1 < n_batches) {
+        if (!o.restore_between && o.checkpoint_every > 0 && (b + 1) % o.checkpoint_every == 0 && b + 1 < n_batches) {
             t_eval = std::chrono::steady_clock::now();
             report("checkpoint", hi, T);
             const std::vector<EditCase> done(cases.begin(), cases.begin() + hi);
@@ -100,8 +116,12 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
     }
     t_eval = std::chrono::steady_clock::now();
     report("post", 0, 1);
-    res.post = summarize(score_cases(model, cases, pre));
-    general(res.post);
+    if (o.restore_between) {
+        res.post = summarize(single_metrics);
+    } else {
+        res.post = summarize(score_cases(model, cases, pre));
+        general(res.post);
+    }
     res.curve.push_back({T, res.post});
     res.eval_seconds += since(t_eval);
     return res;

@@ -115,7 +115,9 @@ struct ModelLoader {
 
         model->layers.resize(hp.n_layer);
         std::set<std::string> used;
-        c10::InferenceMode guard;  // weights never require grad
+        // Weights never require grad. Plain tensors, not inference tensors: editing methods
+        // differentiate through the frozen weights (only their own deltas are leaves).
+        at::NoGradGuard no_grad;
         for (const TensorSpec& spec : fam->tensors) {
             if (spec.present && !spec.present(hp)) continue;
             const int n = spec.per_layer ? static_cast<int>(hp.n_layer) : 1;
@@ -194,7 +196,7 @@ std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed
     model->hparams_ = hp;
     model->layers.resize(hp.n_layer);
     at::Generator gen = at::detail::createCPUGenerator(seed);
-    c10::InferenceMode guard(!trainable);
+    at::NoGradGuard no_grad;  // plain tensors (see load); trainable ones become leaves below
     for (const TensorSpec& spec : fam.tensors) {
         if (spec.present && !spec.present(hp)) continue;
         const int n = spec.per_layer ? static_cast<int>(hp.n_layer) : 1;

@@ -1,0 +1,447 @@
+// Locate-then-edit from the command line: `edit` (ROME, MEMIT, MEMIT_seq, AlphaEdit, PMET, FT-L,
+// with --blue), `eval` (the sequential batch protocol, several methods in one table), `stats`
+// (precompute C) and `bench edit`.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "args.h"
+#include "commands.h"
+#include "engram/bench.h"
+#include "engram/datasets.h"
+#include "engram/edit_hparams.h"
+#include "engram/editing.h"
+#include "engram/error.h"
+#include "engram/evaluate.h"
+#include "engram/model.h"
+#include "engram/runtime.h"
+#include "engram/store.h"
+#include "engram/tokenizer.h"
+
+namespace engram::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+int cmd_edit_synthetic(const Argv& argv);  // store_commands.cpp
+
+namespace {
+
+// "memit+blue" -> (memit, blue).
+std::pair<EditMethod, bool> parse_method(const std::string& text, bool blue_flag) {
+    std::string m = text;
+    bool blue = blue_flag;
+    for (const char* suffix : {"+blue", "_blue", "-blue", "+BLUE", "_BLUE", "-BLUE"}) {
+        const std::string s = suffix;
+        if (m.size() > s.size() && m.compare(m.size() - s.size(), s.size(), s) == 0) {
+            m = m.substr(0, m.size() - s.size());
+            blue = true;
+        }
+    }
+    auto method = edit_method_from_name(m);
+    if (!method) throw Error(ErrorKind::Argument, "--method " + text + ": expected rome, memit, memit_seq, alphaedit, pmet or ft (optionally +blue)");
+    return {*method, blue};
+}
+
+EditHParams build_hparams(const Model& model, EditMethod method, bool blue, const Args& args) {
+    EditHParams hp = default_edit_hparams(model_shape(model), method, blue);
+    if (auto f = args.get("hparams")) apply_hparams_file(hp, *f);
+    for (const std::string& s : args.all("set")) apply_hparam_setting(hp, s);
+    validate_edit_hparams(hp, model_shape(model));
+    return hp;
+}
+
+StatsOptions stats_options(const Args& args) {
+    StatsOptions o;
+    if (auto c = args.get("corpus")) o.corpus = *c;
+    return o;
+}
+
+std::unique_ptr<Model> load_model(const Args& args) {
+    if (auto dir = args.get("model")) return Model::load(*dir);
+    return Model::load(demo_resource_dir("factworld"));
+}
+
+std::vector<EditRequest> read_requests(const fs::path& file) {
+    // A dataset in one of the field's layouts, or a JSON array of {prompt, subject, target_new[, target_true]}.
+    json j;
+    {
+        std::ifstream in(file);
+        if (!in) throw Error(ErrorKind::Io, "cannot read " + file.string());
+        try {
+            j = json::parse(in);
+        } catch (const json::exception& e) {
+            throw Error(ErrorKind::Format, file.string() + ": not JSON (" + e.what() + ")");
+        }
+    }
+    if (j.is_object()) j = json::array({j});
+    if (!j.is_array() || j.empty()) throw Error(ErrorKind::Format, file.string() + ": expected a non-empty array of edit requests");
+    std::vector<EditRequest> out;
+    const json& first = j.front();
+    if (first.is_object() && (first.contains("requested_rewrite") || first.contains("src") || first.contains("ground_truth"))) {
+        eval::Dataset ds = eval::load_dataset(file);
+        for (const auto& c : ds.cases)
+            for (auto& r : eval::requests_of(c)) out.push_back(std::move(r));
+        return out;
+    }
+    for (size_t i = 0; i < j.size(); ++i) {
+        try {
+            out.push_back(EditRequest::from_json(j[i]));
+        } catch (const Error& e) {
+            throw e.with_context(file.string() + ": request " + std::to_string(i));
+        }
+    }
+    return out;
+}
+
+// The pre-edit model's greedy continuation of the prompt, as many tokens as the new target has:
+// what "the old target" is when none was given.
+std::string greedy_answer(const Model& model, const EditRequest& r) {
+    const Tokenizer& tok = *model.tokenizer();
+    std::vector<int64_t> ids = tok.encode(r.prompt_text(), true).ids;
+    GenerateOptions g;
+    g.max_new_tokens = static_cast<int64_t>(target_ids(tok, r.target_new).size());
+    std::vector<int64_t> out = generate(model, ids, g);
+    return tok.decode(std::vector<int64_t>(out.begin() + static_cast<long>(ids.size()), out.end()), true);
+}
+
+std::string fmt_prob(double nll) {
+    std::ostringstream s;
+    s << std::fixed << std::setprecision(4) << std::exp(-nll);
+    return s.str();
+}
+
+}  // namespace
+
+int cmd_edit(const Argv& argv) {
+    for (size_t i = 0; i + 1 < argv.size(); ++i)
+        if (argv[i] == "--method" && argv[i + 1] == "synthetic") return cmd_edit_synthetic(argv);
+    Args args(argv, {"json", "blue"}, {"db", "model", "method", "prompt", "subject", "target", "target-true", "requests", "hparams", "set", "corpus"});
+    const auto [method, blue] = parse_method(args.require("method"), args.flag("blue"));
+    std::unique_ptr<Project> project;
+    std::unique_ptr<Model> model;
+    const std::optional<fs::path> db = args.get("db") ? std::optional<fs::path>(args.require("db")) : std::nullopt;
+    std::error_code ec;
+    const bool fresh = db && (!fs::exists(*db, ec) || fs::file_size(*db, ec) == 0);
+    if (db && !fresh) {
+        project = Project::open(*db);
+        model = project->open_model(args.get("model") ? std::optional<fs::path>(args.require("model")) : std::nullopt);
+    } else {
+        model = load_model(args);
+    }
+    std::vector<EditRequest> requests;
+    if (auto f = args.get("requests")) {
+        requests = read_requests(*f);
+    } else {
+        EditRequest r;
+        r.prompt = args.require("prompt");
+        r.subject = args.require("subject");
+        r.target_new = args.require("target");
+        r.target_true = args.get("target-true").value_or("");
+        requests.push_back(r);
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+        try {
+            validate_request(*model, requests[i]);
+        } catch (const Error& e) {
+            throw e.with_context(requests.size() > 1 ? "request " + std::to_string(i) : std::string("edit request"));
+        }
+        if (requests[i].target_true.empty()) requests[i].target_true = greedy_answer(*model, requests[i]);
+    }
+    const EditHParams hp = build_hparams(*model, method, blue, args);
+
+    auto probs = [&]() {
+        std::vector<std::pair<std::string, std::string>> pt;
+        for (const auto& r : requests) {
+            pt.emplace_back(r.prompt_text(), r.target_new);
+            pt.emplace_back(r.prompt_text(), r.target_true);
+        }
+        return eval::score_targets(*model, pt);
+    };
+    const std::vector<eval::TargetScore> before = probs();
+
+    EditSession session(*model, hp, stats_options(args));
+    if (project) {
+        // Continue a sequence (AlphaEdit / MEMIT_seq cache_c) from the project's active edits of the same method.
+        std::vector<Edit> prior;
+        for (int64_t id : project->active_ids()) {
+            Edit e = project->edit(id);
+            if (e.method.rfind(edit_method_name(method), 0) == 0) prior.push_back(std::move(e));
+        }
+        session.absorb_history(prior);
+    }
+    if (!args.flag("json"))
+        session.set_progress([](const EditProgress& p) {
+            if (p.stage == "stats" && p.done == 0) std::cerr << "computing second-moment statistics...\n";
+        });
+    Edit edit = session.compute(requests);
+    int64_t id = 0;
+    if (db) {
+        if (fresh) {
+            try {
+                project = Project::create(*db, *model);
+                id = project->record(*model, edit);
+            } catch (...) {
+                project.reset();
+                for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db->string() + suffix, ec);
+                throw;
+            }
+        } else {
+            id = project->record(*model, edit);
+        }
+    } else {
+        apply_edit(*model, edit);
+    }
+    const std::vector<eval::TargetScore> after = probs();
+
+    if (args.flag("json")) {
+        json rows = json::array();
+        for (size_t i = 0; i < requests.size(); ++i)
+            rows.push_back({{"request", requests[i].to_json()},
+                            {"p_new_before", std::exp(-before[2 * i].nll)},
+                            {"p_new_after", std::exp(-after[2 * i].nll)},
+                            {"p_old_before", std::exp(-before[2 * i + 1].nll)},
+                            {"p_old_after", std::exp(-after[2 * i + 1].nll)}});
+        json out = {{"method", edit.method}, {"results", rows}, {"tensors", edit.touched_tensors()}, {"seconds", edit.duration_s},
+                    {"metrics", edit.metrics}};
+        if (db) out["id"] = id, out["state_hash"] = edit.state_hash_after;
+        std::cout << out.dump() << "\n";
+        return 0;
+    }
+    std::cout << edit.method << " edit of " << requests.size() << " request" << (requests.size() == 1 ? "" : "s") << " on ";
+    for (size_t i = 0; i < edit.deltas.size(); ++i) std::cout << (i ? ", " : "") << edit.deltas[i].tensor;
+    std::cout << " in " << std::fixed << std::setprecision(2) << edit.duration_s << " s\n";
+    const size_t shown = std::min<size_t>(requests.size(), 10);
+    for (size_t i = 0; i < shown; ++i) {
+        const auto& r = requests[i];
+        std::cout << "  \"" << r.prompt_text() << "\"\n"
+                  << "      new  p(" << r.target_new << ")  " << fmt_prob(before[2 * i].nll) << " -> " << fmt_prob(after[2 * i].nll) << "\n"
+                  << "      old  p(" << r.target_true << ")  " << fmt_prob(before[2 * i + 1].nll) << " -> " << fmt_prob(after[2 * i + 1].nll)
+                  << "\n";
+    }
+    if (shown < requests.size()) std::cout << "  ... and " << requests.size() - shown << " more\n";
+    if (db) std::cout << "recorded edit " << id << " in " << db->string() << "; state hash " << edit.state_hash_after << "\n";
+    else std::cout << "(not recorded: pass --db FILE to keep the edit in a project)\n";
+    return 0;
+}
+
+int cmd_eval(const Argv& argv) {
+    Args args(argv, {"blue", "quiet", "single"},
+              {"model", "dataset", "method", "edits", "batch", "json", "csv", "db", "hparams", "set", "corpus", "checkpoint-every",
+               "fluency-cases", "unedited-cases", "format", "zsre-target", "perplexity-file", "seed"});
+    std::unique_ptr<Model> model = load_model(args);
+    const fs::path dataset_path = args.get("dataset").value_or((demo_resource_dir("factworld") / "counterfact.json").string());
+    eval::DatasetOptions dopt;
+    if (auto f = args.get("format")) {
+        auto fmt = eval::dataset_format_from_name(*f);
+        if (!fmt) throw Error(ErrorKind::Argument, "--format " + *f + ": expected counterfact, counterfact_flat, zsre or mquake");
+        dopt.format = *fmt;
+    }
+    if (auto z = args.get("zsre-target")) {
+        if (*z == "answer") dopt.zsre_target = eval::ZsreTarget::Answer;
+        else if (*z == "alt") dopt.zsre_target = eval::ZsreTarget::Alt;
+        else throw Error(ErrorKind::Argument, "--zsre-target must be answer or alt");
+    }
+    const eval::Dataset ds = eval::load_dataset(dataset_path, dopt);
+    eval::SequentialOptions so;
+    so.edits = args.integer("edits", std::min<int64_t>(1000, static_cast<int64_t>(ds.cases.size())), 1);
+    so.batch = args.integer("batch", 100, 1);
+    so.checkpoint_every = args.integer("checkpoint-every", 0, 0);
+    so.fluency_cases = args.integer("fluency-cases", 50, 0);
+    so.unedited_cases = args.integer("unedited-cases", 200, 0);
+    so.seed = static_cast<uint64_t>(args.integer("seed", 0, 0));
+    if (auto p = args.get("perplexity-file")) so.perplexity_file = *p;
+    so.restore_between = args.flag("single");
+    std::vector<std::string> methods;
+    {
+        std::stringstream ss(args.require("method"));
+        for (std::string m; std::getline(ss, m, ',');)
+            if (!m.empty()) methods.push_back(m);
+    }
+    std::unique_ptr<Project> project;
+    if (auto db = args.get("db")) {
+        std::error_code ec;
+        if (fs::exists(*db, ec) && fs::file_size(*db, ec) > 0) {
+            project = Project::open(*db);
+            project->check_model(*model);
+        } else {
+            project = Project::create(*db, *model);
+        }
+    }
+    const bool quiet = args.flag("quiet");
+    std::vector<eval::SequentialResult> results;
+    for (const std::string& m : methods) {
+        const auto [method, blue] = parse_method(m, args.flag("blue"));
+        const EditHParams hp = build_hparams(*model, method, blue, args);
+        model->restore_all_base();
+        const auto t0 = std::chrono::steady_clock::now();
+        if (!quiet)
+            std::cerr << "== " << edit_method_name(method) << (blue ? "+blue" : "") << ": " << so.edits << " edits in batches of " << so.batch
+                      << " from " << dataset_path.string() << "\n";
+        int64_t last_pct = -1;
+        eval::SequentialResult r = eval::run_sequential(*model, ds, hp, stats_options(args), so, [&](const eval::EvalProgress& p) {
+            if (quiet) return;
+            if (p.stage == "edit" && p.total > 0) {
+                const int64_t pct = 100 * p.done / p.total;
+                if (pct / 10 != last_pct / 10 || p.detail.rfind("batch", 0) == 0) {
+                    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    std::cerr << "   " << p.done << "/" << p.total << " edits (" << p.detail << "), " << std::fixed << std::setprecision(0) << el << " s\n";
+                    last_pct = pct;
+                }
+            } else if (p.stage != "edit") {
+                std::cerr << "   evaluating (" << p.stage << ")\n";
+            }
+        });
+        if (project) {
+            Evaluation ev;
+            ev.state_hash = state_hash(*model);
+            ev.kind = "sequential";
+            ev.params = {{"dataset", fs::absolute(dataset_path).string()}, {"edits", so.edits}, {"batch", so.batch}, {"method", r.method}};
+            ev.results = r.to_json();
+            project->add_evaluation(ev);
+        }
+        results.push_back(std::move(r));
+    }
+    model->restore_all_base();
+
+    auto cell = [](double v, int prec = 1) {
+        std::ostringstream s;
+        if (std::isnan(v)) s << "-";
+        else s << std::fixed << std::setprecision(prec) << v;
+        return s.str();
+    };
+    auto opt = [&](const std::optional<double>& v, int prec = 1) { return v ? cell(*v, prec) : std::string("-"); };
+    std::cout << (so.restore_between ? "single editing (restored after each batch): " : "sequential editing: ") << so.edits << " cases of "
+              << dataset_path.filename().string() << " in batches of " << so.batch << "\n";
+    std::cout << std::left << std::setw(18) << "method" << std::right << std::setw(7) << "ES" << std::setw(7) << "PS" << std::setw(7) << "NS"
+              << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(8)
+              << "PPL" << std::setw(8) << "Unedit" << std::setw(7) << "Rel" << std::setw(7) << "Gen" << std::setw(7) << "Loc" << std::setw(9)
+              << "edit s" << "\n";
+    auto row = [&](const std::string& name, const eval::Summary& s, double secs) {
+        std::cout << std::left << std::setw(18) << name << std::right << std::setw(7) << cell(s.es) << std::setw(7) << cell(s.ps) << std::setw(7)
+                  << cell(s.ns) << std::setw(7) << cell(s.score) << std::setw(7) << cell(s.em) << std::setw(7) << cell(s.pm) << std::setw(7)
+                  << cell(s.nm) << std::setw(8) << opt(s.fluency) << std::setw(8) << opt(s.perplexity, 3) << std::setw(8)
+                  << opt(s.unedited_accuracy) << std::setw(7) << cell(s.reliability) << std::setw(7) << cell(s.generalization) << std::setw(7)
+                  << cell(s.locality) << std::setw(9) << (secs > 0 ? cell(secs, 1) : std::string("-")) << "\n";
+    };
+    if (!results.empty()) row("pre-edit", results.front().pre, 0);
+    for (const auto& r : results) row(r.method, r.post, r.edit_seconds);
+    std::cout << "ES/PS/NS/S: ROME/MEMIT probability metrics (x100); EM/PM/NM their magnitudes; Flu: n-gram entropy x100; PPL: held-out "
+                 "perplexity; Unedit: top-1 on facts outside the edited set; Rel/Gen/Loc: EasyEdit token metrics.\n";
+    if (auto f = args.get("json")) {
+        json all = json::array();
+        for (const auto& r : results) all.push_back(r.to_json());
+        std::ofstream out(*f);
+        if (!out) throw Error(ErrorKind::Io, "cannot write " + *f);
+        out << json{{"dataset", fs::absolute(dataset_path).string()}, {"edits", so.edits}, {"batch", so.batch}, {"results", all}}.dump(1) << "\n";
+        std::cout << "wrote " << *f << "\n";
+    }
+    if (auto f = args.get("csv")) {
+        std::ofstream out(*f);
+        if (!out) throw Error(ErrorKind::Io, "cannot write " + *f);
+        out << "method,edits,es,ps,ns,score,em,pm,nm,fluency,perplexity,unedited_accuracy,reliability,generalization,locality,portability\n";
+        auto line = [&](const std::string& name, int64_t edits, const eval::Summary& s) {
+            auto o = [](const std::optional<double>& v) { return v ? std::to_string(*v) : std::string(); };
+            auto d = [](double v) { return std::isnan(v) ? std::string() : std::to_string(v); };
+            out << name << "," << edits << "," << d(s.es) << "," << d(s.ps) << "," << d(s.ns) << "," << d(s.score) << "," << d(s.em) << ","
+                << d(s.pm) << "," << d(s.nm) << "," << o(s.fluency) << "," << o(s.perplexity) << "," << o(s.unedited_accuracy) << ","
+                << d(s.reliability) << "," << d(s.generalization) << "," << d(s.locality) << "," << d(s.portability) << "\n";
+        };
+        if (!results.empty()) line("pre-edit", 0, results.front().pre);
+        for (const auto& r : results)
+            for (const auto& p : r.curve) line(r.method, p.edits, p.summary);
+        std::cout << "wrote " << *f << "\n";
+    }
+    return 0;
+}
+
+int cmd_stats(const Argv& argv) {
+    Args args(argv, {}, {"model", "layers", "corpus", "samples"});
+    std::unique_ptr<Model> model = load_model(args);
+    std::vector<int> layers;
+    for (const std::string& v : args.all("layers")) {
+        std::stringstream ss(v);
+        for (std::string part; std::getline(ss, part, ',');) {
+            try {
+                layers.push_back(std::stoi(part));
+            } catch (...) {
+                throw Error(ErrorKind::Argument, "--layers expects integers, got '" + part + "'");
+            }
+        }
+    }
+    if (layers.empty()) throw Error(ErrorKind::Argument, "missing required option --layers L[,L...]");
+    StatsOptions o;
+    if (auto c = args.get("corpus")) o.corpus = *c;
+    o.n_samples = args.integer("samples", 100000, 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<LayerStats> s = second_moments(*model, layers, o, [&](int64_t done, int64_t total) {
+        if (done == total || done % 2000 < 64) std::cerr << "  " << done << "/" << total << " documents\r";
+    });
+    std::cerr << "\n";
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (const LayerStats& l : s) {
+        at::Tensor ev = at::linalg_eigvalsh(l.mom2);
+        std::cout << "layer " << l.layer << ": C over " << l.count << " tokens of " << l.documents << " documents; eigenvalues "
+                  << std::scientific << std::setprecision(2) << ev.min().item<double>() << " .. " << ev.max().item<double>() << std::fixed
+                  << "\n  " << stats_cache_path(*model, l.layer, l.corpus_hash, o.n_samples).string() << "\n";
+    }
+    std::cout << "done in " << std::setprecision(2) << secs << " s (cached results load instantly)\n";
+    return 0;
+}
+
+int cmd_bench_edit(const Argv& argv) {
+    Args args(argv, {}, {"rome-edits", "memit-batch", "layers"});
+    const int64_t n_rome = args.integer("rome-edits", 3, 1), n_memit = args.integer("memit-batch", 100, 1);
+    // A random-weight model of GPT-2-small shape reading the Fact World vocabulary (so requests
+    // tokenize), with C computed from the demo corpus before timing starts.
+    const fs::path demo = demo_resource_dir("factworld");
+    HParams hp = gpt2_small_hparams();
+    auto model = Model::random(Arch::Gpt2, hp, 7);
+    model->set_tokenizer(load_tokenizer(demo));
+    eval::DatasetOptions dopt;
+    dopt.limit = std::max(n_rome, n_memit);
+    const eval::Dataset ds = eval::load_dataset(demo / "counterfact.json", dopt);
+    std::cout << "bench edit: random GPT-2-small-shaped model (" << std::fixed << std::setprecision(1) << double(model->parameter_count()) / 1e6
+              << " M parameters), " << at::get_num_threads() << " threads\n";
+    StatsOptions so;
+    so.corpus = demo / "corpus.txt";
+    so.n_samples = 2000;
+    so.use_cache = false;
+
+    EditHParams rome = default_edit_hparams(model_shape(*model), EditMethod::Rome, false);
+    EditSession rs(*model, rome, so);
+    auto t0 = std::chrono::steady_clock::now();
+    rs.stats(rome.layers[0]);
+    rs.context_templates();
+    const double setup_rome = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::vector<EditRequest> reqs;
+    for (int64_t i = 0; i < n_rome; ++i) reqs.push_back(eval::requests_of(ds.cases[static_cast<size_t>(i)]).at(0));
+    t0 = std::chrono::steady_clock::now();
+    Edit e = rs.compute(reqs);
+    const double rome_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(n_rome);
+    std::cout << "  ROME  (layer " << rome.layers[0] << ")          " << std::setprecision(2) << rome_s << " s per edit (mean of " << n_rome
+              << "; C and templates beforehand: " << setup_rome << " s)\n";
+
+    EditHParams memit = default_edit_hparams(model_shape(*model), EditMethod::Memit, false);
+    EditSession ms(*model, memit, so);
+    t0 = std::chrono::steady_clock::now();
+    for (int l : memit.layers) ms.stats(l);
+    ms.context_templates();
+    const double setup_memit = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    reqs.clear();
+    for (int64_t i = 0; i < n_memit; ++i) reqs.push_back(eval::requests_of(ds.cases[static_cast<size_t>(i)]).at(0));
+    t0 = std::chrono::steady_clock::now();
+    Edit me = ms.compute(reqs);
+    const double memit_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "  MEMIT (layers " << memit.layers.front() << "-" << memit.layers.back() << ")       " << memit_s << " s per batch of " << n_memit
+              << " (" << memit_s / double(n_memit) << " s per edit; C beforehand: " << setup_memit << " s)\n";
+    return 0;
+}
+
+}  // namespace engram::cli
