@@ -53,6 +53,8 @@ int cmd_edit_synthetic(const Argv& argv);
 int cmd_eval(const Argv& argv);
 int cmd_stats(const Argv& argv);
 int cmd_bench_edit(const Argv& argv);  // engram-cli bench edit ...
+// The tour's editing stop (needs the demo model; returns quietly when it is absent).
+void tour_fact_edit(int& step);
 // The base model of project `db` (from `model_dir`, else the recorded folder) with its active edits
 // replayed: what every --model command works on when --db is given.
 std::unique_ptr<Model> open_project_model(const std::string& db, const std::optional<std::string>& model_dir, const LoadOptions& options);

@@ -1,0 +1,313 @@
+// Locate-then-edit on the Fact World model: the identities each method must satisfy (ROME's
+// W'k* = v*, MEMIT's normal equations, AlphaEdit's protected keys, BLUE's two layers), bit-exact
+// re-application from stored factors, edit quality at reduced size, and clear refusals.
+#include <QtTest>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <fstream>
+
+#include "engram/datasets.h"
+#include "engram/edit.h"
+#include "engram/edit_hparams.h"
+#include "engram/editing.h"
+#include "engram/error.h"
+#include "engram/evaluate.h"
+#include "engram/model.h"
+#include "engram/store.h"
+#include "engram/tokenizer.h"
+#include "test_util.h"
+
+using namespace engram;
+using engram::test::TempDir;
+namespace fs = std::filesystem;
+
+class TestEditing : public QObject {
+    Q_OBJECT
+
+private:
+    fs::path demo_dir() const { return fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / "factworld"; }
+    std::unique_ptr<Model> load() const { return Model::load(demo_dir()); }
+    std::vector<EditRequest> requests(int n, int offset = 0) const {
+        eval::DatasetOptions o;
+        o.limit = n + offset;
+        eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        std::vector<EditRequest> out;
+        for (int i = offset; i < n + offset; ++i) out.push_back(eval::requests_of(ds.cases[static_cast<size_t>(i)]).at(0));
+        return out;
+    }
+    EditHParams hparams(const Model& m, EditMethod method, bool blue = false) const {
+        return default_edit_hparams(model_shape(m), method, blue);
+    }
+    // Mean of the down projection's output over the templates at the subject's last token.
+    at::Tensor mean_mlp_out(const Model& m, const EditRequest& r, int layer, const std::vector<std::string>& templates) const {
+        c10::InferenceMode guard;
+        std::vector<at::Tensor> outs;
+        for (const std::string& t : templates) {
+            LocatedPrompt p = locate_subject(*m.tokenizer(), t, r.prompt, r.subject);
+            Hooks hooks;
+            hooks.capture(Site::MlpOut, layer);
+            ForwardInput in;
+            in.input_ids = at::tensor(p.ids, at::kLong).unsqueeze(0);
+            m.forward(in, &hooks);
+            outs.push_back(hooks.captured(Site::MlpOut, layer)[0][p.subject_last].to(at::kDouble));
+        }
+        return at::stack(outs).mean(0);
+    }
+
+private Q_SLOTS:
+    void initTestCase() {
+        if (!fs::exists(demo_dir() / "model.safetensors")) QFAIL("the Fact World demo model is missing from resources/demo/factworld");
+    }
+
+    void subjectLocatedByOffsets() {
+        auto m = load();
+        LocatedPrompt p = locate_subject(*m->tokenizer(), "The Gaglik Pidea . {}", "{} competes in", "Gaglik Pidea");
+        // The subject's span is where "{}" stood: the second "Gaglik Pidea", not the first.
+        const auto& tok = *m->tokenizer();
+        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_first)]}), std::string("Gaglik"));
+        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_last)]}), std::string("Pidea"));
+        QVERIFY(p.subject_first > 3);
+        QCOMPARE(p.subject_last, p.subject_first + 1);
+    }
+
+    void romeSatisfiesKeyValue() {
+        // After ROME, W' k* + b = v* (k* the prefix-averaged key: the r-ROME form).
+        auto m = load();
+        const EditRequest r = requests(1)[0];
+        EditHParams hp = hparams(*m, EditMethod::Rome);
+        EditSession s(*m, hp);
+        const std::vector<std::string> templates = s.context_templates().at(0);
+        QCOMPARE(templates.size(), size_t(21));
+        const int layer = hp.layers[0];
+        TargetResult v = compute_target(*m, r, layer, TargetSite::MlpOut, templates, hp);
+        Edit e = s.compute({r});
+        QCOMPARE(e.deltas.size(), size_t(1));
+        QCOMPARE(e.deltas[0].rank(), int64_t(1));
+        apply_edit(*m, e);
+        at::Tensor after = mean_mlp_out(*m, r, layer, templates);  // = W' k* + b, keys are upstream of the edit
+        const double rel = (after - v.target.to(at::kDouble)).norm().item<double>() / v.target.norm().item<double>();
+        QVERIFY2(rel <= 1e-4, qPrintable(QString("relative error %1").arg(rel)));
+        // And the optimised target moved: v* is not the old value.
+        QVERIFY((v.target - v.init).norm().item<double>() > 1e-3 * v.init.norm().item<double>());
+    }
+
+    void romeOriginalKeyHandling() {
+        // rrome_fix=false: the plain prompt's key k satisfies W' k + b = v* instead.
+        auto m = load();
+        const EditRequest r = requests(1, 3)[0];
+        EditHParams hp = hparams(*m, EditMethod::Rome);
+        hp.rrome_fix = false;
+        EditSession s(*m, hp);
+        const int layer = hp.layers[0];
+        TargetResult v = compute_target(*m, r, layer, TargetSite::MlpOut, s.context_templates().at(0), hp);
+        apply_edit(*m, s.compute({r}));
+        at::Tensor after = mean_mlp_out(*m, r, layer, {"{}"});
+        const double rel = (after - v.target.to(at::kDouble)).norm().item<double>() / v.target.norm().item<double>();
+        QVERIFY2(rel <= 1e-4, qPrintable(QString("relative error %1").arg(rel)));
+    }
+
+    void memitSolvesNormalEquations() {
+        auto m = load();
+        const std::vector<EditRequest> reqs = requests(8);
+        EditHParams hp = hparams(*m, EditMethod::Memit);
+        EditSession s(*m, hp);
+        const int l0 = hp.layers.front();
+        std::vector<at::Tensor> ks;
+        for (const auto& r : reqs) ks.push_back(mean_key(*m, r, l0, s.context_templates(), true, hp).to(at::kDouble));
+        at::Tensor K = at::stack(ks, 1);  // [n_ff, n] on the unedited model
+        Edit e = s.compute(reqs);
+        QCOMPARE(e.deltas.size(), hp.layers.size());
+        const Delta& d = e.deltas.front();
+        QCOMPARE(d.tensor, m->tensor_name(Slot::FfnDown, l0));
+        QCOMPARE(d.rank(), int64_t(reqs.size()));
+        const at::Tensor C = s.stats(l0).mom2;
+        const at::Tensor A = hp.mom2_update_weight * C + K.mm(K.t());
+        const at::Tensor dW = d.u.mm(d.v.t());  // [n_embd, n_ff]
+        // Delta (lambda C + K K^T) = R K^T.
+        const double rel = (dW.mm(A) - d.u.mm(K.t())).norm().item<double>() / d.u.mm(K.t()).norm().item<double>();
+        QVERIFY2(rel <= 1e-8, qPrintable(QString("normal equations residual %1").arg(rel)));
+    }
+
+    void alphaEditProtectsPreservedKeys() {
+        // Keys of the statistics corpus (what C and P were built from) barely move under AlphaEdit,
+        // much less than under MEMIT with the same requests.
+        auto m = load();
+        const std::vector<EditRequest> reqs = requests(10);
+        EditHParams ha = hparams(*m, EditMethod::AlphaEdit), hm = hparams(*m, EditMethod::Memit);
+        EditSession sa(*m, ha), sm(*m, hm);
+        Edit ea = sa.compute(reqs), em = sm.compute(reqs);
+        const int l = ha.layers.front();
+        QCOMPARE(ea.deltas.front().tensor, m->tensor_name(Slot::FfnDown, l));
+        QCOMPARE(em.deltas.front().tensor, m->tensor_name(Slot::FfnDown, l));
+        // Preserved keys: the first 200 corpus sentences at layer l, on the unedited model.
+        std::vector<std::string> lines;
+        {
+            std::ifstream in(demo_dir() / "corpus.txt");
+            for (std::string line; lines.size() < 200 && std::getline(in, line);) lines.push_back(line);
+        }
+        std::vector<at::Tensor> rows;
+        {
+            c10::InferenceMode guard;
+            for (const auto& line : lines) {
+                Hooks h;
+                h.capture(Site::MlpKey, l);
+                ForwardInput in;
+                in.input_ids = at::tensor(m->tokenizer()->encode(line, true).ids, at::kLong).unsqueeze(0);
+                m->forward(in, &h);
+                rows.push_back(h.captured(Site::MlpKey, l)[0].to(at::kDouble));
+            }
+        }
+        at::Tensor K0 = at::cat(rows, 0).t();  // [n_ff, tokens]
+        const at::Tensor W = m->weight(Slot::FfnDown, l).to(at::kDouble);
+        auto moved = [&](const Delta& d) { return d.u.mm(d.v.t()).mm(K0).norm().item<double>() / W.mm(K0).norm().item<double>(); };
+        const double alpha = moved(ea.deltas.front()), memit = moved(em.deltas.front());
+        qInfo("relative change of preserved outputs at layer %d: AlphaEdit %.3g, MEMIT %.3g", l, alpha, memit);
+        QVERIFY2(alpha < 0.01, qPrintable(QString("AlphaEdit moved preserved outputs by %1").arg(alpha)));
+        QVERIFY(alpha < 0.25 * memit);
+        // The edit itself still lands: the new target beats the old one on the edited prompts.
+        apply_edit(*m, ea);
+        std::vector<std::pair<std::string, std::string>> pt;
+        for (const auto& r : reqs) {
+            pt.emplace_back(r.prompt_text(), r.target_new);
+            pt.emplace_back(r.prompt_text(), r.target_true);
+        }
+        auto sc = eval::score_targets(*m, pt);
+        int wins = 0;
+        for (size_t i = 0; i < reqs.size(); ++i) wins += sc[2 * i].nll < sc[2 * i + 1].nll;
+        QVERIFY2(wins >= 8, qPrintable(QString("AlphaEdit succeeded on %1 of 10").arg(wins)));
+    }
+
+    void blueTouchesExactlyTwoLayers_data() {
+        QTest::addColumn<int>("method");
+        QTest::newRow("memit") << int(EditMethod::Memit);
+        QTest::newRow("alphaedit") << int(EditMethod::AlphaEdit);
+        QTest::newRow("pmet") << int(EditMethod::Pmet);
+    }
+    void blueTouchesExactlyTwoLayers() {
+        QFETCH(int, method);
+        auto m = load();
+        EditHParams hp = hparams(*m, EditMethod(method), true);
+        QCOMPARE(hp.layers.size(), size_t(2));
+        EditSession s(*m, hp);
+        Edit e = s.compute(requests(4));
+        const std::vector<std::string> expected = {m->tensor_name(Slot::FfnDown, hp.layers[0]), m->tensor_name(Slot::FfnDown, hp.layers[1])};
+        QCOMPARE(e.touched_tensors(), expected);
+        QVERIFY(e.method.find("+blue") != std::string::npos);
+        // Every other weight is bit-for-bit the base.
+        apply_edit(*m, e);
+        int changed = 0;
+        for (const auto& ref : m->weight_refs()) changed += !at::equal(m->weight(ref.slot, ref.layer), m->base_weight(ref.slot, ref.layer));
+        QCOMPARE(changed, 2);
+    }
+
+    void storedFactorsReapplyBitForBit() {
+        auto m = load();
+        EditHParams hp = hparams(*m, EditMethod::Memit);
+        EditSession s(*m, hp);
+        Edit e = s.compute(requests(5));
+        apply_edit(*m, e);
+        const std::string h1 = state_hash(*m);
+        // Through the store: record on a fresh model, reopen, replay on another fresh model.
+        TempDir dir("editing");
+        auto a = load();
+        {
+            auto p = Project::create(dir.path / "p.engram", *a);
+            Edit copy = e;
+            p->record(*a, copy);
+        }
+        QCOMPARE(state_hash(*a), h1);
+        auto p = Project::open(dir.path / "p.engram");
+        auto b = p->open_model(std::nullopt);
+        QCOMPARE(state_hash(*b), h1);
+        for (int l : hp.layers) QVERIFY(at::equal(b->weight(Slot::FfnDown, l), m->weight(Slot::FfnDown, l)));
+        // The stored hparams pin the templates, so the computation itself can be repeated.
+        QVERIFY(p->edit(p->active_ids().at(0)).hparams.at("context_templates").size() == 2);
+    }
+
+    void editsChangeFactsAtReducedSize() {
+        // CI size: 10 single ROME edits and one MEMIT batch of 20 (the README's eval command runs the
+        // full 100 of each).
+        auto m = load();
+        eval::DatasetOptions o;
+        o.limit = 20;
+        eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        eval::SequentialOptions so;
+        so.fluency_cases = 0;
+        so.unedited_cases = 0;
+        so.edits = 10;
+        so.batch = 1;
+        so.restore_between = true;
+        eval::SequentialResult rome = eval::run_sequential(*m, ds, hparams(*m, EditMethod::Rome), {}, so);
+        qInfo("ROME x10 single: ES %.1f PS %.1f NS %.1f (pre: %.1f %.1f %.1f)", rome.post.es, rome.post.ps, rome.post.ns, rome.pre.es, rome.pre.ps,
+              rome.pre.ns);
+        QVERIFY(rome.pre.es < 20);
+        QVERIFY(rome.post.es >= 90);
+        QVERIFY(rome.post.ps >= 70);
+        QVERIFY(rome.post.ns >= 70);
+        m->restore_all_base();
+        so.edits = 20;
+        so.batch = 20;
+        so.restore_between = false;
+        eval::SequentialResult memit = eval::run_sequential(*m, ds, hparams(*m, EditMethod::Memit), {}, so);
+        qInfo("MEMIT batch of 20: ES %.1f PS %.1f NS %.1f", memit.post.es, memit.post.ps, memit.post.ns);
+        QVERIFY(memit.post.es >= 90);
+        QVERIFY(memit.post.ps >= 70);
+        QVERIFY(memit.post.ns >= 70);
+    }
+
+    void refusesBadInput() {
+        auto m = load();
+        EditRequest r = requests(1)[0];
+        auto expect = [&](const EditRequest& q, const char* needle) {
+            try {
+                validate_request(*m, q);
+                QFAIL(qPrintable(QString("accepted a bad request (%1)").arg(needle)));
+            } catch (const Error& e) {
+                QVERIFY2(std::string(e.what()).find(needle) != std::string::npos, e.what());
+                QCOMPARE(e.kind(), ErrorKind::Argument);
+            }
+        };
+        EditRequest q = r;
+        q.prompt = "Gaglik Pidea competes in";  // no "{}"
+        expect(q, "exactly one \"{}\"");
+        q = r;
+        q.target_new = "  ";
+        expect(q, "target is empty");
+        q = r;
+        q.subject = "";
+        expect(q, "subject is empty");
+        // A context template without "{}".
+        EditHParams hp = hparams(*m, EditMethod::Memit);
+        QVERIFY_THROWS_EXCEPTION(Error, apply_hparam_setting(hp, "context_templates=[[\"{}\"],[\"no placeholder\"]]"); validate_edit_hparams(hp, model_shape(*m)));
+        // A layer out of range.
+        hp = hparams(*m, EditMethod::Rome);
+        apply_hparam_setting(hp, "layers=[9]");
+        QVERIFY_THROWS_EXCEPTION(Error, validate_edit_hparams(hp, model_shape(*m)));
+        QVERIFY_THROWS_EXCEPTION(Error, EditSession(*m, hp));
+        // Statistics computed for another model.
+        StatsOptions so;
+        so.n_samples = 50;
+        std::vector<LayerStats> st = second_moments(*m, {1}, so);
+        const fs::path file = stats_cache_path(*m, 1, st[0].corpus_hash, 50);
+        QVERIFY(fs::exists(file));
+        HParams small = m->hparams();
+        auto other = Model::random(Arch::Gpt2, small, 3);
+        try {
+            read_layer_stats(file, *other, 1);
+            QFAIL("accepted statistics of another model");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("another model") != std::string::npos, e.what());
+        }
+        try {
+            read_layer_stats(file, *m, 2);
+            QFAIL("accepted statistics of another layer");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("layer") != std::string::npos, e.what());
+        }
+    }
+};
+
+QTEST_APPLESS_MAIN(TestEditing)
+#include "tst_editing.moc"
