@@ -189,7 +189,7 @@ struct VitTrainOptions {
     uint64_t seed = 4321;
     int n_layer = 6, n_embd = 96, n_head = 4, patch = 4;
     int batch = 128;
-    int64_t steps = 1300, warmup = 100;
+    int64_t steps = 2400, warmup = 100;
     double lr = 2e-3, min_lr_ratio = 0.05, weight_decay = 0.05;
     ShapesOptions shapes;
 };
