@@ -234,21 +234,25 @@ void TestHParams::referenceDefaults() {
 
 void TestHParams::demoDefaults() {
     const EditHParams rome = default_edit_hparams(kDemo, EditMethod::Rome, false);
-    QCOMPARE(rome.layers, std::vector<int>{1});
+    QCOMPARE(rome.layers, std::vector<int>{0});
     QCOMPARE(rome.clamp_norm_factor, 4.0);
+    QCOMPARE(rome.v_num_grad_steps, 40);
+    QCOMPARE(rome.v_lr, 1.0);
     QCOMPARE(rome.v_loss_layer, 5);
     QCOMPARE(rome.mom2_n_samples, int64_t(100000));
     for (EditMethod m : {EditMethod::Memit, EditMethod::MemitSeq, EditMethod::AlphaEdit, EditMethod::Pmet}) {
         const EditHParams hp = default_edit_hparams(kDemo, m, false);
-        QCOMPARE(hp.layers, (std::vector<int>{1, 2}));
-        QCOMPARE(hp.clamp_norm_factor, 0.75);
-        QCOMPARE(hp.v_num_grad_steps, 20);
+        QCOMPARE(hp.layers, (std::vector<int>{0, 1, 2}));
+        QCOMPARE(hp.clamp_norm_factor, 4.0);
+        QCOMPARE(hp.v_num_grad_steps, 40);
         QCOMPARE(hp.v_lr, 0.5);
-        QCOMPARE(hp.mom2_update_weight, 20000.0);
-        QCOMPARE(default_edit_hparams(kDemo, m, true).layers, (std::vector<int>{1, 2}));
+        QCOMPARE(hp.mom2_update_weight, 50.0);
+        QCOMPARE(hp.L2, 3.0);
+        QCOMPARE(hp.nullspace_threshold, 2e-2);
+        QCOMPARE(default_edit_hparams(kDemo, m, true).layers, (std::vector<int>{0, 2}));
     }
     const EditHParams ft = default_edit_hparams(kDemo, EditMethod::Ft, false);
-    QCOMPARE(ft.layers, std::vector<int>{1});
+    QCOMPARE(ft.layers, std::vector<int>{0});
     QCOMPARE(ft.ft_lr, 5e-4);
     QCOMPARE(ft.ft_steps, 25);
     QCOMPARE(ft.ft_norm_constraint, 5e-4);
