@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <QProcess>
 #include <QString>
+#include <QStringList>
 #include <filesystem>
 #include <string>
 
@@ -34,5 +36,22 @@ struct TempDir {
         return c;
     }
 };
+
+#ifdef ENGRAM_CLI_PATH
+// engram-cli run as a user would: exit code (-1 when it crashed), stdout, stderr.
+struct Run {
+    int code;
+    QByteArray out, err;
+};
+
+inline Run cli(const QStringList& args, int timeout_ms = 300000) {
+    QProcess p;
+    p.start(QString(ENGRAM_CLI_PATH), args);
+    p.waitForFinished(timeout_ms);
+    return {p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1, p.readAllStandardOutput(), p.readAllStandardError()};
+}
+#endif
+
+inline QString q(const std::filesystem::path& p) { return QString::fromStdString(p.string()); }
 
 }  // namespace engram::test

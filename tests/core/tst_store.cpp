@@ -27,23 +27,12 @@ using namespace engram;
 using engram::test::max_abs_diff;
 using engram::test::reference_dir;
 using engram::test::TempDir;
+using engram::test::cli;
+using engram::test::q;
+using engram::test::Run;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Run {
-    int code;
-    QByteArray out, err;
-};
-
-Run cli(const QStringList& args) {
-    QProcess p;
-    p.start(QString(ENGRAM_CLI_PATH), args);
-    p.waitForFinished(120000);
-    return {p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1, p.readAllStandardOutput(), p.readAllStandardError()};
-}
-
-QString q(const fs::path& p) { return QString::fromStdString(p.string()); }
 
 std::string file_sha(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
