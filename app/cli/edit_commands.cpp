@@ -330,13 +330,13 @@ int cmd_eval(const Argv& argv) {
     std::cout << (so.restore_between ? "single editing (restored after each batch): " : "sequential editing: ") << so.edits << " cases of "
               << dataset_path.filename().string() << " in batches of " << so.batch << "\n";
     std::cout << std::left << std::setw(18) << "method" << std::right << std::setw(7) << "ES" << std::setw(7) << "PS" << std::setw(7) << "NS"
-              << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(8)
+              << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(10)
               << "PPL" << std::setw(8) << "Unedit" << std::setw(7) << "Rel" << std::setw(7) << "Gen" << std::setw(7) << "Loc" << std::setw(9)
               << "edit s" << "\n";
     auto row = [&](const std::string& name, const eval::Summary& s, double secs) {
         std::cout << std::left << std::setw(18) << name << std::right << std::setw(7) << cell(s.es) << std::setw(7) << cell(s.ps) << std::setw(7)
                   << cell(s.ns) << std::setw(7) << cell(s.score) << std::setw(7) << cell(s.em) << std::setw(7) << cell(s.pm) << std::setw(7)
-                  << cell(s.nm) << std::setw(8) << opt(s.fluency) << std::setw(8) << opt(s.perplexity, 3) << std::setw(8)
+                  << cell(s.nm) << std::setw(8) << opt(s.fluency) << std::setw(10) << opt(s.perplexity, 2) << std::setw(8)
                   << opt(s.unedited_accuracy) << std::setw(7) << cell(s.reliability) << std::setw(7) << cell(s.generalization) << std::setw(7)
                   << cell(s.locality) << std::setw(9) << (secs > 0 ? cell(secs, 1) : std::string("-")) << "\n";
     };
