@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
@@ -34,6 +36,11 @@ using nlohmann::json;
 int cmd_edit_synthetic(const Argv& argv);  // store_commands.cpp
 
 namespace {
+
+// Ctrl-C (or SIGTERM) during `eval`: the run in progress stops at its next check, and the methods
+// that finished are still reported and saved.
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_interrupt(int) { g_interrupted.store(true); }
 
 // "memit+blue" -> (memit, blue).
 std::pair<EditMethod, bool> parse_method(const std::string& text, bool blue_flag) {
@@ -286,6 +293,10 @@ int cmd_eval(const Argv& argv) {
     }
     const bool quiet = args.flag("quiet");
     std::vector<eval::SequentialResult> results;
+    g_interrupted.store(false);
+    std::signal(SIGINT, on_interrupt);
+    std::signal(SIGTERM, on_interrupt);
+    bool interrupted = false;
     for (const std::string& m : methods) {
         const auto [method, blue] = parse_method(m, args.flag("blue"));
         const EditHParams hp = build_hparams(*model, method, blue, args);
@@ -295,7 +306,9 @@ int cmd_eval(const Argv& argv) {
             std::cerr << "== " << edit_method_name(method) << (blue ? "+blue" : "") << ": " << so.edits << " edits in batches of " << so.batch
                       << " from " << dataset_path.string() << "\n";
         int64_t last_pct = -1;
-        eval::SequentialResult r = eval::run_sequential(*model, ds, hp, stats_options(args), so, [&](const eval::EvalProgress& p) {
+        eval::SequentialResult r;
+        try {
+        r = eval::run_sequential(*model, ds, hp, stats_options(args), so, [&](const eval::EvalProgress& p) {
             if (quiet) return;
             if (p.stage == "edit" && p.total > 0) {
                 const int64_t pct = 100 * p.done / p.total;
@@ -307,7 +320,13 @@ int cmd_eval(const Argv& argv) {
             } else if (p.stage != "edit") {
                 std::cerr << "   evaluating (" << p.stage << ")\n";
             }
-        });
+        }, &g_interrupted);
+        } catch (const Error&) {
+            if (!g_interrupted.load()) throw;
+            interrupted = true;
+            std::cerr << "interrupted during " << m << "; reporting the methods that finished\n";
+            break;
+        }
         if (project) {
             Evaluation ev;
             ev.state_hash = state_hash(*model);
@@ -367,6 +386,12 @@ int cmd_eval(const Argv& argv) {
         for (const auto& r : results)
             for (const auto& p : r.curve) line(r.method, p.edits, p.summary);
         std::cout << "wrote " << *f << "\n";
+    }
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    if (interrupted) {
+        std::cout << "interrupted: " << results.size() << " of " << methods.size() << " methods finished\n";
+        return 130;
     }
     return 0;
 }

@@ -6,12 +6,16 @@
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
+#include <QElapsedTimer>
 #include <QProcess>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <csignal>
 #include <fstream>
+
+#include <signal.h>
 
 #include "engram/datasets.h"
 #include "engram/edit.h"
@@ -321,6 +325,30 @@ private Q_SLOTS:
         }
         Run e = cli({"eval", "--method", "rome", "--dataset", q(tmp.path / "bad.json"), "--edits", "1"});
         QVERIFY2(e.code != 0 && e.err.contains("record 1"), e.err.constData());
+    }
+
+    void cliEvalCanBeInterrupted() {
+        // Ctrl-C during the second method: the first is still reported, the exit code says so.
+        QProcess p;
+        p.start(QString(ENGRAM_CLI_PATH), {"eval", "--method", "memit,memit+blue", "--edits", "30", "--batch", "30", "--fluency-cases", "0"});
+        QVERIFY(p.waitForStarted());
+        QByteArray err;
+        QElapsedTimer timer;
+        timer.start();
+        while (!err.contains("== memit+blue") && timer.elapsed() < 240000) {
+            p.waitForReadyRead(1000);
+            err += p.readAllStandardError();
+        }
+        QVERIFY2(err.contains("== memit+blue"), err.constData());
+        ::kill(static_cast<pid_t>(p.processId()), SIGINT);
+        QVERIFY(p.waitForFinished(240000));
+        err += p.readAllStandardError();
+        const QByteArray out = p.readAllStandardOutput();
+        QCOMPARE(p.exitCode(), 130);
+        QVERIFY2(out.contains("interrupted: 1 of 2 methods finished"), out.constData());
+        QVERIFY2(out.contains("\nmemit "), out.constData());
+        QVERIFY(!out.contains("memit+blue "));
+        QVERIFY2(err.contains("interrupted during memit+blue"), err.constData());
     }
 
     void refusesBadInput() {
