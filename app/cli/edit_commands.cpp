@@ -153,11 +153,11 @@ int cmd_edit(const Argv& argv) {
         r.subject = args.require("subject");
         // A prompt written out in full becomes a template at the subject's first occurrence.
         if (r.prompt.find("{}") == std::string::npos) {
-            const size_t at = r.subject.empty() ? std::string::npos : r.prompt.find(r.subject);
-            if (at == std::string::npos)
+            auto templ = eval::template_at_subject(r.prompt, r.subject);
+            if (!templ)
                 throw Error(ErrorKind::Argument, "the subject \"" + r.subject + "\" is not in the prompt \"" + r.prompt +
                                                      "\" (write the prompt with {} where the subject goes, or include the subject)");
-            r.prompt = r.prompt.substr(0, at) + "{}" + r.prompt.substr(at + r.subject.size());
+            r.prompt = *templ;
         }
         r.target_new = args.require("target");
         r.target_true = args.get("target-true").value_or("");

@@ -30,6 +30,15 @@ std::optional<DatasetFormat> dataset_format_from_name(std::string_view name);
 //   Alt:    EasyEdit, target_new = alt, ground truth = answers[0]; records with an empty alt are skipped.
 enum class ZsreTarget { Answer, Alt };
 
+// Prompt templates: "{}" marks where the subject goes. One set of helpers for the loaders, the
+// editing methods and the CLI.
+size_t count_placeholders(std::string_view templ);
+// The template with its first "{}" replaced by `text` (unchanged when it has none).
+std::string fill_placeholder(std::string_view templ, std::string_view text);
+// A full prompt made a template at the subject's first occurrence; nullopt when the subject is
+// empty or not in the prompt.
+std::optional<std::string> template_at_subject(std::string_view prompt, std::string_view subject);
+
 // One rewrite: the prompt is a template with exactly one "{}" where the subject goes.
 struct Rewrite {
     std::string prompt;        // "{} was born in"

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "engram/datasets.h"
 #include "engram/error.h"
 #include "engram/model.h"
 #include "engram/tokenizer.h"
@@ -11,18 +12,6 @@
 namespace engram {
 
 namespace {
-
-size_t count_placeholders(const std::string& s) {
-    size_t n = 0;
-    for (size_t pos = s.find("{}"); pos != std::string::npos; pos = s.find("{}", pos + 2)) ++n;
-    return n;
-}
-
-std::string replace_first(const std::string& s, const std::string& with) {
-    const size_t pos = s.find("{}");
-    if (pos == std::string::npos) return s;
-    return s.substr(0, pos) + with + s.substr(pos + 2);
-}
 
 const Tokenizer& tokenizer_of(const Model& model) {
     if (!model.tokenizer()) throw Error(ErrorKind::Argument, "editing needs the model's tokenizer (none was found beside the checkpoint)");
@@ -63,7 +52,7 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
 
 }  // namespace
 
-std::string EditRequest::prompt_text() const { return replace_first(prompt, subject); }
+std::string EditRequest::prompt_text() const { return eval::fill_placeholder(prompt, subject); }
 
 nlohmann::json EditRequest::to_json() const {
     nlohmann::json j = {{"prompt", prompt}, {"subject", subject}, {"target_new", target_new}};
@@ -110,7 +99,7 @@ ModelShape model_shape(const Model& model) {
 
 void validate_request(const Model& model, const EditRequest& r) {
     if (!model.is_decoder()) throw Error(ErrorKind::Argument, "fact editing needs a language model, not " + model.arch_name());
-    const size_t n = count_placeholders(r.prompt);
+    const size_t n = eval::count_placeholders(r.prompt);
     if (n != 1)
         throw Error(ErrorKind::Argument, "the prompt \"" + r.prompt + "\" must hold exactly one \"{}\" where the subject goes (found " +
                                              std::to_string(n) + ")");
@@ -122,7 +111,7 @@ void validate_request(const Model& model, const EditRequest& r) {
 }
 
 LocatedPrompt locate_subject(const Tokenizer& tok, const std::string& context, const std::string& prompt, const std::string& subject) {
-    const std::string templ = replace_first(context, prompt);
+    const std::string templ = eval::fill_placeholder(context, prompt);
     const size_t pos = templ.find("{}");
     if (pos == std::string::npos) throw Error(ErrorKind::Argument, "the prompt \"" + prompt + "\" has no \"{}\" for the subject");
     const std::string text = templ.substr(0, pos) + subject + templ.substr(pos + 2);

@@ -17,12 +17,22 @@ struct Row {
     int64_t lookup = 0;
 };
 
-// Right-padded [B, T] ids and mask for rows.
+// Right-padded [B, T] ids and mask (1 = token) for token sequences: what every batched pass over
+// prompts of different lengths uses (editing, statistics, metrics).
 struct Batch {
     at::Tensor ids, mask;  // [B, T] int64
     std::vector<int64_t> lengths;
 };
+Batch pad_right(const std::vector<std::vector<int64_t>>& seqs, c10::Device device);
 Batch make_batch(const std::vector<Row>& rows, c10::Device device);
+
+// PyTorch's Adam (betas 0.9 / 0.999, eps 1e-8, no weight decay) for one tensor, written out so the
+// editing methods need no optimiser module.
+struct Adam {
+    at::Tensor m1, m2;  // shaped like the parameter
+    int64_t steps = 0;
+    void step(at::Tensor& param, double lr);  // uses param.grad(); call under NoGradGuard
+};
 
 // Rows for every template (flattened) of a request, at fact_token.
 std::vector<Row> template_rows(const Tokenizer& tok, const EditRequest& r, const std::vector<std::string>& templates,

@@ -330,7 +330,7 @@ Edit EditSession::compute_ft(const std::vector<EditRequest>& requests) {
     tmask = tmask.to(model_.device());
     const at::Tensor w0 = model_.weight(Slot::FfnDown, layer).detach().to(at::kFloat);
     at::Tensor w = w0.clone().set_requires_grad(true);
-    at::Tensor m1 = at::zeros_like(w0), m2 = at::zeros_like(w0);
+    editing::Adam adam;
     model_.weight(Slot::FfnDown, layer) = w;
     double loss_first = 0, loss_last = 0;
     for (int step = 1; step <= hp_.ft_steps; ++step) {
@@ -345,11 +345,7 @@ Edit EditSession::compute_ft(const std::vector<EditRequest>& requests) {
         if (step == 1) loss_first = loss_last;
         loss.backward();
         at::NoGradGuard no_grad;
-        const double bc1 = 1.0 - std::pow(0.9, step), bc2 = 1.0 - std::pow(0.999, step);
-        at::Tensor g = w.grad();
-        m1.mul_(0.9).add_(g, 0.1);
-        m2.mul_(0.999).addcmul_(g, g, 0.001);
-        w.addcdiv_(m1, (m2.sqrt() / std::sqrt(bc2)).add_(1e-8), -hp_.ft_lr / bc1);
+        adam.step(w, hp_.ft_lr);
         at::Tensor lo = w0 - hp_.ft_norm_constraint, hi = w0 + hp_.ft_norm_constraint;
         w.copy_(at::max(at::min(w, hi), lo));
     }

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "editing/internal.h"
 #include "engram/checkpoint.h"
 #include "engram/error.h"
 #include "engram/model.h"
@@ -199,25 +200,17 @@ std::vector<LayerStats> second_moments(const Model& model, const std::vector<int
             max_len = std::max(max_len, len);
             ++end;
         }
-        const int64_t B = static_cast<int64_t>(end - pos);
-        at::Tensor ids = at::zeros({B, max_len}, at::kLong), mask = at::zeros({B, max_len}, at::kLong);
-        auto ia = ids.accessor<int64_t, 2>();
-        auto ma = mask.accessor<int64_t, 2>();
-        for (int64_t r = 0; r < B; ++r) {
-            const auto& s = seqs[order[pos + static_cast<size_t>(r)]];
-            for (size_t t = 0; t < s.size(); ++t) {
-                ia[r][static_cast<int64_t>(t)] = s[t];
-                ma[r][static_cast<int64_t>(t)] = 1;
-            }
-        }
+        std::vector<std::vector<int64_t>> chunk;
+        for (size_t i = pos; i < end; ++i) chunk.push_back(seqs[order[i]]);
+        const editing::Batch b = editing::pad_right(chunk, model.device());
         Hooks hooks;
         for (size_t k : missing) hooks.capture(Site::MlpKey, layers[k]);
         ForwardInput in;
-        in.input_ids = ids.to(model.device());
-        in.attention_mask = mask.to(model.device());
+        in.input_ids = b.ids;
+        in.attention_mask = b.mask;
         in.last_logits_only = true;
         model.forward(in, &hooks);
-        const at::Tensor keep = mask.reshape({-1}).to(at::kBool);
+        const at::Tensor keep = b.mask.reshape({-1}).to(at::kCPU).to(at::kBool);
         for (size_t j = 0; j < missing.size(); ++j) {
             at::Tensor a = hooks.captured(Site::MlpKey, layers[missing[j]]).reshape({-1, m}).to(at::kCPU).index({keep}).to(at::kDouble);
             mom2[j].add_(a.t().mm(a));

@@ -12,17 +12,17 @@
 
 namespace engram::editing {
 
-Batch make_batch(const std::vector<Row>& rows, c10::Device device) {
+Batch pad_right(const std::vector<std::vector<int64_t>>& seqs, c10::Device device) {
     int64_t T = 0;
-    for (const Row& r : rows) T = std::max<int64_t>(T, static_cast<int64_t>(r.ids.size()));
-    const int64_t B = static_cast<int64_t>(rows.size());
+    for (const auto& s : seqs) T = std::max<int64_t>(T, static_cast<int64_t>(s.size()));
+    const int64_t B = static_cast<int64_t>(seqs.size());
     Batch b;
     b.ids = at::zeros({B, T}, at::kLong);
     b.mask = at::zeros({B, T}, at::kLong);
     auto ia = b.ids.accessor<int64_t, 2>();
     auto ma = b.mask.accessor<int64_t, 2>();
     for (int64_t i = 0; i < B; ++i) {
-        const auto& ids = rows[static_cast<size_t>(i)].ids;
+        const auto& ids = seqs[static_cast<size_t>(i)];
         for (size_t t = 0; t < ids.size(); ++t) {
             ia[i][static_cast<int64_t>(t)] = ids[t];
             ma[i][static_cast<int64_t>(t)] = 1;
@@ -32,6 +32,27 @@ Batch make_batch(const std::vector<Row>& rows, c10::Device device) {
     b.ids = b.ids.to(device);
     b.mask = b.mask.to(device);
     return b;
+}
+
+Batch make_batch(const std::vector<Row>& rows, c10::Device device) {
+    std::vector<std::vector<int64_t>> seqs;
+    seqs.reserve(rows.size());
+    for (const Row& r : rows) seqs.push_back(r.ids);
+    return pad_right(seqs, device);
+}
+
+void Adam::step(at::Tensor& param, double lr) {
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    if (!m1.defined()) {
+        m1 = at::zeros_like(param);
+        m2 = at::zeros_like(param);
+    }
+    ++steps;
+    const double bc1 = 1.0 - std::pow(b1, steps), bc2 = 1.0 - std::pow(b2, steps);
+    const at::Tensor g = param.grad();
+    m1.mul_(b1).add_(g, 1.0 - b1);
+    m2.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    param.addcdiv_(m1, (m2.sqrt() / std::sqrt(bc2)).add_(eps), -lr / bc1);
 }
 
 std::vector<std::string> flatten(const std::vector<std::vector<std::string>>& groups) {
@@ -113,12 +134,10 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
 
     const int64_t d = model.hparams().n_embd;
     const size_t S = sites.size();
-    std::vector<at::Tensor> delta(S), init(S), m1(S), m2(S);
-    for (size_t s = 0; s < S; ++s) {
+    std::vector<at::Tensor> delta(S), init(S);
+    std::vector<Adam> adam(S);
+    for (size_t s = 0; s < S; ++s)
         delta[s] = at::zeros({d}, at::TensorOptions().dtype(at::kFloat).device(dev)).set_requires_grad(true);
-        m1[s] = at::zeros({d}, at::TensorOptions().dtype(at::kFloat).device(dev));
-        m2[s] = at::zeros({d}, at::TensorOptions().dtype(at::kFloat).device(dev));
-    }
     Hooks hooks;
     for (size_t s = 0; s < S; ++s) {
         hooks.on(sites[s], layer, [&, s](at::Tensor& value) {
@@ -127,7 +146,6 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
         });
     }
 
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
     at::Tensor kl_init;
     SiteTargets out;
     TargetResult& sum = out.summary;
@@ -174,13 +192,8 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
         ++sum.steps;
         {
             at::NoGradGuard no_grad;
-            const double bc1 = 1.0 - std::pow(b1, sum.steps), bc2 = 1.0 - std::pow(b2, sum.steps);
             for (size_t s = 0; s < S; ++s) {
-                at::Tensor g = delta[s].grad();
-                m1[s].mul_(b1).add_(g, 1.0 - b1);
-                m2[s].mul_(b2).addcmul_(g, g, 1.0 - b2);
-                at::Tensor denom = (m2[s].sqrt() / std::sqrt(bc2)).add_(eps);
-                delta[s].addcdiv_(m1[s], denom, -hp.v_lr / bc1);
+                adam[s].step(delta[s], hp.v_lr);
                 const double max_norm = hp.clamp_norm_factor * init[s].norm().item<double>();
                 const double norm = delta[s].norm().item<double>();
                 if (norm > max_norm) delta[s].mul_(max_norm / norm);

@@ -101,12 +101,6 @@ int64_t case_id_of(const Where& w, const json& record) {
     return v->get<int64_t>();
 }
 
-size_t count_placeholders(std::string_view s) {
-    size_t n = 0;
-    for (size_t pos = s.find("{}"); pos != std::string_view::npos; pos = s.find("{}", pos + 2)) ++n;
-    return n;
-}
-
 void check_template(const Where& w, const std::string& name, const std::string& prompt) {
     const size_t n = count_placeholders(prompt);
     if (n != 1)
@@ -119,13 +113,12 @@ void check_template(const Where& w, const std::string& name, const std::string& 
 std::string make_template(const Where& w, const std::string& prompt_name, const std::string& prompt,
                           const std::string& subject_name, const std::string& subject) {
     if (subject.empty()) w.fail(subject_name + " is empty");
-    const size_t pos = prompt.find(subject);
-    if (pos == std::string::npos) {
+    const std::optional<std::string> made = template_at_subject(prompt, subject);
+    if (!made) {
         if (count_placeholders(prompt) == 1) return prompt;
         w.fail(subject_name + " " + in_quotes(subject) + " is not in the " + prompt_name + " " + in_quotes(prompt));
     }
-    std::string templ = prompt;
-    templ.replace(pos, subject.size(), "{}");
+    const std::string& templ = *made;
     check_template(w, prompt_name + " (with the subject replaced by \"{}\")", templ);
     return templ;
 }
@@ -327,11 +320,27 @@ std::optional<DatasetFormat> dataset_format_from_name(std::string_view name) {
     return std::nullopt;
 }
 
-std::string Rewrite::prompt_text() const {
-    std::string text = prompt;
-    if (const size_t pos = text.find("{}"); pos != std::string::npos) text.replace(pos, 2, subject);
-    return text;
+size_t count_placeholders(std::string_view s) {
+    size_t n = 0;
+    for (size_t pos = s.find("{}"); pos != std::string_view::npos; pos = s.find("{}", pos + 2)) ++n;
+    return n;
 }
+
+std::string fill_placeholder(std::string_view templ, std::string_view text) {
+    std::string out(templ);
+    if (const size_t pos = out.find("{}"); pos != std::string::npos) out.replace(pos, 2, text);
+    return out;
+}
+
+std::optional<std::string> template_at_subject(std::string_view prompt, std::string_view subject) {
+    const size_t pos = subject.empty() ? std::string_view::npos : prompt.find(subject);
+    if (pos == std::string_view::npos) return std::nullopt;
+    std::string templ(prompt);
+    templ.replace(pos, subject.size(), "{}");
+    return templ;
+}
+
+std::string Rewrite::prompt_text() const { return fill_placeholder(prompt, subject); }
 
 Dataset load_dataset(const std::filesystem::path& file, const DatasetOptions& options) {
     const std::string name = file.filename().string();

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <limits>
 
+#include "editing/internal.h"
 #include "engram/error.h"
 #include "engram/model.h"
 #include "engram/tokenizer.h"
@@ -57,22 +58,13 @@ std::vector<TargetScore> score_targets(const Model& model, const std::vector<std
     const size_t chunk = 64;
     for (size_t start = 0; start < items.size(); start += chunk) {
         const size_t end = std::min(items.size(), start + chunk);
-        int64_t T = 0;
-        for (size_t i = start; i < end; ++i) T = std::max<int64_t>(T, static_cast<int64_t>(items[i].ids.size()) - 1);
         const int64_t B = static_cast<int64_t>(end - start);
-        at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T}, at::kLong);
-        auto ia = ids.accessor<int64_t, 2>();
-        auto ma = mask.accessor<int64_t, 2>();
-        for (int64_t r = 0; r < B; ++r) {
-            const auto& v = items[start + static_cast<size_t>(r)].ids;
-            for (size_t t = 0; t + 1 < v.size(); ++t) {  // the last target token is never an input
-                ia[r][static_cast<int64_t>(t)] = v[t];
-                ma[r][static_cast<int64_t>(t)] = 1;
-            }
-        }
+        std::vector<std::vector<int64_t>> inputs;  // the last target token is never an input
+        for (size_t i = start; i < end; ++i) inputs.emplace_back(items[i].ids.begin(), items[i].ids.end() - 1);
+        const editing::Batch b = editing::pad_right(inputs, model.device());
         ForwardInput in;
-        in.input_ids = ids.to(model.device());
-        in.attention_mask = mask.to(model.device());
+        in.input_ids = b.ids;
+        in.attention_mask = b.mask;
         at::Tensor logp = at::log_softmax(model.forward(in).logits.to(at::kCPU).to(at::kFloat), 2);  // [B, T, V]
         at::Tensor am = logp.argmax(2).contiguous();
         logp = logp.contiguous();
@@ -292,18 +284,13 @@ double text_perplexity(const Model& model, const std::filesystem::path& file, in
     int64_t count = 0;
     for (size_t start = 0; start < docs.size(); start += 32) {
         const size_t end = std::min(docs.size(), start + 32);
-        int64_t T = 0;
-        for (size_t i = start; i < end; ++i) T = std::max<int64_t>(T, static_cast<int64_t>(docs[i].size()));
-        const int64_t B = static_cast<int64_t>(end - start);
-        at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T}, at::kLong);
-        for (int64_t r = 0; r < B; ++r)
-            for (size_t t = 0; t < docs[start + static_cast<size_t>(r)].size(); ++t) {
-                ids[r][static_cast<int64_t>(t)] = docs[start + static_cast<size_t>(r)][t];
-                mask[r][static_cast<int64_t>(t)] = 1;
-            }
+        const editing::Batch b = editing::pad_right(std::vector<std::vector<int64_t>>(docs.begin() + static_cast<long>(start), docs.begin() + static_cast<long>(end)),
+                                                    model.device());
+        const int64_t T = b.ids.size(1);
+        const at::Tensor ids = b.ids.to(at::kCPU), mask = b.mask.to(at::kCPU);
         ForwardInput fin;
-        fin.input_ids = ids.to(model.device());
-        fin.attention_mask = mask.to(model.device());
+        fin.input_ids = b.ids;
+        fin.attention_mask = b.mask;
         at::Tensor logp = at::log_softmax(model.forward(fin).logits.to(at::kCPU).to(at::kFloat), 2);
         at::Tensor next = ids.slice(1, 1);
         at::Tensor m = mask.slice(1, 1).to(at::kFloat);
