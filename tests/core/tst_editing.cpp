@@ -126,9 +126,7 @@ private Q_SLOTS:
         EditHParams hp = hparams(*m, EditMethod::Memit);
         EditSession s(*m, hp);
         const int l0 = hp.layers.front();
-        std::vector<at::Tensor> ks;
-        for (const auto& r : reqs) ks.push_back(mean_key(*m, r, l0, s.context_templates(), true, hp).to(at::kDouble));
-        at::Tensor K = at::stack(ks, 1);  // [n_ff, n] on the unedited model
+        const at::Tensor K = mean_keys(*m, reqs, l0, s.context_templates(), true, hp);  // [n_ff, n] on the unedited model
         Edit e = s.compute(reqs);
         QCOMPARE(e.deltas.size(), hp.layers.size());
         const Delta& d = e.deltas.front();

@@ -124,10 +124,11 @@ struct TargetResult {
 TargetResult compute_target(const Model& model, const EditRequest& request, int layer, TargetSite site,
                             const std::vector<std::string>& templates, const EditHParams& hp);
 
-// Mean key (Site::MlpKey input of the down projection) over the templates at the lookup index:
-// a flat mean (ROME) or the mean of group means (MEMIT compute_ks). [n_ff] float32.
-at::Tensor mean_key(const Model& model, const EditRequest& request, int layer,
-                    const std::vector<std::vector<std::string>>& templates, bool mean_of_group_means, const EditHParams& hp);
+// Mean keys (Site::MlpKey, the input of the down projection) over the templates at each request's
+// lookup index, all requests in one batched pass: a flat mean (ROME) or the mean of group means
+// (MEMIT compute_ks). [n_ff, n_requests] float64.
+at::Tensor mean_keys(const Model& model, const std::vector<EditRequest>& requests, int layer,
+                     const std::vector<std::vector<std::string>>& templates, bool mean_of_group_means, const EditHParams& hp);
 
 // ---------------------------------------------------------------------------------------------
 // The editing session: one model, one method, the caches a sequence of edits shares (C per layer,

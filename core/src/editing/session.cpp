@@ -228,6 +228,9 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         plain_rows.push_back({p.ids, lookup_index(p, hp_.fact_token)});
     }
 
+    // MEMIT's compute_ks, the whole batch in one pass. [n_ff, n]
+    auto batch_keys = [&](int layer) { return mean_keys(model_, requests, layer, groups, true, hp_); };
+
     nlohmann::json z_info = nlohmann::json::array();
     auto compute_zs = [&](int z_layer) {
         std::vector<at::Tensor> zs;
@@ -254,9 +257,7 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         const int z_layer = hp_.blue ? l : layers.back();
         if (hp_.blue) Z = compute_zs(l);
         report("keys", i, n_layers);
-        std::vector<at::Tensor> ks;
-        for (const auto& r : requests) ks.push_back(mean_key(model_, r, l, groups, true, hp_).to(at::kDouble));
-        at::Tensor K = at::stack(ks, 1);                                                   // [n_ff, n]
+        at::Tensor K = batch_keys(l);  // [n_ff, n]
         at::Tensor H = editing::read_at_lookup(model_, plain_rows, h_site, z_layer).to(at::kDouble).t();  // [n_embd, n]
         at::Tensor R = Z - H;
         if (!hp_.blue) R = pmet ? R / std::sqrt(static_cast<double>(n_layers - i)) : R / static_cast<double>(n_layers - i);
@@ -281,9 +282,7 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
     if (sequential) {
         // The keys of this batch on the edited model join the protected set (spec §5 step 4).
         for (int l : layers) {
-            std::vector<at::Tensor> ks;
-            for (const auto& r : requests) ks.push_back(mean_key(model_, r, l, groups, true, hp_).to(at::kDouble));
-            at::Tensor K = at::stack(ks, 1);
+            at::Tensor K = batch_keys(l);
             at::Tensor& c = cache_c_[l];
             if (!c.defined()) c = at::zeros({K.size(0), K.size(0)}, at::kDouble);
             c.add_(K.mm(K.t()));

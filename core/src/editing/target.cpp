@@ -220,21 +220,34 @@ TargetResult compute_target(const Model& model, const EditRequest& request, int 
     return editing::optimize_targets(model, request, layer, {s}, templates, hp, false).summary;
 }
 
-at::Tensor mean_key(const Model& model, const EditRequest& request, int layer, const std::vector<std::vector<std::string>>& templates,
-                    bool mean_of_group_means, const EditHParams& hp) {
+at::Tensor mean_keys(const Model& model, const std::vector<EditRequest>& requests, int layer,
+                     const std::vector<std::vector<std::string>>& templates, bool mean_of_group_means, const EditHParams& hp) {
     const Tokenizer& tok = *model.tokenizer();
-    std::vector<editing::Row> rows = editing::template_rows(tok, request, editing::flatten(templates), hp.fact_token);
-    at::Tensor keys = editing::read_at_lookup(model, rows, Site::MlpKey, layer);  // [n_templates, n_ff]
-    if (!mean_of_group_means) return keys.mean(0);
-    std::vector<at::Tensor> means;
-    int64_t at_row = 0;
-    for (const auto& g : templates) {
-        const int64_t k = static_cast<int64_t>(g.size());
-        if (k == 0) continue;
-        means.push_back(keys.slice(0, at_row, at_row + k).mean(0));
-        at_row += k;
+    const std::vector<std::string> flat = editing::flatten(templates);
+    std::vector<editing::Row> rows;
+    for (const auto& r : requests) {
+        std::vector<editing::Row> mine = editing::template_rows(tok, r, flat, hp.fact_token);
+        rows.insert(rows.end(), mine.begin(), mine.end());
     }
-    return at::stack(means).mean(0);
+    const at::Tensor keys = editing::read_at_lookup(model, rows, Site::MlpKey, layer).to(at::kDouble);  // [n * n_t, n_ff]
+    const int64_t n_t = static_cast<int64_t>(flat.size());
+    std::vector<at::Tensor> out;
+    for (int64_t i = 0; i < static_cast<int64_t>(requests.size()); ++i) {
+        const at::Tensor mine = keys.slice(0, i * n_t, (i + 1) * n_t);
+        if (!mean_of_group_means) {
+            out.push_back(mine.mean(0));
+            continue;
+        }
+        std::vector<at::Tensor> means;
+        int64_t at_row = 0;
+        for (const auto& g : templates) {
+            const int64_t k = static_cast<int64_t>(g.size());
+            if (k > 0) means.push_back(mine.slice(0, at_row, at_row + k).mean(0));
+            at_row += k;
+        }
+        out.push_back(at::stack(means).mean(0));
+    }
+    return at::stack(out, 1);
 }
 
 }  // namespace engram
