@@ -59,4 +59,11 @@ void tour_fact_edit(int& step);
 // replayed: what every --model command works on when --db is given.
 std::unique_ptr<Model> open_project_model(const std::string& db, const std::optional<std::string>& model_dir, const LoadOptions& options);
 
+// Vision transformers (vit_commands.cpp).
+int cmd_attribute(const Argv& argv);
+int cmd_vit_edit(const Argv& argv);
+int cmd_eval_vit(const Argv& argv);
+// The tour's ViT stop: an attribution and a head-level edit (returns quietly without the demo ViT).
+void tour_vit(int& step);
+
 }  // namespace engram::cli

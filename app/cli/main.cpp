@@ -42,6 +42,16 @@ editing (locate-then-edit; without --model the Fact World demo model):
             (--single: the weights are restored after each batch, whose cases are scored right after their edit)
   stats     --layers L[,L...] [--model DIR] [--corpus FILE] [--samples N]   precompute and cache C = E[k k^T]
 
+vision transformers (without --model the Shapes World demo ViT):
+  attribute --image F [--class C] [--contrast C|runner-up] [--ablation zero|mean] [--no-ablation] [--patch-maps] [--attention]
+            [--json OUT] [--png OUT] [--pdf OUT] [--svg OUT] [--model DIR] [--db F]
+            per-head direct logit attribution (sums to the logit), single-head ablation effects, patch maps
+  vit-edit  --edit-images DIR|FILE... --target-class C [--method heads|ft] [--locality-images DIR] [--db F] [--model DIR]
+            [--set key=value]... [--json]   remove the responsible heads and fit P (or fine-tune MLPs); recorded with --db
+  eval-vit  [--method heads,heads-only,projection-only,ft] [--failure-split counter] [--class C] [--edit-images N]
+            [--counter-images N] [--locality N] [--reference N] [--accuracy N] [--sweep lambda=0.1,1,10] [--set key=value]...
+            [--diagnostic] [--json OUT] [--csv OUT] [--db F]   the Shapes World protocol: one table, one row per method (and value)
+
 projects (a *.engram file: the base model plus every edit, replayable bit for bit):
   edit            --db F --model DIR --method synthetic --layer L [--rank R --seed S --scale X --artifact-kib N] [--json]
                   (creates F when it does not exist; synthetic = a seeded random low-rank test delta)
@@ -75,6 +85,7 @@ constexpr Command kCommands[] = {
     {"replay", engram::cli::cmd_replay},     {"hash", engram::cli::cmd_hash},         {"export-model", engram::cli::cmd_export_model},
     {"export-history", engram::cli::cmd_export_history}, {"import-history", engram::cli::cmd_import_history},
     {"eval", engram::cli::cmd_eval},         {"stats", engram::cli::cmd_stats},
+    {"attribute", engram::cli::cmd_attribute}, {"vit-edit", engram::cli::cmd_vit_edit}, {"eval-vit", engram::cli::cmd_eval_vit},
 };
 
 }  // namespace

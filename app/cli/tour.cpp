@@ -178,6 +178,7 @@ int cmd_tour(const Argv& argv) {
     tour_demo_worlds(step);
     tour_causal_trace(step);
     tour_fact_edit(step);
+    tour_vit(step);
 
     // Make a model, save it as a HF checkpoint, and load it back as a user's would be.
     heading(++step, "A checkpoint round trip");

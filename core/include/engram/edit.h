@@ -52,7 +52,7 @@ std::optional<DeltaKind> delta_kind_from_name(std::string_view name);
 struct Delta {
     std::string tensor;            // HF tensor name (Model::tensor_name)
     DeltaKind kind = DeltaKind::Dense;
-    std::vector<int64_t> shape;    // the target weight in slot orientation: [out, in]
+    std::vector<int64_t> shape;    // the target weight in slot orientation: [out, in]; a bias [n] is [n, 1]
     at::Tensor u, v;               // LowRank: [out, r], [in, r]; W += u v^T
     at::Tensor rows;               // DenseRows: [k] int64 row indices into [out]
     at::Tensor values;             // DenseRows: [k, in]; Dense: [out, in]

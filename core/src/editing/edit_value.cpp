@@ -117,7 +117,9 @@ Model::WeightRef find_ref(const Model& model, const std::string& name) {
 
 void check_target(const Model& model, const Delta& d, const Model::WeightRef& ref) {
     const at::Tensor& w = model.weight(ref.slot, ref.layer);
-    if (w.sizes().vec() != d.shape)
+    // A vector weight (a bias) is addressed as a column [n, 1]; the element order is the same.
+    const bool column = w.dim() == 1 && d.shape == std::vector<int64_t>{w.size(0), 1};
+    if (w.sizes().vec() != d.shape && !column)
         throw Error(ErrorKind::Argument, "delta for '" + d.tensor + "' has shape " + shape_str(d.shape) + " but the weight is " + shape_str(w));
 }
 

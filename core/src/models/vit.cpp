@@ -7,8 +7,70 @@
 #include "arch/arch.h"
 #include "engram/error.h"
 #include "models/layers.h"
+#include "models/vit_blocks.h"
 
 namespace engram {
+
+
+namespace vit_blocks {
+
+at::Tensor embed(const Model& m, const at::Tensor& pixel_values) {
+    const HParams& hp = m.hparams();
+    const auto& g = m.globals;
+    at::Tensor px = pixel_values.to(m.device()).to(g[size_t(Slot::PatchEmbd)].scalar_type());
+    if (px.dim() != 4 || px.size(1) != hp.n_channels || px.size(2) != hp.image_size || px.size(3) != hp.image_size)
+        throw Error(ErrorKind::Argument, "pixel_values must be [batch, " + std::to_string(hp.n_channels) + ", " +
+                                             std::to_string(hp.image_size) + ", " + std::to_string(hp.image_size) + "]");
+    const int64_t B = px.size(0);
+    at::Tensor patches = at::conv2d(px, g[size_t(Slot::PatchEmbd)], g[size_t(Slot::PatchEmbdB)], {hp.patch_size, hp.patch_size});
+    patches = patches.flatten(2).transpose(1, 2);  // [B, n_patches, n_embd], patch j = row * side + col
+    return at::cat({g[size_t(Slot::ClsToken)].expand({B, 1, hp.n_embd}), patches}, 1) + g[size_t(Slot::PosEmbd)];
+}
+
+at::Tensor block(const Model& m, int il, const at::Tensor& h_in, Hooks* hooks) {
+    const HParams& hp = m.hparams();
+    const SlotTensors& L = m.layers[il];
+    auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+    const int64_t B = h_in.size(0), T = h_in.size(1);
+    at::Tensor x = layers::layer_norm(h_in, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
+    at::Tensor q = at::linear(x, w(Slot::AttnQ), w(Slot::AttnQB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+    at::Tensor k = at::linear(x, w(Slot::AttnK), w(Slot::AttnKB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+    at::Tensor v = at::linear(x, w(Slot::AttnV), w(Slot::AttnVB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
+    // Not causal, no padding: a zero bias.
+    at::Tensor bias = at::zeros({1, 1, T, T}, h_in.options());
+    at::Tensor heads = layers::attention(q, k, v, bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
+    at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
+    hook(hooks, Site::AttnOut, il, attn_out);
+    at::Tensor h = h_in + attn_out;
+
+    x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
+    at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
+    hook(hooks, Site::MlpKey, il, key);
+    at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+    hook(hooks, Site::MlpOut, il, mlp_out);
+    h = h + mlp_out;
+    hook(hooks, Site::BlockOut, il, h);
+    return h;
+}
+
+at::Tensor values(const Model& m, int il, const at::Tensor& h_in) {
+    const HParams& hp = m.hparams();
+    const SlotTensors& L = m.layers[il];
+    at::Tensor x = layers::layer_norm(h_in, L[size_t(Slot::AttnNorm)], L[size_t(Slot::AttnNormB)], hp.norm_eps);
+    return at::linear(x, L[size_t(Slot::AttnV)], L[size_t(Slot::AttnVB)])
+        .view({h_in.size(0), h_in.size(1), hp.n_head, hp.head_dim})
+        .transpose(1, 2);
+}
+
+at::Tensor final_norm(const Model& m, const at::Tensor& h) {
+    return layers::layer_norm(h, m.globals[size_t(Slot::OutNorm)], m.globals[size_t(Slot::OutNormB)], m.hparams().norm_eps);
+}
+
+at::Tensor classify(const Model& m, const at::Tensor& features) {
+    return at::linear(features, m.globals[size_t(Slot::Output)], m.globals[size_t(Slot::OutputB)]);
+}
+
+}  // namespace vit_blocks
 
 namespace {
 
@@ -44,45 +106,11 @@ HParams vit_hparams(const nlohmann::json& c) {
 using V = std::vector<int64_t>;
 
 ForwardOutput vit_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache*) {
-    const HParams& hp = m.hparams();
-    const auto& g = m.globals;
     if (!in.pixel_values.defined()) throw Error(ErrorKind::Argument, "ViT forward needs pixel_values");
-    at::Tensor px = in.pixel_values.to(m.device()).to(g[size_t(Slot::PatchEmbd)].scalar_type());
-    if (px.dim() != 4 || px.size(1) != hp.n_channels || px.size(2) != hp.image_size || px.size(3) != hp.image_size)
-        throw Error(ErrorKind::Argument, "pixel_values must be [batch, " + std::to_string(hp.n_channels) + ", " +
-                                             std::to_string(hp.image_size) + ", " + std::to_string(hp.image_size) + "]");
-    const int64_t B = px.size(0);
-    at::Tensor patches = at::conv2d(px, g[size_t(Slot::PatchEmbd)], g[size_t(Slot::PatchEmbdB)], {hp.patch_size, hp.patch_size});
-    patches = patches.flatten(2).transpose(1, 2);  // [B, n_patches, n_embd]
-    at::Tensor h = at::cat({g[size_t(Slot::ClsToken)].expand({B, 1, hp.n_embd}), patches}, 1) + g[size_t(Slot::PosEmbd)];
+    at::Tensor h = vit_blocks::embed(m, in.pixel_values);
     hook(hooks, Site::Embed, 0, h);  // [B, T, n_embd], T = n_patches + 1
-    const int64_t T = h.size(1);
-    at::Tensor bias = at::zeros({1, 1, T, T}, h.options());
-
-    for (int il = 0; il < hp.n_layer; ++il) {
-        const SlotTensors& L = m.layers[il];
-        auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
-
-        at::Tensor x = layers::layer_norm(h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
-        at::Tensor q = at::linear(x, w(Slot::AttnQ), w(Slot::AttnQB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
-        at::Tensor k = at::linear(x, w(Slot::AttnK), w(Slot::AttnKB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
-        at::Tensor v = at::linear(x, w(Slot::AttnV), w(Slot::AttnVB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
-        at::Tensor heads = layers::attention(q, k, v, bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
-        at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
-        hook(hooks, Site::AttnOut, il, attn_out);
-        h = h + attn_out;
-
-        x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
-        at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
-        hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
-        hook(hooks, Site::MlpOut, il, mlp_out);
-        h = h + mlp_out;
-        hook(hooks, Site::BlockOut, il, h);
-    }
-    h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
-    at::Tensor cls = h.select(1, 0);  // [B, n_embd]
-    return {at::linear(cls, g[size_t(Slot::Output)], g[size_t(Slot::OutputB)])};
+    for (int il = 0; il < m.hparams().n_layer; ++il) h = vit_blocks::block(m, il, h, hooks);
+    return {vit_blocks::classify(m, vit_blocks::final_norm(m, h).select(1, 0))};
 }
 
 bool qkv_bias(const HParams& h) { return h.attn_qkv_bias; }
