@@ -48,7 +48,7 @@ vision transformers (without --model the Shapes World demo ViT):
             per-head direct logit attribution (sums to the logit), single-head ablation effects, patch maps
   vit-edit  --edit-images DIR|FILE... --target-class C [--method heads|ft] [--locality-images DIR] [--db F] [--model DIR]
             [--set key=value]... [--json]   remove the responsible heads and fit P (or fine-tune MLPs); recorded with --db
-  eval-vit  [--method heads,heads-only,projection-only,ft] [--failure-split counter] [--class C] [--edit-images N]
+  eval-vit  [--method heads,heads-only,projection-only,ft] [--failure-split counter] [--class C|all] [--edit-images N]
             [--counter-images N] [--locality N] [--reference N] [--accuracy N] [--sweep lambda=0.1,1,10] [--set key=value]...
             [--diagnostic] [--json OUT] [--csv OUT] [--db F]   the Shapes World protocol: one table, one row per method (and value)
 

@@ -262,7 +262,7 @@ int cmd_tour(const Argv& argv) {
 
     std::error_code ec;
     fs::remove_all(dir, ec);
-    std::cout << "\nNext: engram-cli info|tokenize|predict|generate|forward --model DIR, classify for ViTs, bench forward.\n";
+    std::cout << "\nNext: engram-cli info|tokenize|predict|generate|forward --model DIR; classify, attribute, vit-edit and eval-vit for ViTs; bench forward.\n";
     return cached == naive && fp == fp_again && history_ok ? 0 : 1;
 }
 

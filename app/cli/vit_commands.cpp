@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "args.h"
@@ -439,7 +440,8 @@ int cmd_eval_vit(const Argv& argv) {
     po.n_locality = args.integer("locality", po.n_locality, 1);
     po.n_reference = args.integer("reference", po.n_reference, 1);
     po.n_accuracy = args.integer("accuracy", po.n_accuracy, 1);
-    if (auto c = args.get("class")) po.target_class = parse_class(*model, *c, "--class");
+    const bool all_classes = args.get("class") == std::optional<std::string>("all");
+    if (auto c = args.get("class"); c && !all_classes) po.target_class = parse_class(*model, *c, "--class");
     po.image_size = model->hparams().image_size;
 
     std::vector<std::string> methods;
@@ -469,94 +471,142 @@ int cmd_eval_vit(const Argv& argv) {
         apply_setting(probe, sweep_key + "=" + sweep_values.front());  // an unknown key fails here, before any work
     }
 
-    std::cerr << "rendering and classifying the protocol's images...\n";
-    const vit::ShapesProtocolSets sets = vit::shapes_protocol_sets(*model, po);
     const auto& labels = model->labels();
-    std::cout << "Shapes World protocol on " << model->dir().string() << "\n"
-              << "  failures of class " << labels[size_t(sets.target_class)] << " among " << po.counter_images << " counter images: "
-              << sets.failures << " (" << sets.edit.size(0) << " edited, " << sets.general.size(0) << " held out)\n"
-              << "  locality: " << sets.locality.size(0) << " unrelated test images; P's reference set: " << sets.reference.size(0)
-              << " other test images; accuracy: " << sets.accuracy.size(0) << " test images (" << fixed(sets.accuracy_before, 1) << "% before)\n";
-
-    if (args.flag("diagnostic")) {
-        std::vector<int64_t> y(sets.accuracy_labels.data_ptr<int64_t>(), sets.accuracy_labels.data_ptr<int64_t>() + sets.accuracy_labels.numel());
-        const vit::ComponentSensitivity cs = vit::component_sensitivity(*model, sets.accuracy, y);
-        std::cout << "\nDiagnostic (spec 1.4): one layer's attention or MLP output zeroed, over " << cs.images << " test images\n"
-                  << "  layer   attn flips   attn dlogp   mlp flips   mlp dlogp\n";
-        double af = 0, mf = 0;
-        for (size_t l = 0; l < cs.attn_flip.size(); ++l) {
-            std::cout << "  " << std::setw(5) << l << std::setw(12) << fixed(100 * cs.attn_flip[l], 1) + "%" << std::setw(13)
-                      << fixed(cs.attn_dlogp[l], 3) << std::setw(11) << fixed(100 * cs.mlp_flip[l], 1) + "%" << std::setw(12)
-                      << fixed(cs.mlp_dlogp[l], 3) << "\n";
-            af += cs.attn_flip[l];
-            mf += cs.mlp_flip[l];
-        }
-        std::cout << "  mean flip rate: attention " << fixed(100 * af / cs.attn_flip.size(), 1) << "%, MLP "
-                  << fixed(100 * mf / cs.mlp_flip.size(), 1) << "%\n";
+    // --class all: every class with enough failures, then the mean per method (the benchmark
+    // averages over failure groups the same way).
+    std::vector<int64_t> classes = {po.target_class};
+    if (all_classes) {
+        classes.clear();
+        for (int64_t c = 0; c < int64_t(labels.size()); ++c) classes.push_back(c);
     }
-
     std::unique_ptr<Project> project;
     if (auto db = args.get("db")) {
         std::error_code ec;
         project = fs::exists(*db, ec) && fs::file_size(*db, ec) > 0 ? Project::open(*db) : Project::create(*db, *model);
         project->check_model(*model);
     }
-    json rows = json::array();
-    std::cout << "\n  " << std::left << std::setw(16) << "method" << std::setw(10) << (sweep_key.empty() ? "" : sweep_key) << std::right
-              << std::setw(7) << "heads" << std::setw(9) << "success" << std::setw(9) << "general" << std::setw(10) << "locality"
-              << std::setw(16) << "accuracy" << std::setw(9) << "time" << "\n";
-    for (const std::string& method : methods) {
-        for (const std::string& value : sweep_values) {
-            VitSettings s = base_settings;
-            if (!sweep_key.empty()) apply_setting(s, sweep_key + "=" + value);
-            if (method == "heads-only") s.heads.use_projection = false;
-            if (method == "projection-only") s.heads.use_heads = false;
-            std::vector<int64_t> targets(size_t(sets.edit.size(0)), sets.target_class);
-            Edit edit;
-            std::string heads = "-";
-            if (method == "ft") {
-                edit = vit::edit_ft(*model, sets.edit, targets, s.ft).edit;
-            } else {
-                vit::HeadEditResult r = vit::edit_heads(*model, sets.edit, targets, sets.reference, s.heads);
-                heads = std::to_string(r.heads.size());
-                edit = std::move(r.edit);
+    std::cout << "Shapes World protocol on " << model->dir().string() << " (seed " << po.seed << ")\n";
+    json rows = json::array(), groups = json::array();
+    std::map<std::pair<std::string, std::string>, std::vector<vit::VitEditMetrics>> per_method;
+    bool diagnosed = false;
+    for (int64_t cls : classes) {
+        po.target_class = cls;
+        std::cerr << "rendering and classifying the protocol's images...\n";
+        vit::ShapesProtocolSets sets;
+        try {
+            sets = vit::shapes_protocol_sets(*model, po);
+        } catch (const Error& e) {
+            if (!all_classes) throw;
+            std::cout << "\n  " << labels[size_t(cls)] << ": skipped (" << e.what() << ")\n";
+            continue;
+        }
+        std::cout << "\n  failures of class " << labels[size_t(sets.target_class)] << " among " << po.counter_images << " counter images: "
+                  << sets.failures << " (" << sets.edit.size(0) << " edited, " << sets.general.size(0) << " held out)\n"
+                  << "  locality: " << sets.locality.size(0) << " unrelated test images; P's reference set: " << sets.reference.size(0)
+                  << " other test images; accuracy: " << sets.accuracy.size(0) << " test images (" << fixed(sets.accuracy_before, 1)
+                  << "% before)\n";
+        groups.push_back({{"class", labels[size_t(sets.target_class)]}, {"failures", sets.failures}, {"n_edit", sets.edit.size(0)},
+                          {"n_general", sets.general.size(0)}, {"n_locality", sets.locality.size(0)}, {"n_reference", sets.reference.size(0)}});
+
+        if (args.flag("diagnostic") && !diagnosed) {
+            diagnosed = true;
+            std::vector<int64_t> y(sets.accuracy_labels.data_ptr<int64_t>(), sets.accuracy_labels.data_ptr<int64_t>() + sets.accuracy_labels.numel());
+            const vit::ComponentSensitivity cs = vit::component_sensitivity(*model, sets.accuracy, y);
+            std::cout << "\n  Diagnostic (spec 1.4): one layer's attention or MLP output zeroed, over " << cs.images << " test images\n"
+                      << "    layer   attn flips   attn dlogp   mlp flips   mlp dlogp\n";
+            double af = 0, mf = 0;
+            for (size_t l = 0; l < cs.attn_flip.size(); ++l) {
+                std::cout << "    " << std::setw(5) << l << std::setw(12) << fixed(100 * cs.attn_flip[l], 1) + "%" << std::setw(13)
+                          << fixed(cs.attn_dlogp[l], 3) << std::setw(11) << fixed(100 * cs.mlp_flip[l], 1) + "%" << std::setw(12)
+                          << fixed(cs.mlp_dlogp[l], 3) << "\n";
+                af += cs.attn_flip[l];
+                mf += cs.mlp_flip[l];
             }
-            apply_edit(*model, edit);
-            const vit::VitEditMetrics met = vit::measure_edit(*model, sets);
-            model->restore_all_base();
-            std::cout << "  " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << heads
-                      << std::setw(8) << fixed(met.success, 1) << "%" << std::setw(8) << fixed(met.generalization, 1) << "%" << std::setw(9)
-                      << fixed(met.locality, 1) << "%" << std::setw(9) << fixed(met.accuracy_before, 1) << "->" << std::setw(4)
-                      << fixed(met.accuracy_after, 1) << std::setw(8) << fixed(edit.duration_s, 1) << "s\n";
-            json row = {{"method", method}, {"edit_method", edit.method}, {"hparams", edit.hparams}, {"metrics", met.to_json()},
-                        {"edit_metrics", edit.metrics}, {"seconds", edit.duration_s}};
-            if (!sweep_key.empty()) row["sweep"] = {{sweep_key, value}};
-            rows.push_back(row);
-            if (project) {
-                Evaluation ev;
-                ev.state_hash = state_hash(*model);
-                ev.kind = "vit_shapes_protocol";
-                ev.params = {{"method", method}, {"class", labels[size_t(sets.target_class)]}, {"seed", po.seed}, {"hparams", edit.hparams}};
-                ev.results = met.to_json();
-                project->add_evaluation(ev);
+            std::cout << "    mean flip rate: attention " << fixed(100 * af / cs.attn_flip.size(), 1) << "%, MLP "
+                      << fixed(100 * mf / cs.mlp_flip.size(), 1) << "%\n";
+        }
+
+        std::cout << "\n    " << std::left << std::setw(16) << "method" << std::setw(10) << (sweep_key.empty() ? "" : sweep_key) << std::right
+                  << std::setw(7) << "heads" << std::setw(9) << "success" << std::setw(9) << "general" << std::setw(10) << "locality"
+                  << std::setw(16) << "accuracy" << std::setw(9) << "time" << "\n";
+        for (const std::string& method : methods) {
+            for (const std::string& value : sweep_values) {
+                VitSettings s = base_settings;
+                if (!sweep_key.empty()) apply_setting(s, sweep_key + "=" + value);
+                if (method == "heads-only") s.heads.use_projection = false;
+                if (method == "projection-only") s.heads.use_heads = false;
+                std::vector<int64_t> targets(size_t(sets.edit.size(0)), sets.target_class);
+                Edit edit;
+                std::string heads = "-";
+                if (method == "ft") {
+                    edit = vit::edit_ft(*model, sets.edit, targets, s.ft).edit;
+                } else {
+                    vit::HeadEditResult r = vit::edit_heads(*model, sets.edit, targets, sets.reference, s.heads);
+                    heads = std::to_string(r.heads.size());
+                    edit = std::move(r.edit);
+                }
+                apply_edit(*model, edit);
+                const vit::VitEditMetrics met = vit::measure_edit(*model, sets);
+                const std::string hash = state_hash(*model);
+                model->restore_all_base();
+                per_method[{method, value}].push_back(met);
+                std::cout << "    " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << heads
+                          << std::setw(8) << fixed(met.success, 1) << "%" << std::setw(8) << fixed(met.generalization, 1) << "%" << std::setw(9)
+                          << fixed(met.locality, 1) << "%" << std::setw(9) << fixed(met.accuracy_before, 1) << "->" << std::setw(4)
+                          << fixed(met.accuracy_after, 1) << std::setw(8) << fixed(edit.duration_s, 1) << "s\n";
+                json row = {{"class", labels[size_t(sets.target_class)]}, {"method", method}, {"edit_method", edit.method},
+                            {"hparams", edit.hparams}, {"metrics", met.to_json()}, {"edit_metrics", edit.metrics}, {"seconds", edit.duration_s}};
+                if (!sweep_key.empty()) row["sweep"] = {{sweep_key, value}};
+                rows.push_back(row);
+                if (project) {
+                    Evaluation ev;
+                    ev.state_hash = hash;
+                    ev.kind = "vit_shapes_protocol";
+                    ev.params = {{"method", method}, {"class", labels[size_t(sets.target_class)]}, {"seed", po.seed}, {"hparams", edit.hparams}};
+                    ev.results = met.to_json();
+                    project->add_evaluation(ev);
+                }
             }
         }
     }
-    json out = {{"model", model->dir().string()}, {"class", labels[size_t(sets.target_class)]}, {"failures", sets.failures},
-                {"n_edit", sets.edit.size(0)}, {"n_general", sets.general.size(0)}, {"n_locality", sets.locality.size(0)},
-                {"n_reference", sets.reference.size(0)}, {"seed", po.seed}, {"rows", rows}};
+    if (all_classes) {
+        std::cout << "\n  mean over the classes edited\n    " << std::left << std::setw(16) << "method" << std::setw(10)
+                  << (sweep_key.empty() ? "" : sweep_key) << std::right << std::setw(7) << "groups" << std::setw(9) << "success" << std::setw(9)
+                  << "general" << std::setw(10) << "locality" << std::setw(16) << "accuracy" << "\n";
+        for (const std::string& method : methods)
+            for (const std::string& value : sweep_values) {
+                const auto& ms = per_method[{method, value}];
+                if (ms.empty()) continue;
+                vit::VitEditMetrics mean;
+                for (const auto& m : ms) {
+                    mean.success += m.success / double(ms.size());
+                    mean.generalization += m.generalization / double(ms.size());
+                    mean.locality += m.locality / double(ms.size());
+                    mean.accuracy_before += m.accuracy_before / double(ms.size());
+                    mean.accuracy_after += m.accuracy_after / double(ms.size());
+                }
+                std::cout << "    " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << ms.size()
+                          << std::setw(8) << fixed(mean.success, 1) << "%" << std::setw(8) << fixed(mean.generalization, 1) << "%" << std::setw(9)
+                          << fixed(mean.locality, 1) << "%" << std::setw(9) << fixed(mean.accuracy_before, 1) << "->" << std::setw(4)
+                          << fixed(mean.accuracy_after, 1) << "\n";
+                json row = {{"class", "mean"}, {"method", method}, {"groups", ms.size()}, {"metrics", mean.to_json()}};
+                if (!sweep_key.empty()) row["sweep"] = {{sweep_key, value}};
+                rows.push_back(row);
+            }
+    }
+    json out = {{"model", model->dir().string()}, {"seed", po.seed}, {"groups", groups}, {"rows", rows}};
     if (auto p = args.get("json")) {
         std::ofstream f(*p);
         if (!(f << out.dump(1) << "\n")) throw Error(ErrorKind::Io, "could not write " + *p);
     }
     if (auto p = args.get("csv")) {
         std::ofstream f(*p);
-        f << "method,sweep,heads,success,generalization,locality,accuracy_before,accuracy_after,seconds\n";
+        f << "class,method,sweep,heads,success,generalization,locality,accuracy_before,accuracy_after,seconds\n";
         for (const auto& r : rows)
-            f << r["method"].get<std::string>() << "," << (r.contains("sweep") ? r["sweep"].begin().value().get<std::string>() : "") << ","
-              << (r["edit_metrics"].contains("heads") ? r["edit_metrics"]["heads"].size() : 0) << "," << r["metrics"]["success"] << ","
+            f << r["class"].get<std::string>() << "," << r["method"].get<std::string>() << "," << (r.contains("sweep") ? r["sweep"].begin().value().get<std::string>() : "") << ","
+              << (r.contains("edit_metrics") && r["edit_metrics"].contains("heads") ? r["edit_metrics"]["heads"].size() : 0) << "," << r["metrics"]["success"] << ","
               << r["metrics"]["generalization"] << "," << r["metrics"]["locality"] << "," << r["metrics"]["accuracy_before"] << ","
-              << r["metrics"]["accuracy_after"] << "," << r["seconds"] << "\n";
+              << r["metrics"]["accuracy_after"] << "," << r.value("seconds", 0.0) << "\n";
         if (!f) throw Error(ErrorKind::Io, "could not write " + *p);
     }
     return 0;

@@ -161,10 +161,8 @@ HeadEditResult edit_heads(const Model& m, const at::Tensor& edit_px, const std::
                 }
                 return (at::cat(changed) != ref_pred).to(at::kDouble).mean().item<double>();
             };
-            if (o.max_reference_change < 1.0) {
-                if (!have_ref) throw Error(ErrorKind::Argument, "max_reference_change needs reference images");
-                ref_pred = predict(m, ref_px);
-            }
+            const bool limit_change = o.max_reference_change < 1.0 && have_ref;  // without reference images: the spec's rule
+            if (limit_change) ref_pred = predict(m, ref_px);
             auto [succ, margin] = evaluate(iv.keep);
             for (const Head& c : cand) {
                 if (int(res.heads.size()) >= k_max || succ >= o.tau) break;
@@ -172,7 +170,7 @@ HeadEditResult edit_heads(const Model& m, const at::Tensor& edit_px, const std::
                 at::Tensor keep = iv.keep.clone();
                 keep[c.first][c.second] = 0.0f;
                 auto [s2, m2] = evaluate(keep);
-                if ((s2 > succ || m2 > margin) && o.max_reference_change < 1.0 && reference_change(keep) > o.max_reference_change) continue;
+                if ((s2 > succ || m2 > margin) && limit_change && reference_change(keep) > o.max_reference_change) continue;
                 if (s2 > succ || m2 > margin) {
                     iv.keep = keep;
                     res.heads.push_back(c);
