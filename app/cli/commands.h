@@ -7,6 +7,8 @@
 
 namespace engram {
 class Model;
+class Project;
+struct Edit;
 struct LoadOptions;
 }  // namespace engram
 
@@ -58,6 +60,10 @@ void tour_fact_edit(int& step);
 // The base model of project `db` (from `model_dir`, else the recorded folder) with its active edits
 // replayed: what every --model command works on when --db is given.
 std::unique_ptr<Model> open_project_model(const std::string& db, const std::optional<std::string>& model_dir, const LoadOptions& options);
+// Records `edit` in project `db`: into `project` when it is open, else into a new project file
+// (removed again if recording fails). Without a db the edit is only applied to the model.
+// Returns the edit's id (0 when not recorded).
+int64_t record_edit(const std::optional<std::filesystem::path>& db, std::unique_ptr<Project>& project, Model& model, Edit& edit);
 
 // Vision transformers (vit_commands.cpp).
 int cmd_attribute(const Argv& argv);

@@ -198,23 +198,7 @@ int cmd_edit(const Argv& argv) {
             if (p.stage == "stats" && p.done == 0) std::cerr << "computing second-moment statistics...\n";
         });
     Edit edit = session.compute(requests);
-    int64_t id = 0;
-    if (db) {
-        if (fresh) {
-            try {
-                project = Project::create(*db, *model);
-                id = project->record(*model, edit);
-            } catch (...) {
-                project.reset();
-                for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db->string() + suffix, ec);
-                throw;
-            }
-        } else {
-            id = project->record(*model, edit);
-        }
-    } else {
-        apply_edit(*model, edit);
-    }
+    const int64_t id = record_edit(db, project, *model, edit);
     const std::vector<eval::TargetScore> after = probs();
 
     if (args.flag("json")) {

@@ -133,6 +133,23 @@ std::unique_ptr<Model> open_project_model(const std::string& db, const std::opti
     return project->open_model(model_dir ? std::optional<fs::path>(*model_dir) : std::nullopt, options);
 }
 
+int64_t record_edit(const std::optional<fs::path>& db, std::unique_ptr<Project>& project, Model& model, Edit& edit) {
+    if (!db) {
+        apply_edit(model, edit);
+        return 0;
+    }
+    if (project) return project->record(model, edit);
+    try {
+        project = Project::create(*db, model);
+        return project->record(model, edit);
+    } catch (...) {
+        project.reset();
+        std::error_code ec;
+        for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db->string() + suffix, ec);
+        throw;
+    }
+}
+
 int cmd_edit_synthetic(const Argv& argv) {
     Args args(argv, {"json"}, {"db", "model", "method", "layer", "rank", "seed", "scale", "artifact-kib"});
     const fs::path db = args.require("db");

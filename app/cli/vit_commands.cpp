@@ -375,23 +375,7 @@ int cmd_vit_edit(const Argv& argv) {
     } else {
         edit = vit::edit_ft(*model, px, targets, s.ft).edit;
     }
-    int64_t id = 0;
-    if (db) {
-        if (fresh) {
-            try {
-                project = Project::create(*db, *model);
-                id = project->record(*model, edit);
-            } catch (...) {
-                project.reset();
-                for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db->string() + suffix, ec);
-                throw;
-            }
-        } else {
-            id = project->record(*model, edit);
-        }
-    } else {
-        apply_edit(*model, edit);
-    }
+    const int64_t id = record_edit(db, project, *model, edit);
     at::Tensor after = vit::predict(*model, px);
     const double success = 100.0 * (after == target).to(at::kDouble).mean().item<double>();
     const auto& labels = model->labels();

@@ -1,18 +1,16 @@
 #include "widgets/vit_attribution_figure.h"
 
-#include <QFileInfo>
 #include <QHash>
 #include <QPainter>
 #include <QVBoxLayout>
+
+#include "widgets/plot_export.h"
 #include "widgets/qcustomplot_include.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 
-#ifdef ENGRAM_UI_HAS_SVG
-#include <QSvgGenerator>
-#endif
 
 namespace engram::ui {
 
@@ -572,40 +570,8 @@ QSize VitAttributionFigure::exportSize() const {
 }
 
 bool VitAttributionFigure::exportTo(const QString& path, const QString& format, QString* error, int width, int height) {
-    const QString fmt = (format.isEmpty() ? QFileInfo(path).suffix() : format).toLower();
     const QSize size = exportSize();
-    if (width <= 0) width = size.width();
-    if (height <= 0) height = size.height();
-    m_plot->resize(width, height);
-    m_plot->replot(QCustomPlot::rpImmediateRefresh);
-    bool ok = false;
-    if (fmt == QLatin1String("png")) {
-        ok = m_plot->savePng(path, width, height, 2.0, -1, 200);
-    } else if (fmt == QLatin1String("pdf")) {
-        ok = m_plot->savePdf(path, width, height, QCP::epNoCosmetic, QStringLiteral("Engram"), titleText());
-    } else if (fmt == QLatin1String("svg")) {
-#ifdef ENGRAM_UI_HAS_SVG
-        QSvgGenerator svg;
-        svg.setFileName(path);
-        svg.setSize(QSize(width, height));
-        svg.setViewBox(QRect(0, 0, width, height));
-        svg.setTitle(titleText());
-        QCPPainter painter;
-        ok = painter.begin(&svg);
-        if (ok) {
-            m_plot->toPainter(&painter, width, height);
-            ok = painter.end();
-        }
-#else
-        if (error) *error = QStringLiteral("SVG export needs the Qt Svg module (qt6-svg-dev), which this build lacks");
-        return false;
-#endif
-    } else {
-        if (error) *error = QStringLiteral("unknown image format '%1' (use png, pdf or svg)").arg(fmt);
-        return false;
-    }
-    if (!ok && error) *error = QStringLiteral("could not write %1").arg(path);
-    return ok;
+    return exportPlot(m_plot, path, format, titleText(), QSize(width > 0 ? width : size.width(), height > 0 ? height : size.height()), error);
 }
 
 }  // namespace engram::ui
