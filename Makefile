@@ -20,8 +20,10 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# With a display the workbench GUI on the Fact World model; without one the headless tour.
 run: build
-	$(BUILD)/app/cli/engram-cli tour
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] && [ -x $(BUILD)/app/gui/engram ]; then $(BUILD)/app/gui/engram; \
+	else $(BUILD)/app/cli/engram-cli tour; fi
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -1,0 +1,152 @@
+// The workbench window under offscreen Qt, on the Fact World demo model: the history model passes
+// QAbstractItemModelTester, applying an edit through the form adds a history row and changes the
+// predicted token, Ctrl+Z restores the prediction and the state hash, Ctrl+Shift+Z redoes it, and
+// reopening the project restores the same history.
+#include <QtTest>
+
+#include <QAbstractItemModelTester>
+#include <QApplication>
+#include <QComboBox>
+#include <QLineEdit>
+#include <QPushButton>
+#include <QTableWidget>
+#include <QUndoStack>
+
+#include <filesystem>
+
+#include "models/history_model.h"
+#include "views/main_window.h"
+
+using engram::ui::HistoryModel;
+using engram::ui::HistoryRow;
+using engram::ui::MainWindow;
+
+class TestWorkbench : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void historyModelContract();
+    void editUndoRedoReopen();
+    void badRequestShowsError();
+    void screenshotsEveryView();
+
+private:
+    static QString demo() { return QStringLiteral(ENGRAM_SOURCE_RESOURCES "/demo/factworld"); }
+    static QString topToken(MainWindow& w) {
+        auto* table = w.findChild<QTableWidget*>(QStringLiteral("topTable"));
+        return table && table->rowCount() ? table->item(0, 0)->text().trimmed() : QString();
+    }
+};
+
+void TestWorkbench::historyModelContract() {
+    HistoryModel model;
+    QAbstractItemModelTester tester(&model, QAbstractItemModelTester::FailureReportingMode::QtTest);
+    QVector<HistoryRow> rows;
+    for (int i = 1; i <= 3; ++i) {
+        HistoryRow r;
+        r.id = i;
+        r.time = QStringLiteral("2026-11-26T07:0%1:00Z").arg(i);
+        r.method = QStringLiteral("rome");
+        r.subject = QStringLiteral("S%1").arg(i);
+        r.change = QStringLiteral("a → b");
+        r.layers = QStringLiteral("0");
+        r.status = i == 3 ? QStringLiteral("reverted") : QStringLiteral("active");
+        r.norm = i == 2 ? -1 : 0.5 * i;
+        rows.push_back(r);
+    }
+    model.setRows(rows);
+    QCOMPARE(model.rowCount(), 3);
+    QCOMPARE(model.columnCount(), int(HistoryModel::ColumnCount));
+    QCOMPARE(model.data(model.index(1, HistoryModel::Id)).toLongLong(), 2LL);
+    QCOMPARE(model.data(model.index(0, HistoryModel::Norm)).toString(), QStringLiteral("0.500"));
+    QCOMPARE(model.data(model.index(1, HistoryModel::Norm)).toString(), QStringLiteral("—"));
+    QCOMPARE(model.data(model.index(2, HistoryModel::Id), HistoryModel::EditIdRole).toLongLong(), 3LL);
+    QVERIFY(model.data(model.index(2, HistoryModel::Status), Qt::ForegroundRole).isValid());  // reverted rows greyed
+    QVERIFY(!model.data(model.index(0, HistoryModel::Status), Qt::ForegroundRole).isValid());
+    model.setRows({});
+    QCOMPARE(model.rowCount(), 0);
+}
+
+void TestWorkbench::editUndoRedoReopen() {
+    QTemporaryDir tmp;
+    const QString file = tmp.filePath(QStringLiteral("w.engram"));
+    QString baseHash, editedHash;
+    QVector<HistoryRow> recorded;
+    {
+        MainWindow w;
+        w.openModelNow(demo());
+        w.workbench().createProject(file);
+        baseHash = w.workbench().stateHash();
+        auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("promptEdit"));
+        prompt->setText(QStringLiteral("Gaglik Pidea competes in"));
+        w.predict();
+        const QString before = topToken(w);
+        QCOMPARE(before, QStringLiteral("Bravriball"));
+
+        w.findChild<QLineEdit*>(QStringLiteral("editPrompt"))->setText(QStringLiteral("{} competes in"));
+        w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->setText(QStringLiteral("Gaglik Pidea"));
+        w.findChild<QLineEdit*>(QStringLiteral("editTarget"))->setText(QStringLiteral("Zuluball"));
+        w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->setCurrentText(QStringLiteral("rome"));
+        QSignalSpy applied(&w, &MainWindow::editApplied);
+        QTest::mouseClick(w.findChild<QPushButton*>(QStringLiteral("applyButton")), Qt::LeftButton);
+        QVERIFY(w.busy());  // the edit runs in a worker, not on the GUI thread
+        QVERIFY(applied.wait(120000));
+        QCOMPARE(w.historyModel()->rowCount(), 1);
+        QCOMPARE(w.historyModel()->rows()[0].method, QStringLiteral("rome"));
+        QCOMPARE(w.historyModel()->rows()[0].change, QStringLiteral("Bravriball → Zuluball"));
+        QVERIFY(w.historyModel()->rows()[0].norm > 0);
+        editedHash = w.workbench().stateHash();
+        QVERIFY(editedHash != baseHash);
+        QCOMPARE(topToken(w), QStringLiteral("Zuluball"));
+
+        // Ctrl+Z: the prediction and the state hash come back; Ctrl+Shift+Z: the edit again.
+        w.show();
+        QVERIFY(QTest::qWaitForWindowExposed(&w));
+        QTest::keyClick(&w, Qt::Key_Z, Qt::ControlModifier);
+        QCOMPARE(w.workbench().stateHash(), baseHash);
+        QCOMPARE(topToken(w), before);
+        QCOMPARE(w.historyModel()->rows()[0].status, QStringLiteral("reverted"));
+        QTest::keyClick(&w, Qt::Key_Z, Qt::ControlModifier | Qt::ShiftModifier);
+        QCOMPARE(w.workbench().stateHash(), editedHash);
+        QCOMPARE(topToken(w), QStringLiteral("Zuluball"));
+        recorded = w.historyModel()->rows();
+    }
+    // Reopening the project restores the same history and the edited model.
+    MainWindow again;
+    again.openProjectNow(file);
+    QCOMPARE(again.historyModel()->rowCount(), recorded.size());
+    QCOMPARE(again.historyModel()->rows()[0].id, recorded[0].id);
+    QCOMPARE(again.historyModel()->rows()[0].change, recorded[0].change);
+    QCOMPARE(again.historyModel()->rows()[0].status, QStringLiteral("active"));
+    QCOMPARE(again.workbench().stateHash(), editedHash);
+}
+
+void TestWorkbench::badRequestShowsError() {
+    MainWindow w;
+    w.openModelNow(demo());
+    w.fillEditForm(QStringLiteral("Someone else competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    QSignalSpy errors(&w, &MainWindow::errorShown);
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    w.applyEdit();
+    QVERIFY(finished.wait(60000));
+    QCOMPARE(finished.at(0).at(0).toBool(), false);
+    QCOMPARE(errors.size(), 1);
+    QVERIFY(errors.at(0).at(0).toString().contains(QStringLiteral("not in the prompt")));
+    QCOMPARE(w.historyModel()->rowCount(), 0);  // nothing recorded, nothing lost
+}
+
+void TestWorkbench::screenshotsEveryView() {
+    QTemporaryDir tmp;
+    QProcess p;
+    p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--screenshot"), tmp.path()});
+    QVERIFY(p.waitForFinished(120000));
+    QVERIFY2(p.exitStatus() == QProcess::NormalExit && p.exitCode() == 0, p.readAllStandardError().constData());
+    for (const char* view : {"prompt", "edit", "history"}) {
+        QImage img(tmp.filePath(QString::fromLatin1(view) + QStringLiteral(".png")));
+        QVERIFY2(!img.isNull(), view);
+        QVERIFY(img.width() >= 600 && img.height() >= 400);
+    }
+}
+
+QTEST_MAIN(TestWorkbench)
+#include "tst_workbench.moc"

@@ -1,0 +1,87 @@
+// The GUI's one owner of the loaded model and its project. Plain C++ over the core: no torch in
+// this header, so views include it freely. Calls are synchronous; the views run the slow ones
+// (opening a model, computing an edit) in a worker thread, one job at a time, and never touch the
+// model from two threads at once.
+#pragma once
+
+#include <QString>
+#include <QVector>
+
+#include <atomic>
+#include <memory>
+
+namespace engram {
+class Model;
+class Project;
+struct Edit;
+}  // namespace engram
+
+namespace engram::ui {
+
+struct TokenProb {
+    QString token;
+    qint64 id = 0;
+    double prob = 0;
+};
+
+struct EditForm {
+    QString prompt;   // a template with {} where the subject goes, or the full text containing the subject
+    QString subject, target;
+    QString method = QStringLiteral("rome");  // rome | memit | memit_seq | alphaedit | pmet | ft
+    bool blue = false;
+    int layer = -1;   // -1: the method's default layers for this model; else that single layer (ROME, FT)
+};
+
+// An edit computed off the GUI thread, waiting to be recorded.
+struct ComputedEdit {
+    std::shared_ptr<Edit> edit;
+    QString method, promptText, targetNew, targetTrue;
+};
+
+struct HistoryRow {
+    qint64 id = 0;
+    QString time, method, subject, change, layers, status;
+    double norm = -1;  // Frobenius norm of the whole update; -1: not recorded
+};
+
+class Workbench {
+public:
+    Workbench();
+    ~Workbench();
+    Workbench(const Workbench&) = delete;
+    Workbench& operator=(const Workbench&) = delete;
+
+    // All of these throw engram::Error with the context of what failed; the state is unchanged then.
+    void openModel(const QString& dir);
+    // Opens a project and replays its active edits onto its model (modelDir overrides the recorded folder).
+    void openProject(const QString& file, const QString& modelDir = QString());
+    // Starts a new project for the loaded model at `file` (an existing file is refused).
+    void createProject(const QString& file);
+
+    bool hasModel() const { return m_model != nullptr; }
+    bool hasProject() const { return m_project != nullptr; }
+    QString projectFile() const;
+    QString modelName() const;
+    QString modelSummary() const;  // architecture, parameters, dtype, fingerprint
+    QString stateHash() const;
+    bool isDecoder() const;
+
+    QVector<TokenProb> topTokens(const QString& prompt, int k) const;
+    double probability(const QString& prompt, const QString& target) const;  // p(target | prompt), all target tokens
+
+    // Computes an edit on the current model (which it changes and restores). Worker thread.
+    ComputedEdit computeEdit(const EditForm& form, const std::atomic<bool>* cancel = nullptr);
+    // Records it (creating a scratch project beside the temp dir when none is open); returns its id.
+    qint64 record(const ComputedEdit& edit);
+    qint64 undo();  // the edit undone, 0 if none
+    qint64 redo();  // the edit redone, 0 if none
+    QVector<HistoryRow> history() const;
+
+    Model* model() { return m_model.get(); }
+
+private:
+    std::unique_ptr<Model> m_model;
+    std::unique_ptr<Project> m_project;
+};
+
+}  // namespace engram::ui

@@ -1,0 +1,436 @@
+#include "views/main_window.h"
+
+#include <QAction>
+#include <QApplication>
+#include <QCheckBox>
+#include <QCloseEvent>
+#include <QComboBox>
+#include <QDir>
+#include <QDockWidget>
+#include <QFileDialog>
+#include <QFormLayout>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QLabel>
+#include <QLineEdit>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QSettings>
+#include <QSpinBox>
+#include <QStatusBar>
+#include <QTabWidget>
+#include <QTableView>
+#include <QTableWidget>
+#include <QThread>
+#include <QToolButton>
+#include <QUndoStack>
+#include <QVBoxLayout>
+
+#include <stdexcept>
+
+#include "models/history_model.h"
+
+namespace engram::ui {
+
+namespace {
+
+// An applied edit on the undo stack. It is computed and recorded before it is pushed, so the
+// first redo() (QUndoStack::push calls it) does nothing; later ones redo it in the store.
+class ApplyEditCommand : public QUndoCommand {
+public:
+    ApplyEditCommand(Workbench& bench, const QString& text, std::function<void()> changed)
+        : m_bench(bench), m_changed(std::move(changed)) {
+        setText(text);
+    }
+    void undo() override {
+        m_bench.undo();
+        m_changed();
+    }
+    void redo() override {
+        if (m_first) {
+            m_first = false;
+            return;
+        }
+        m_bench.redo();
+        m_changed();
+    }
+
+private:
+    Workbench& m_bench;
+    std::function<void()> m_changed;
+    bool m_first = true;
+};
+
+}  // namespace
+
+MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make_unique<Workbench>()) {
+    setWindowTitle(QStringLiteral("Engram"));
+    m_undo = new QUndoStack(this);
+    m_history = new HistoryModel(this);
+
+    m_tabs = new QTabWidget(this);
+    m_tabs->addTab(buildPromptView(), tr("Prompt"));
+    m_tabs->addTab(buildEditView(), tr("Edit"));
+    m_tabs->addTab(buildHistoryView(), tr("History"));
+    setCentralWidget(m_tabs);
+
+    auto* dock = new QDockWidget(tr("Model"), this);
+    dock->setObjectName(QStringLiteral("modelDock"));
+    auto* panel = new QWidget(dock);
+    auto* pl = new QVBoxLayout(panel);
+    m_modelLabel = new QLabel(tr("No model open"), panel);
+    m_modelLabel->setObjectName(QStringLiteral("modelLabel"));
+    m_modelLabel->setWordWrap(true);
+    m_modelLabel->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    auto* open = new QPushButton(tr("Open model…"), panel);
+    connect(open, &QPushButton::clicked, this, &MainWindow::openModelDialog);
+    pl->addWidget(m_modelLabel);
+    pl->addWidget(open);
+    pl->addStretch();
+    dock->setWidget(panel);
+    addDockWidget(Qt::LeftDockWidgetArea, dock);
+
+    m_status = new QLabel(this);
+    m_progress = new QProgressBar(this);
+    m_progress->setRange(0, 0);  // busy indicator: the core reports no fraction for these jobs
+    m_progress->setMaximumWidth(160);
+    m_progress->hide();
+    m_cancel = new QToolButton(this);
+    m_cancel->setText(tr("Cancel"));
+    m_cancel->hide();
+    connect(m_cancel, &QToolButton::clicked, this, &MainWindow::cancelJob);
+    statusBar()->addWidget(m_status, 1);
+    statusBar()->addPermanentWidget(m_progress);
+    statusBar()->addPermanentWidget(m_cancel);
+
+    buildMenus();
+    QSettings settings;
+    restoreGeometry(settings.value(QStringLiteral("window/geometry")).toByteArray());
+    restoreState(settings.value(QStringLiteral("window/state")).toByteArray());
+    if (!settings.contains(QStringLiteral("window/geometry"))) resize(1100, 700);
+}
+
+MainWindow::~MainWindow() = default;
+
+void MainWindow::closeEvent(QCloseEvent* event) {
+    if (m_busy) {
+        cancelJob();
+        event->ignore();
+        m_status->setText(tr("Cancelling the running job; close again when it has stopped"));
+        return;
+    }
+    QSettings settings;
+    settings.setValue(QStringLiteral("window/geometry"), saveGeometry());
+    settings.setValue(QStringLiteral("window/state"), saveState());
+    QMainWindow::closeEvent(event);
+}
+
+void MainWindow::buildMenus() {
+    QMenu* file = menuBar()->addMenu(tr("&File"));
+    file->addAction(tr("Open &Model…"), this, &MainWindow::openModelDialog);
+    QAction* openProject = file->addAction(tr("&Open Project…"), this, &MainWindow::openProjectDialog);
+    openProject->setShortcut(QKeySequence::Open);
+    QAction* newProject = file->addAction(tr("&New Project…"), this, &MainWindow::newProjectDialog);
+    newProject->setShortcut(QKeySequence::New);
+    file->addSeparator();
+    QAction* quit = file->addAction(tr("&Quit"), this, &QWidget::close);
+    quit->setShortcut(QKeySequence::Quit);
+
+    QMenu* edit = menuBar()->addMenu(tr("&Edit"));
+    QAction* undo = m_undo->createUndoAction(this, tr("&Undo"));
+    undo->setShortcut(QKeySequence::Undo);
+    QAction* redo = m_undo->createRedoAction(this, tr("&Redo"));
+    redo->setShortcuts({QKeySequence::Redo, QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_Z)});
+    edit->addAction(undo);
+    edit->addAction(redo);
+    addAction(undo);
+    addAction(redo);
+}
+
+QWidget* MainWindow::buildPromptView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    auto* row = new QHBoxLayout;
+    m_prompt = new QLineEdit(w);
+    m_prompt->setObjectName(QStringLiteral("promptEdit"));
+    m_prompt->setPlaceholderText(tr("A prompt, e.g. \"Gaglik Pidea was born in\""));
+    auto* go = new QPushButton(tr("Predict"), w);
+    connect(go, &QPushButton::clicked, this, &MainWindow::predict);
+    connect(m_prompt, &QLineEdit::returnPressed, this, &MainWindow::predict);
+    row->addWidget(m_prompt, 1);
+    row->addWidget(go);
+    l->addLayout(row);
+    m_topTable = new QTableWidget(0, 3, w);
+    m_topTable->setObjectName(QStringLiteral("topTable"));
+    m_topTable->setHorizontalHeaderLabels({tr("next token"), tr("probability"), QString()});
+    m_topTable->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
+    m_topTable->verticalHeader()->hide();
+    m_topTable->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    l->addWidget(m_topTable, 1);
+    m_predictNote = new QLabel(w);
+    l->addWidget(m_predictNote);
+    return w;
+}
+
+QWidget* MainWindow::buildEditView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    auto* form = new QFormLayout;
+    m_editPrompt = new QLineEdit(w);
+    m_editPrompt->setObjectName(QStringLiteral("editPrompt"));
+    m_editPrompt->setPlaceholderText(tr("{} was born in  (or the full sentence containing the subject)"));
+    m_editSubject = new QLineEdit(w);
+    m_editSubject->setObjectName(QStringLiteral("editSubject"));
+    m_editTarget = new QLineEdit(w);
+    m_editTarget->setObjectName(QStringLiteral("editTarget"));
+    m_method = new QComboBox(w);
+    m_method->setObjectName(QStringLiteral("methodCombo"));
+    for (const char* m : {"rome", "memit", "memit_seq", "alphaedit", "pmet", "ft"}) m_method->addItem(QString::fromLatin1(m));
+    m_blue = new QCheckBox(tr("BLUE (boundary layers; MEMIT, AlphaEdit, PMET)"), w);
+    m_layer = new QSpinBox(w);
+    m_layer->setObjectName(QStringLiteral("layerSpin"));
+    m_layer->setRange(-1, 999);
+    m_layer->setSpecialValueText(tr("default"));
+    m_layer->setValue(-1);
+    form->addRow(tr("Prompt"), m_editPrompt);
+    form->addRow(tr("Subject"), m_editSubject);
+    form->addRow(tr("New target"), m_editTarget);
+    form->addRow(tr("Method"), m_method);
+    form->addRow(QString(), m_blue);
+    form->addRow(tr("Layer (ROME, FT)"), m_layer);
+    l->addLayout(form);
+    m_apply = new QPushButton(tr("Apply edit"), w);
+    m_apply->setObjectName(QStringLiteral("applyButton"));
+    connect(m_apply, &QPushButton::clicked, this, &MainWindow::applyEdit);
+    l->addWidget(m_apply, 0, Qt::AlignLeft);
+    m_result = new QTableWidget(0, 3, w);
+    m_result->setObjectName(QStringLiteral("resultTable"));
+    m_result->setHorizontalHeaderLabels({tr("on the prompt"), tr("before"), tr("after")});
+    m_result->horizontalHeader()->setSectionResizeMode(0, QHeaderView::Stretch);
+    m_result->verticalHeader()->hide();
+    m_result->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    l->addWidget(m_result, 1);
+    return w;
+}
+
+QWidget* MainWindow::buildHistoryView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    m_historyView = new QTableView(w);
+    m_historyView->setObjectName(QStringLiteral("historyView"));
+    m_historyView->setModel(m_history);
+    m_historyView->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_historyView->horizontalHeader()->setSectionResizeMode(HistoryModel::Change, QHeaderView::Stretch);
+    m_historyView->verticalHeader()->hide();
+    l->addWidget(m_historyView, 1);
+    auto* row = new QHBoxLayout;
+    auto* undo = new QPushButton(tr("Undo"), w);
+    auto* redo = new QPushButton(tr("Redo"), w);
+    connect(undo, &QPushButton::clicked, m_undo, &QUndoStack::undo);
+    connect(redo, &QPushButton::clicked, m_undo, &QUndoStack::redo);
+    connect(m_undo, &QUndoStack::canUndoChanged, undo, &QWidget::setEnabled);
+    connect(m_undo, &QUndoStack::canRedoChanged, redo, &QWidget::setEnabled);
+    undo->setEnabled(false);
+    redo->setEnabled(false);
+    row->addWidget(undo);
+    row->addWidget(redo);
+    row->addStretch();
+    l->addLayout(row);
+    return w;
+}
+
+void MainWindow::refresh() {
+    if (m_bench->hasModel()) {
+        QString text = QStringLiteral("<b>%1</b><br>%2").arg(m_bench->modelName().toHtmlEscaped(), m_bench->modelSummary().toHtmlEscaped());
+        if (m_bench->hasProject()) text += QStringLiteral("<br>project: %1").arg(m_bench->projectFile().toHtmlEscaped());
+        text += QStringLiteral("<br>state %1…").arg(m_bench->stateHash().left(12));
+        m_modelLabel->setText(text);
+    } else {
+        m_modelLabel->setText(tr("No model open"));
+    }
+    m_history->setRows(m_bench->history());
+    if (!m_prompt->text().isEmpty()) predict();
+}
+
+void MainWindow::predict() {
+    if (m_busy || !m_bench->hasModel() || !m_bench->isDecoder() || m_prompt->text().trimmed().isEmpty()) return;
+    try {
+        const QVector<TokenProb> top = m_bench->topTokens(m_prompt->text(), 10);
+        m_topTable->setRowCount(int(top.size()));
+        for (int i = 0; i < top.size(); ++i) {
+            m_topTable->setItem(i, 0, new QTableWidgetItem(top[i].token));
+            m_topTable->setItem(i, 1, new QTableWidgetItem(QString::number(top[i].prob, 'f', 4)));
+            auto* bar = new QProgressBar(m_topTable);
+            bar->setRange(0, 1000);
+            bar->setValue(int(top[i].prob * 1000));
+            bar->setTextVisible(false);
+            m_topTable->setCellWidget(i, 2, bar);
+        }
+        int active = 0;
+        for (const auto& r : m_history->rows()) active += r.status == QLatin1String("active");
+        m_predictNote->setText(active ? tr("%n edit(s) active", nullptr, active) : tr("the base model"));
+    } catch (const std::exception& e) {
+        showError(tr("Prediction failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer) {
+    m_editPrompt->setText(prompt);
+    m_editSubject->setText(subject);
+    m_editTarget->setText(target);
+    const int i = m_method->findText(method);
+    if (i >= 0) m_method->setCurrentIndex(i);
+    m_layer->setValue(layer);
+    m_tabs->setCurrentIndex(1);
+}
+
+void MainWindow::applyEdit() {
+    if (m_busy) return;
+    EditForm form;
+    form.prompt = m_editPrompt->text();
+    form.subject = m_editSubject->text();
+    form.target = m_editTarget->text();
+    form.method = m_method->currentText();
+    form.blue = m_blue->isChecked();
+    form.layer = m_layer->value();
+    auto computed = std::make_shared<ComputedEdit>();
+    auto before = std::make_shared<std::pair<double, double>>();
+    Workbench* bench = m_bench.get();
+    const std::atomic<bool>* cancel = &m_cancelFlag;
+    runJob(tr("Computing a %1 edit").arg(form.method), [bench, form, computed, before, cancel] {
+        *computed = bench->computeEdit(form, cancel);
+        *before = {bench->probability(computed->promptText, computed->targetNew), bench->probability(computed->promptText, computed->targetTrue)};
+    }, [this, computed, before] {
+        try {
+            const qint64 id = m_bench->record(*computed);
+            const QString text = QStringLiteral("%1: %2 → %3").arg(computed->method, computed->targetTrue, computed->targetNew);
+            m_undo->push(new ApplyEditCommand(*m_bench, text, [this] { refresh(); }));
+            const double newAfter = m_bench->probability(computed->promptText, computed->targetNew);
+            const double oldAfter = m_bench->probability(computed->promptText, computed->targetTrue);
+            m_result->setRowCount(2);
+            const QString rows[2][3] = {{QStringLiteral("p(%1 | %2)").arg(computed->targetNew, computed->promptText), QString::number(before->first, 'f', 4),
+                                         QString::number(newAfter, 'f', 4)},
+                                        {QStringLiteral("p(%1 | %2)").arg(computed->targetTrue, computed->promptText), QString::number(before->second, 'f', 4),
+                                         QString::number(oldAfter, 'f', 4)}};
+            for (int r = 0; r < 2; ++r)
+                for (int c = 0; c < 3; ++c) m_result->setItem(r, c, new QTableWidgetItem(rows[r][c]));
+            m_prompt->setText(computed->promptText);
+            refresh();
+            m_status->setText(tr("Recorded edit %1").arg(id));
+            Q_EMIT editApplied(id);
+        } catch (const std::exception& e) {
+            showError(tr("Recording the edit failed"), QString::fromStdString(e.what()));
+        }
+    });
+}
+
+void MainWindow::runJob(const QString& what, std::function<void()> work, std::function<void()> done) {
+    m_busy = true;
+    m_cancelFlag = false;
+    m_apply->setEnabled(false);
+    m_progress->show();
+    m_cancel->show();
+    m_status->setText(what + QStringLiteral("…"));
+    auto error = std::make_shared<QString>();
+    QThread* thread = QThread::create([work, error] {
+        try {
+            work();
+        } catch (const std::exception& e) {
+            *error = QString::fromStdString(e.what());
+        }
+    });
+    connect(thread, &QThread::finished, this, [this, thread, what, error, done] {
+        thread->deleteLater();
+        m_busy = false;
+        m_apply->setEnabled(true);
+        m_progress->hide();
+        m_cancel->hide();
+        if (!error->isEmpty()) {
+            showError(what + tr(" failed"), *error);
+            Q_EMIT jobFinished(false);
+            return;
+        }
+        m_status->clear();
+        done();
+        Q_EMIT jobFinished(true);
+    });
+    thread->start();
+}
+
+void MainWindow::cancelJob() { m_cancelFlag = true; }
+
+void MainWindow::showError(const QString& what, const QString& message) {
+    m_status->setText(what + QStringLiteral(": ") + message);
+    Q_EMIT errorShown(message);
+    if (QApplication::platformName() == QLatin1String("offscreen")) return;  // no one to click OK
+    auto* box = new QMessageBox(QMessageBox::Critical, what, message, QMessageBox::Ok, this);
+    box->setAttribute(Qt::WA_DeleteOnClose);
+    box->open();
+}
+
+void MainWindow::openModelNow(const QString& dir) {
+    m_bench->openModel(dir);
+    m_undo->clear();
+    refresh();
+}
+
+void MainWindow::openProjectNow(const QString& file) {
+    m_bench->openProject(file);
+    m_undo->clear();
+    refresh();
+}
+
+void MainWindow::openModelDialog() {
+    if (m_busy) return;
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a Hugging Face checkpoint folder"));
+    if (dir.isEmpty()) return;
+    Workbench* bench = m_bench.get();
+    runJob(tr("Opening %1").arg(dir), [bench, dir] { bench->openModel(dir); }, [this] {
+        m_undo->clear();
+        refresh();
+    });
+}
+
+void MainWindow::openProjectDialog() {
+    if (m_busy) return;
+    const QString file = QFileDialog::getOpenFileName(this, tr("Open a project"), QString(), tr("Engram projects (*.engram)"));
+    if (file.isEmpty()) return;
+    Workbench* bench = m_bench.get();
+    runJob(tr("Opening %1").arg(file), [bench, file] { bench->openProject(file); }, [this] {
+        m_undo->clear();
+        refresh();
+    });
+}
+
+void MainWindow::newProjectDialog() {
+    if (m_busy) return;
+    QString file = QFileDialog::getSaveFileName(this, tr("New project"), QString(), tr("Engram projects (*.engram)"));
+    if (file.isEmpty()) return;
+    if (!file.endsWith(QLatin1String(".engram"))) file += QStringLiteral(".engram");
+    try {
+        m_bench->createProject(file);
+        m_undo->clear();
+        refresh();
+    } catch (const std::exception& e) {
+        showError(tr("Creating the project failed"), QString::fromStdString(e.what()));
+    }
+}
+
+bool MainWindow::saveScreenshots(const QString& dir, QString* error) {
+    QDir().mkpath(dir);
+    const char* names[] = {"prompt", "edit", "history"};
+    for (int i = 0; i < m_tabs->count() && i < 3; ++i) {
+        m_tabs->setCurrentIndex(i);
+        QApplication::processEvents();
+        const QString path = QDir(dir).filePath(QString::fromLatin1(names[i]) + QStringLiteral(".png"));
+        if (!grab().save(path)) {
+            if (error) *error = tr("could not write %1").arg(path);
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace engram::ui

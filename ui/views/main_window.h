@@ -1,0 +1,103 @@
+// The workbench window: a model panel, the Prompt, Edit and History views, undo/redo through a
+// QUndoStack, and long work (opening a model, computing an edit) as one cancellable job at a time
+// in a worker thread. First slice of the GUI issue: the causal-trace, evaluate and vision views
+// come next.
+#pragma once
+
+#include <QMainWindow>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+
+#include "session/workbench.h"
+
+class QCheckBox;
+class QComboBox;
+class QLabel;
+class QLineEdit;
+class QProgressBar;
+class QPushButton;
+class QSpinBox;
+class QTabWidget;
+class QTableView;
+class QTableWidget;
+class QToolButton;
+class QUndoStack;
+
+namespace engram::ui {
+
+class HistoryModel;
+
+class MainWindow : public QMainWindow {
+    Q_OBJECT
+
+public:
+    explicit MainWindow(QWidget* parent = nullptr);
+    ~MainWindow() override;
+
+    Workbench& workbench() { return *m_bench; }
+    QUndoStack* undoStack() const { return m_undo; }
+    HistoryModel* historyModel() const { return m_history; }
+    QTabWidget* tabs() const { return m_tabs; }
+    bool busy() const { return m_busy; }
+
+    // Synchronous opening (startup, tests); the menu actions run these as jobs.
+    void openModelNow(const QString& dir);
+    void openProjectNow(const QString& file);
+
+    // Fills the edit form (what clicking a heatmap cell will do).
+    void fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer);
+    // Saves one PNG per main view into `dir`.
+    bool saveScreenshots(const QString& dir, QString* error = nullptr);
+
+public Q_SLOTS:
+    void predict();
+    void applyEdit();
+    void cancelJob();
+
+Q_SIGNALS:
+    void editApplied(qint64 id);
+    void jobFinished(bool ok);
+    void errorShown(const QString& message);
+
+protected:
+    void closeEvent(QCloseEvent* event) override;
+
+private:
+    void buildMenus();
+    QWidget* buildPromptView();
+    QWidget* buildEditView();
+    QWidget* buildHistoryView();
+    void refresh();  // model panel, history, prediction
+    void runJob(const QString& what, std::function<void()> work, std::function<void()> done);
+    void showError(const QString& what, const QString& message);
+    void openModelDialog();
+    void openProjectDialog();
+    void newProjectDialog();
+
+    std::unique_ptr<Workbench> m_bench;
+    QUndoStack* m_undo = nullptr;
+    HistoryModel* m_history = nullptr;
+    QTabWidget* m_tabs = nullptr;
+    QLabel* m_modelLabel = nullptr;
+    QLineEdit* m_prompt = nullptr;
+    QTableWidget* m_topTable = nullptr;
+    QLabel* m_predictNote = nullptr;
+    QLineEdit* m_editPrompt = nullptr;
+    QLineEdit* m_editSubject = nullptr;
+    QLineEdit* m_editTarget = nullptr;
+    QComboBox* m_method = nullptr;
+    QCheckBox* m_blue = nullptr;
+    QSpinBox* m_layer = nullptr;
+    QPushButton* m_apply = nullptr;
+    QTableWidget* m_result = nullptr;
+    QTableView* m_historyView = nullptr;
+    QProgressBar* m_progress = nullptr;
+    QToolButton* m_cancel = nullptr;
+    QLabel* m_status = nullptr;
+    bool m_busy = false;
+    std::atomic<bool> m_cancelFlag{false};
+};
+
+}  // namespace engram::ui
