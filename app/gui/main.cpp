@@ -1,6 +1,6 @@
 // engram: the workbench GUI. Without arguments it opens the Fact World demo model.
 //   engram [--model DIR] [--project FILE.engram] [--screenshot DIR]
-// --screenshot opens each main view after a prediction and an edit on the demo model, saves one
+// --screenshot opens each main view after a trace, a prediction and an edit on the demo model, saves one
 // PNG per view into DIR and exits (for tests and for reviewing the interface).
 #include <QApplication>
 #include <QCommandLineParser>
@@ -57,16 +57,21 @@ int main(int argc, char** argv) {
     window.show();
     if (!parser.isSet(shots)) return app.exec();
 
-    // Screenshot mode: a prediction and an edit on a fact the demo model knows, then one PNG per view.
-    window.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    // Screenshot mode: a trace, a prediction and an edit on a fact the demo model knows, then one PNG per view.
     QEventLoop loop;
     bool ok = false;
     QObject::connect(&window, &engram::ui::MainWindow::jobFinished, &loop, [&](bool good) {
         ok = good;
         loop.quit();
     });
+    window.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    window.runTrace();
+    loop.exec();
+    const bool traced = ok;
+    window.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     window.applyEdit();
     loop.exec();
+    ok = ok && traced;
     if (!ok) std::cerr << "engram: the screenshot edit failed; the views are saved as they are\n";
     QString error;
     if (!window.saveScreenshots(parser.value(shots), &error)) {

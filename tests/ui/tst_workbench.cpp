@@ -9,12 +9,17 @@
 #include <QComboBox>
 #include <QLineEdit>
 #include <QPushButton>
+#include <QSpinBox>
+
+#include "widgets/qcustomplot_include.h"
 #include <QTableWidget>
 #include <QUndoStack>
 
+#include <cmath>
 #include <filesystem>
 
 #include "models/history_model.h"
+#include "widgets/heatmap_widget.h"
 #include "views/main_window.h"
 
 using engram::ui::HistoryModel;
@@ -28,6 +33,7 @@ private Q_SLOTS:
     void historyModelContract();
     void editUndoRedoReopen();
     void badRequestShowsError();
+    void traceCellFillsEditForm();
     void screenshotsEveryView();
 
 private:
@@ -135,13 +141,44 @@ void TestWorkbench::badRequestShowsError() {
     QCOMPARE(w.historyModel()->rowCount(), 0);  // nothing recorded, nothing lost
 }
 
+void TestWorkbench::traceCellFillsEditForm() {
+    MainWindow w;
+    w.openModelNow(demo());
+    w.resize(1200, 700);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    w.tabs()->setCurrentIndex(1);
+    // Selecting the subject in the prompt fills the subject field.
+    auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("tracePrompt"));
+    prompt->setText(QStringLiteral("Gaglik Pidea competes in"));
+    prompt->setSelection(0, 12);
+    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    QTest::mouseClick(w.findChild<QPushButton*>(QStringLiteral("traceButton")), Qt::LeftButton);
+    QVERIFY(finished.wait(120000));
+    QCOMPARE(finished.at(0).at(0).toBool(), true);
+    engram::ui::HeatmapWidget* mlp = w.heatmap(1);
+    QCOMPARE(mlp->rowCount(), int(w.lastTrace().tokens.size()));
+    QCOMPARE(mlp->columnCount(), 6);
+    QVERIFY(!std::isnan(mlp->cellValue(1, 2)));  // rows streamed in and stayed
+    QVERIFY(w.lastTrace().cleanProb > 0.9 && w.lastTrace().corruptedProb < w.lastTrace().cleanProb);
+    // Clicking the MLP cell (last subject token, layer 2) prepares a ROME edit at layer 2.
+    const int row = w.lastTrace().subjectEnd - 1;
+    QTest::mouseClick(mlp->plot(), Qt::LeftButton, {}, mlp->plot()->mapFrom(mlp, mlp->cellCenter(row, 2)));
+    QCOMPARE(w.tabs()->currentIndex(), 2);
+    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editPrompt"))->text(), QStringLiteral("{} competes in"));
+    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->currentText(), QStringLiteral("rome"));
+    QCOMPARE(w.findChild<QSpinBox*>(QStringLiteral("layerSpin"))->value(), 2);
+}
+
 void TestWorkbench::screenshotsEveryView() {
     QTemporaryDir tmp;
     QProcess p;
     p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--screenshot"), tmp.path()});
     QVERIFY(p.waitForFinished(120000));
     QVERIFY2(p.exitStatus() == QProcess::NormalExit && p.exitCode() == 0, p.readAllStandardError().constData());
-    for (const char* view : {"prompt", "edit", "history"}) {
+    for (const char* view : {"prompt", "trace", "edit", "history"}) {
         QImage img(tmp.filePath(QString::fromLatin1(view) + QStringLiteral(".png")));
         QVERIFY2(!img.isNull(), view);
         QVERIFY(img.width() >= 600 && img.height() >= 400);

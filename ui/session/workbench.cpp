@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "engram/datasets.h"
+#include "engram/demo.h"
 #include "engram/edit.h"
 #include "engram/edit_hparams.h"
 #include "engram/editing.h"
@@ -18,6 +19,7 @@
 #include "engram/model.h"
 #include "engram/store.h"
 #include "engram/tokenizer.h"
+#include "engram/trace.h"
 
 namespace engram::ui {
 
@@ -112,6 +114,66 @@ double Workbench::probability(const QString& prompt, const QString& target) cons
     if (!m_model) return 0;
     const auto scores = eval::score_targets(*m_model, {{s(prompt), s(target)}});
     return std::exp(-scores.at(0).nll);
+}
+
+QString Workbench::templateAt(const QString& prompt, const QString& subject) const {
+    if (prompt.contains(QStringLiteral("{}"))) return prompt;
+    auto templ = eval::template_at_subject(s(prompt), s(subject));
+    if (!templ) throw Error(ErrorKind::Argument, "the subject \"" + s(subject) + "\" is not in the prompt \"" + s(prompt) + "\"");
+    return q(*templ);
+}
+
+TraceSummary Workbench::traceShape(const QString& prompt, const QString& subject) const {
+    if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "causal tracing needs a language model");
+    const TraceInput input = make_trace_input(*m_model, eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject)), s(subject));
+    TraceSummary out;
+    for (const auto& t : input.tokens) out.tokens << q(t);
+    out.subjectBegin = int(input.subject_begin);
+    out.subjectEnd = int(input.subject_end);
+    out.nLayer = int(m_model->hparams().n_layer);
+    return out;
+}
+
+TraceSummary Workbench::trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow, const std::atomic<bool>* cancel,
+                              int samples) const {
+    if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "causal tracing needs a language model");
+    const std::string text = eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject));
+    const TraceInput input = make_trace_input(*m_model, text, s(subject));
+    TraceOptions o;
+    o.samples = samples;
+    o.cancel = cancel;
+    // The noise scale: 3x the std of subject-token embeddings. On the Fact World model over the
+    // world's subjects (as engram-cli trace does), elsewhere over this subject alone.
+    std::vector<std::string> subjects = {s(subject)};
+    if (m_model->dir().filename() == "factworld") {
+        subjects.clear();
+        const demo::FactWorld world = demo::generate_fact_world();
+        std::vector<bool> seen(world.entities.size(), false);
+        for (const demo::Fact& f : world.facts)
+            if (!seen[size_t(f.subject)]) {
+                seen[size_t(f.subject)] = true;
+                subjects.push_back(world.entities[size_t(f.subject)].name);
+            }
+    }
+    o.embedding_std = subject_embedding_std(*m_model, subjects);
+    o.on_row = [&](const TraceRow& row) {
+        if (!onRow) return;
+        QVector<double> scores(row.scores.begin(), row.scores.end());
+        onRow(int(row.kind), int(row.token), scores);
+    };
+    const TraceResult r = causal_trace(*m_model, input, o);
+    TraceSummary out;
+    for (const auto& t : r.input.tokens) out.tokens << q(t);
+    out.subjectBegin = int(r.input.subject_begin);
+    out.subjectEnd = int(r.input.subject_end);
+    out.nLayer = int(r.n_layer);
+    out.window = o.window;
+    out.answer = q(r.answer_token);
+    out.cleanProb = r.clean_prob;
+    out.corruptedProb = r.corrupted_prob;
+    out.cancelled = r.cancelled;
+    out.seconds = r.seconds;
+    return out;
 }
 
 ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool>* cancel) {

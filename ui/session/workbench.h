@@ -7,7 +7,10 @@
 #include <QString>
 #include <QVector>
 
+#include <QStringList>
+
 #include <atomic>
+#include <functional>
 #include <memory>
 
 namespace engram {
@@ -44,6 +47,18 @@ struct HistoryRow {
     double norm = -1;  // Frobenius norm of the whole update; -1: not recorded
 };
 
+// A causal trace (ROME's three kinds) as plain values. kind: 0 hidden, 1 MLP, 2 attention.
+struct TraceSummary {
+    QStringList tokens;
+    int subjectBegin = 0, subjectEnd = 0;  // [begin, end) corrupted tokens
+    int nLayer = 0, window = 10;
+    QString answer;
+    double cleanProb = 0, corruptedProb = 0;
+    bool cancelled = false;
+    double seconds = 0;
+};
+using TraceRowFn = std::function<void(int kind, int token, const QVector<double>& scores)>;
+
 class Workbench {
 public:
     Workbench();
@@ -68,6 +83,15 @@ public:
 
     QVector<TokenProb> topTokens(const QString& prompt, int k) const;
     double probability(const QString& prompt, const QString& target) const;  // p(target | prompt), all target tokens
+
+    // Causal tracing of `subject` in `prompt` (ROME defaults: 10 samples, noise 3x the subjects'
+    // embedding std, window 10). Rows arrive through onRow on the calling thread as they finish.
+    TraceSummary trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow,
+                       const std::atomic<bool>* cancel = nullptr, int samples = 10) const;
+    // The tokens and subject range a trace of this prompt will have (nothing is run).
+    TraceSummary traceShape(const QString& prompt, const QString& subject) const;
+    // The prompt as a template with {} at the subject (throws when the subject is not in it).
+    QString templateAt(const QString& prompt, const QString& subject) const;
 
     // Computes an edit on the current model (which it changes and restores). Worker thread.
     ComputedEdit computeEdit(const EditForm& form, const std::atomic<bool>* cancel = nullptr);

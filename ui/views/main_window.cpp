@@ -28,9 +28,12 @@
 #include <QUndoStack>
 #include <QVBoxLayout>
 
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "models/history_model.h"
+#include "widgets/heatmap_widget.h"
 
 namespace engram::ui {
 
@@ -72,6 +75,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
 
     m_tabs = new QTabWidget(this);
     m_tabs->addTab(buildPromptView(), tr("Prompt"));
+    m_tabs->addTab(buildTraceView(), tr("Causal trace"));
     m_tabs->addTab(buildEditView(), tr("Edit"));
     m_tabs->addTab(buildHistoryView(), tr("History"));
     setCentralWidget(m_tabs);
@@ -215,6 +219,114 @@ QWidget* MainWindow::buildEditView() {
     return w;
 }
 
+QWidget* MainWindow::buildTraceView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    auto* form = new QFormLayout;
+    m_tracePrompt = new QLineEdit(w);
+    m_tracePrompt->setObjectName(QStringLiteral("tracePrompt"));
+    m_tracePrompt->setPlaceholderText(tr("The full prompt; select the subject in it"));
+    m_traceSubject = new QLineEdit(w);
+    m_traceSubject->setObjectName(QStringLiteral("traceSubject"));
+    // Selecting text in the prompt chooses the subject.
+    connect(m_tracePrompt, &QLineEdit::selectionChanged, this, [this] {
+        const QString sel = m_tracePrompt->selectedText().trimmed();
+        if (!sel.isEmpty()) m_traceSubject->setText(sel);
+    });
+    form->addRow(tr("Prompt"), m_tracePrompt);
+    form->addRow(tr("Subject"), m_traceSubject);
+    l->addLayout(form);
+    auto* row = new QHBoxLayout;
+    m_traceButton = new QPushButton(tr("Trace"), w);
+    m_traceButton->setObjectName(QStringLiteral("traceButton"));
+    connect(m_traceButton, &QPushButton::clicked, this, &MainWindow::runTrace);
+    m_traceNote = new QLabel(tr("Click a cell of the MLP map to prepare a ROME edit at that layer."), w);
+    row->addWidget(m_traceButton);
+    row->addWidget(m_traceNote, 1);
+    l->addLayout(row);
+    auto* maps = new QHBoxLayout;
+    const HeatmapKind kinds[3] = {HeatmapKind::Hidden, HeatmapKind::Mlp, HeatmapKind::Attn};
+    for (int k = 0; k < 3; ++k) {
+        m_heatmaps[k] = new HeatmapWidget(w);
+        m_heatmaps[k]->setObjectName(QStringLiteral("heatmap%1").arg(k));
+        maps->addWidget(m_heatmaps[k], 1);
+        connect(m_heatmaps[k], &HeatmapWidget::cellClicked, this, [this, k](int r, int c) { traceCellClicked(k, r, c); });
+        HeatmapData d;
+        d.kind = kinds[k];
+        m_heatmaps[k]->setData(d);
+    }
+    l->addLayout(maps, 1);
+    return w;
+}
+
+void MainWindow::setTraceRequest(const QString& prompt, const QString& subject) {
+    m_tracePrompt->setText(prompt);
+    m_traceSubject->setText(subject);
+}
+
+void MainWindow::runTrace() {
+    if (m_busy) return;
+    const QString prompt = m_tracePrompt->text().trimmed(), subject = m_traceSubject->text().trimmed();
+    if (prompt.isEmpty() || subject.isEmpty()) {
+        showError(tr("Trace"), tr("Give a prompt and select the subject in it"));
+        return;
+    }
+    Workbench* bench = m_bench.get();
+    const std::atomic<bool>* cancel = &m_cancelFlag;
+    auto summary = std::make_shared<TraceSummary>();
+    // Rows stream in from the worker; the heatmaps are redrawn on the GUI thread.
+    const TraceRowFn onRow = [this](int kind, int token, const QVector<double>& scores) {
+        QMetaObject::invokeMethod(this, [this, kind, token, scores] { showTraceRow(kind, token, scores); }, Qt::QueuedConnection);
+    };
+    try {
+        m_trace = bench->traceShape(prompt, subject);  // empty maps with the token labels, filled as rows arrive
+    } catch (const std::exception& e) {
+        showError(tr("Trace"), QString::fromStdString(e.what()));
+        return;
+    }
+    for (int k = 0; k < 3; ++k)
+        m_traceScores[k] = QVector<QVector<double>>(m_trace.tokens.size(), QVector<double>(m_trace.nLayer, std::numeric_limits<double>::quiet_NaN()));
+    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary] { *summary = bench->trace(prompt, subject, onRow, cancel); },
+           [this, summary] {
+               m_trace = *summary;
+               for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
+               m_traceNote->setText(tr("p(%1): clean %2, corrupted %3%4 — click an MLP cell to prepare an edit")
+                                        .arg(m_trace.answer.trimmed())
+                                        .arg(m_trace.cleanProb, 0, 'f', 4)
+                                        .arg(m_trace.corruptedProb, 0, 'f', 4)
+                                        .arg(m_trace.cancelled ? tr(" (cancelled; the finished rows are kept)") : QString()));
+           });
+}
+
+void MainWindow::showTraceRow(int kind, int token, const QVector<double>& scores) {
+    if (kind < 0 || kind > 2) return;
+    auto& grid = m_traceScores[kind];
+    if (token >= 0 && token < grid.size()) grid[token] = scores;
+    HeatmapData d = m_heatmaps[kind]->data();
+    d.values = grid;
+    d.rowLabels = m_trace.tokens;
+    d.subjectBegin = m_trace.subjectBegin;
+    d.subjectEnd = m_trace.subjectEnd;
+    d.window = m_trace.window;
+    d.modelName = m_bench->modelName();
+    d.answer = m_trace.answer.trimmed();
+    if (m_trace.corruptedProb > 0) d.low = m_trace.corruptedProb;
+    const QString titles[3] = {tr("Restoring hidden states"), tr("Restoring MLPs"), tr("Restoring attention")};
+    d.title = titles[kind];  // ROME's full titles do not fit three maps side by side
+    m_heatmaps[kind]->setData(d);
+}
+
+void MainWindow::traceCellClicked(int kind, int row, int column) {
+    if (kind != 1) return;  // MLP cells locate facts for ROME-style edits
+    try {
+        const QString templ = m_bench->templateAt(m_tracePrompt->text().trimmed(), m_traceSubject->text().trimmed());
+        fillEditForm(templ, m_traceSubject->text().trimmed(), QString(), QStringLiteral("rome"), column);
+        m_status->setText(tr("Edit form filled from the MLP cell at token %1, layer %2").arg(row).arg(column));
+    } catch (const std::exception& e) {
+        showError(tr("Preparing the edit failed"), QString::fromStdString(e.what()));
+    }
+}
+
 QWidget* MainWindow::buildHistoryView() {
     auto* w = new QWidget(this);
     auto* l = new QVBoxLayout(w);
@@ -283,7 +395,7 @@ void MainWindow::fillEditForm(const QString& prompt, const QString& subject, con
     const int i = m_method->findText(method);
     if (i >= 0) m_method->setCurrentIndex(i);
     m_layer->setValue(layer);
-    m_tabs->setCurrentIndex(1);
+    m_tabs->setCurrentIndex(2);
 }
 
 void MainWindow::applyEdit() {
@@ -330,6 +442,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
     m_busy = true;
     m_cancelFlag = false;
     m_apply->setEnabled(false);
+    m_traceButton->setEnabled(false);
     m_progress->show();
     m_cancel->show();
     m_status->setText(what + QStringLiteral("…"));
@@ -345,6 +458,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
         thread->deleteLater();
         m_busy = false;
         m_apply->setEnabled(true);
+        m_traceButton->setEnabled(true);
         m_progress->hide();
         m_cancel->hide();
         if (!error->isEmpty()) {
@@ -420,8 +534,8 @@ void MainWindow::newProjectDialog() {
 
 bool MainWindow::saveScreenshots(const QString& dir, QString* error) {
     QDir().mkpath(dir);
-    const char* names[] = {"prompt", "edit", "history"};
-    for (int i = 0; i < m_tabs->count() && i < 3; ++i) {
+    const char* names[] = {"prompt", "trace", "edit", "history"};
+    for (int i = 0; i < m_tabs->count() && i < 4; ++i) {
         m_tabs->setCurrentIndex(i);
         QApplication::processEvents();
         const QString path = QDir(dir).filePath(QString::fromLatin1(names[i]) + QStringLiteral(".png"));

@@ -27,6 +27,7 @@ class QUndoStack;
 
 namespace engram::ui {
 
+class HeatmapWidget;
 class HistoryModel;
 
 class MainWindow : public QMainWindow {
@@ -40,6 +41,9 @@ public:
     QUndoStack* undoStack() const { return m_undo; }
     HistoryModel* historyModel() const { return m_history; }
     QTabWidget* tabs() const { return m_tabs; }
+    // The trace view's heatmaps: 0 hidden states, 1 MLP, 2 attention.
+    HeatmapWidget* heatmap(int kind) const { return m_heatmaps[kind]; }
+    const TraceSummary& lastTrace() const { return m_trace; }
     bool busy() const { return m_busy; }
 
     // Synchronous opening (startup, tests); the menu actions run these as jobs.
@@ -48,12 +52,14 @@ public:
 
     // Fills the edit form (what clicking a heatmap cell will do).
     void fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer);
+    void setTraceRequest(const QString& prompt, const QString& subject);
     // Saves one PNG per main view into `dir`.
     bool saveScreenshots(const QString& dir, QString* error = nullptr);
 
 public Q_SLOTS:
     void predict();
     void applyEdit();
+    void runTrace();
     void cancelJob();
 
 Q_SIGNALS:
@@ -68,6 +74,9 @@ private:
     void buildMenus();
     QWidget* buildPromptView();
     QWidget* buildEditView();
+    QWidget* buildTraceView();
+    void showTraceRow(int kind, int token, const QVector<double>& scores);
+    void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
     void refresh();  // model panel, history, prediction
     void runJob(const QString& what, std::function<void()> work, std::function<void()> done);
@@ -93,6 +102,13 @@ private:
     QPushButton* m_apply = nullptr;
     QTableWidget* m_result = nullptr;
     QTableView* m_historyView = nullptr;
+    QLineEdit* m_tracePrompt = nullptr;
+    QLineEdit* m_traceSubject = nullptr;
+    QPushButton* m_traceButton = nullptr;
+    QLabel* m_traceNote = nullptr;
+    HeatmapWidget* m_heatmaps[3] = {nullptr, nullptr, nullptr};
+    QVector<QVector<double>> m_traceScores[3];  // [kind][token][layer], NaN until the row arrives
+    TraceSummary m_trace;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancel = nullptr;
     QLabel* m_status = nullptr;

@@ -1,5 +1,6 @@
 #include "widgets/heatmap_widget.h"
 
+#include <QMouseEvent>
 #include <QPainter>
 #include <QVBoxLayout>
 
@@ -67,6 +68,40 @@ HeatmapWidget::HeatmapWidget(QWidget* parent) : QWidget(parent) {
     m_scale->axis()->setTickLabelFont(paperFont(8));
     m_scale->axis()->setLabelFont(paperFont(10));
     setMinimumSize(320, 200);
+    setMouseTracking(true);
+    connect(m_plot, &QCustomPlot::mousePress, this, [this](QMouseEvent* event) {
+        int row = 0, column = 0;
+        if (cellAt(m_plot->mapTo(this, event->pos()), &row, &column)) Q_EMIT cellClicked(row, column);
+    });
+    // Hover: the token, the layer and the cell's value.
+    connect(m_plot, &QCustomPlot::mouseMove, this, [this](QMouseEvent* event) {
+        int row = 0, column = 0;
+        if (!cellAt(m_plot->mapTo(this, event->pos()), &row, &column)) {
+            m_plot->setToolTip(QString());
+            return;
+        }
+        const double v = cellValue(row, column);
+        m_plot->setToolTip(QStringLiteral("%1\nlayer %2\n%3 %4")
+                               .arg(rowLabel(row))
+                               .arg(column)
+                               .arg(m_data.answer.isEmpty() ? QStringLiteral("value") : QStringLiteral("p(%1)").arg(m_data.answer))
+                               .arg(std::isnan(v) ? QStringLiteral("—") : QString::number(v, 'f', 4)));
+    });
+}
+
+QPoint HeatmapWidget::cellCenter(int row, int column) const {
+    return m_plot->mapTo(this, QPoint(int(m_plot->xAxis->coordToPixel(column)), int(m_plot->yAxis->coordToPixel(row))));
+}
+
+bool HeatmapWidget::cellAt(const QPoint& pos, int* row, int* column) const {
+    const QPoint p = m_plot->mapFrom(this, pos);
+    if (!m_plot->axisRect()->rect().contains(p)) return false;
+    const int c = int(std::lround(m_plot->xAxis->pixelToCoord(p.x())));
+    const int r = int(std::lround(m_plot->yAxis->pixelToCoord(p.y())));
+    if (r < 0 || r >= rowCount() || c < 0 || c >= columnCount()) return false;
+    *row = r;
+    *column = c;
+    return true;
 }
 
 void HeatmapWidget::setData(const HeatmapData& data) {

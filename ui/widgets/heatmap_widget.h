@@ -67,6 +67,14 @@ public:
     bool exportTo(const QString& path, const QString& format = QString(), QString* error = nullptr, int width = 0, int height = 0);
     QSize exportSize() const;
 
+    // The widget position of a cell's centre (for tests and keyboard navigation).
+    QPoint cellCenter(int row, int column) const;
+    // The cell under a widget position; false outside the map.
+    bool cellAt(const QPoint& pos, int* row, int* column) const;
+
+Q_SIGNALS:
+    void cellClicked(int row, int column);
+
 private:
     HeatmapData m_data;
     QCustomPlot* m_plot = nullptr;
