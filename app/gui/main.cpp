@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
     parser.process(app);
 
     engram::ui::MainWindow window;
+    if (const QString d = demo_dir(QStringLiteral("factworld")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Fact World model"), d);
+    if (const QString d = demo_dir(QStringLiteral("shapes")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Shapes World ViT"), d);
     try {
         if (parser.isSet(project)) {
             window.openProjectNow(parser.value(project));
@@ -77,6 +79,20 @@ int main(int argc, char** argv) {
     if (!window.saveScreenshots(parser.value(shots), &error)) {
         std::cerr << "engram: " << error.toStdString() << "\n";
         return 1;
+    }
+    // The Vision view on the Shapes World ViT: counter images, the first one attributed.
+    if (const QString shapes = demo_dir(QStringLiteral("shapes")); !shapes.isEmpty()) {
+        try {
+            window.openModelNow(shapes);
+            window.loadImages();
+            if (!window.saveScreenshots(parser.value(shots), &error, {4})) {
+                std::cerr << "engram: " << error.toStdString() << "\n";
+                return 1;
+            }
+        } catch (const std::exception& e) {
+            std::cerr << "engram: the vision screenshot failed: " << e.what() << "\n";
+            ok = false;
+        }
     }
     std::cout << "saved the views to " << parser.value(shots).toStdString() << "\n";
     return ok ? 0 : 1;

@@ -8,6 +8,7 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QLineEdit>
+#include <QListWidget>
 #include <QPushButton>
 #include <QSpinBox>
 
@@ -15,8 +16,14 @@
 #include <QTableWidget>
 #include <QUndoStack>
 
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
 #include <cmath>
 #include <filesystem>
+
+#include "engram/demo.h"
+#include "engram/vit.h"
 
 #include "models/history_model.h"
 #include "widgets/heatmap_widget.h"
@@ -34,6 +41,7 @@ private Q_SLOTS:
     void editUndoRedoReopen();
     void badRequestShowsError();
     void traceCellFillsEditForm();
+    void visionAblationMatchesCore();
     void screenshotsEveryView();
 
 private:
@@ -172,13 +180,67 @@ void TestWorkbench::traceCellFillsEditForm() {
     QCOMPARE(w.findChild<QSpinBox*>(QStringLiteral("layerSpin"))->value(), 2);
 }
 
+void TestWorkbench::visionAblationMatchesCore() {
+    MainWindow w;
+    w.openModelNow(QStringLiteral(ENGRAM_SOURCE_RESOURCES "/demo/shapes"));
+    w.tabs()->setCurrentIndex(4);
+    w.loadImages();  // 64 counter images
+    auto* list = w.findChild<QListWidget*>(QStringLiteral("imageList"));
+    QCOMPARE(list->count(), 64);
+    list->setCurrentRow(3);
+    const QVector<double> before = w.visionLogits();
+    QCOMPARE(before.size(), 8);
+    // Toggle head L4 H1 off in the grid: the logits shown are the core's with that head removed.
+    w.headTable()->item(4, 1)->setCheckState(Qt::Checked);
+    const QVector<double> after = w.visionLogits();
+    std::vector<engram::demo::ShapeSample> sample = {engram::demo::render_shape_sample(777, engram::demo::ShapesSplit::Counter, 3)};
+    c10::InferenceMode guard;
+    engram::vit::HeadIntervention iv;
+    iv.keep = at::ones({6, 4});
+    iv.keep[4][1] = 0.0f;
+    engram::vit::RunOptions o;
+    o.intervention = &iv;
+    const at::Tensor core = engram::vit::run(*w.workbench().model(), engram::demo::shape_pixels(sample, 32), o).logits[0].to(at::kDouble);
+    double diff = 0, moved = 0;
+    for (int k = 0; k < 8; ++k) {
+        diff = std::max(diff, std::abs(after[k] - core[k].item<double>()));
+        moved = std::max(moved, std::abs(after[k] - before[k]));
+    }
+    QCOMPARE(diff, 0.0);
+    QVERIFY(moved > 1e-3);
+    // Unchecking restores the clean logits exactly.
+    w.headTable()->item(4, 1)->setCheckState(Qt::Unchecked);
+    QCOMPARE(w.visionLogits(), before);
+
+    // Select the crosses the model gets wrong and edit them toward cross: a History row, fixed predictions.
+    QVector<int> failing;
+    for (int i = 0; i < list->count(); ++i) {
+        const auto& img = w.workbench().vitImages()[i];
+        const QVector<double> l = w.workbench().logitsWithout(i, {});
+        if (img.label == 3 && std::max_element(l.begin(), l.end()) - l.begin() != 3) failing.push_back(i);
+    }
+    QVERIFY(!failing.isEmpty());
+    list->clearSelection();
+    for (int i : failing) list->item(i)->setSelected(true);
+    w.findChild<QComboBox*>(QStringLiteral("vitTarget"))->setCurrentIndex(3);
+    QSignalSpy applied(&w, &MainWindow::editApplied);
+    QTest::mouseClick(w.findChild<QPushButton*>(QStringLiteral("headEditButton")), Qt::LeftButton);
+    QVERIFY(applied.wait(180000));
+    QCOMPARE(w.historyModel()->rowCount(), 1);
+    QCOMPARE(w.historyModel()->rows()[0].method, QStringLiteral("vit_heads"));
+    for (int i : failing) {
+        const QVector<double> l = w.workbench().logitsWithout(i, {});
+        QCOMPARE(int(std::max_element(l.begin(), l.end()) - l.begin()), 3);
+    }
+}
+
 void TestWorkbench::screenshotsEveryView() {
     QTemporaryDir tmp;
     QProcess p;
     p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--screenshot"), tmp.path()});
     QVERIFY(p.waitForFinished(120000));
     QVERIFY2(p.exitStatus() == QProcess::NormalExit && p.exitCode() == 0, p.readAllStandardError().constData());
-    for (const char* view : {"prompt", "trace", "edit", "history"}) {
+    for (const char* view : {"prompt", "trace", "edit", "history", "vision"}) {
         QImage img(tmp.filePath(QString::fromLatin1(view) + QStringLiteral(".png")));
         QVERIFY2(!img.isNull(), view);
         QVERIFY(img.width() >= 600 && img.height() >= 400);

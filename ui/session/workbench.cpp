@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "engram/datasets.h"
 #include "engram/demo.h"
@@ -20,6 +21,7 @@
 #include "engram/store.h"
 #include "engram/tokenizer.h"
 #include "engram/trace.h"
+#include "engram/vit.h"
 
 namespace engram::ui {
 
@@ -46,6 +48,10 @@ double update_norm(const Edit& e) {
 
 }  // namespace
 
+struct Workbench::Pixels {
+    at::Tensor values;  // [n, C, H, W] as the model reads them
+};
+
 Workbench::Workbench() = default;
 Workbench::~Workbench() = default;
 
@@ -53,6 +59,8 @@ void Workbench::openModel(const QString& dir) {
     auto model = Model::load(s(dir));
     m_project.reset();
     m_model = std::move(model);
+    m_images.clear();
+    m_pixels.reset();
 }
 
 void Workbench::openProject(const QString& file, const QString& modelDir) {
@@ -60,6 +68,8 @@ void Workbench::openProject(const QString& file, const QString& modelDir) {
     auto model = project->open_model(modelDir.isEmpty() ? std::nullopt : std::optional<std::filesystem::path>(s(modelDir)));
     m_model = std::move(model);
     m_project = std::move(project);
+    m_images.clear();
+    m_pixels.reset();
 }
 
 void Workbench::createProject(const QString& file) {
@@ -253,6 +263,18 @@ QVector<HistoryRow> Workbench::history() const {
             if (e.requests.size() > 1) r.subject += QStringLiteral(" +%1").arg(e.requests.size() - 1);
             r.change = q(first.value("target_true", std::string())) + QStringLiteral(" → ") + q(first.value("target_new", std::string()));
         }
+        if (e.method.rfind("vit_", 0) == 0 && e.requests.is_array() && !e.requests.empty()) {
+            // Image edits: how many images, toward which class.
+            r.subject = QStringLiteral("%1 image(s)").arg(e.requests.size());
+            const int64_t target = e.requests[0].value("target", int64_t(-1));
+            if (m_model && target >= 0 && target < int64_t(m_model->labels().size()))
+                r.change = QStringLiteral("→ ") + q(m_model->labels()[size_t(target)]);
+        }
+        if (e.metrics.is_object() && e.metrics.contains("heads") && e.metrics["heads"].is_array()) {
+            QStringList hs;
+            for (const auto& h : e.metrics["heads"]) hs << QStringLiteral("L%1H%2").arg(h[0].get<int>()).arg(h[1].get<int>());
+            r.layers = hs.join(QStringLiteral(", "));
+        }
         if (e.hparams.contains("layers") && e.hparams["layers"].is_array()) {
             QStringList ls;
             for (const auto& l : e.hparams["layers"]) ls << QString::number(l.get<int>());
@@ -263,6 +285,109 @@ QVector<HistoryRow> Workbench::history() const {
         rows.push_back(r);
     }
     return rows;
+}
+
+bool Workbench::isVit() const { return m_model && m_model->arch() == Arch::Vit; }
+
+QStringList Workbench::labels() const {
+    QStringList out;
+    if (m_model)
+        for (const auto& l : m_model->labels()) out << q(l);
+    return out;
+}
+
+void Workbench::loadShapes(const QString& split, int n, quint64 seed) {
+    if (!isVit()) throw Error(ErrorKind::Argument, "the Vision view needs a ViT (open the Shapes World model)");
+    const int size = int(m_model->hparams().image_size);
+    demo::ShapesOptions so;
+    so.image_size = size;
+    std::vector<demo::ShapeSample> samples;
+    QVector<VitImage> images;
+    for (int i = 0; i < n; ++i) {
+        samples.push_back(demo::render_shape_sample(seed, demo::shapes_split_from_name(s(split)), uint64_t(i), so));
+        const auto& sm = samples.back();
+        QImage img(size, size, QImage::Format_RGB888);
+        for (int y = 0; y < size; ++y) std::memcpy(img.scanLine(y), sm.rgb.data() + size_t(y) * size * 3, size_t(size) * 3);
+        images.push_back({img, sm.label, QStringLiteral("%1 %2").arg(split).arg(i)});
+    }
+    auto px = std::make_shared<Pixels>();
+    px->values = demo::shape_pixels(samples, size);
+    m_images = images;
+    m_pixels = px;
+}
+
+VitAttributionView Workbench::attributeImage(int index, int target) const {
+    if (!isVit() || !m_pixels || index < 0 || index >= m_images.size()) throw Error(ErrorKind::Argument, "no such image");
+    vit::AttributionOptions o;
+    o.target = target;
+    o.ablation = false;
+    o.patch_maps = true;
+    const vit::Attribution a = vit::attribute(*m_model, m_pixels->values.narrow(0, index, 1), o);
+    VitAttributionView v;
+    v.target = int(a.target);
+    v.predicted = int(a.predicted);
+    v.score = a.score;
+    v.sumOfComponents = a.sum_of_components;
+    v.embed = a.embed;
+    v.bias = a.bias;
+    const int64_t L = a.heads.size(0), H = a.heads.size(1), P = a.patch_maps.size(2);
+    auto hd = a.heads.contiguous();
+    auto pm = a.patch_maps.contiguous();
+    for (int64_t l = 0; l < L; ++l) {
+        QVector<double> row;
+        QVector<QVector<double>> maps;
+        for (int64_t h = 0; h < H; ++h) {
+            row.push_back(hd[l][h].item<double>());
+            const double* p = pm[l][h].data_ptr<double>();
+            maps.push_back(QVector<double>(p, p + P));
+        }
+        v.heads.push_back(row);
+        v.patchMaps.push_back(maps);
+        v.mlps.push_back(a.mlps[l].item<double>());
+    }
+    v.patchGrid = int(m_model->hparams().image_size / m_model->hparams().patch_size);
+    const double* lg = a.logits.contiguous().data_ptr<double>();
+    v.logits = QVector<double>(lg, lg + a.logits.numel());
+    return v;
+}
+
+QVector<double> Workbench::logitsWithout(int index, const HeadList& removed) const {
+    if (!isVit() || !m_pixels || index < 0 || index >= m_images.size()) throw Error(ErrorKind::Argument, "no such image");
+    c10::InferenceMode guard;
+    vit::HeadIntervention iv;
+    iv.keep = at::ones({m_model->hparams().n_layer, m_model->hparams().n_head});
+    for (const auto& [l, h] : removed) iv.keep[l][h] = 0.0f;
+    vit::RunOptions o;
+    o.intervention = &iv;
+    at::Tensor logits = vit::run(*m_model, m_pixels->values.narrow(0, index, 1), o).logits[0].to(at::kCPU).to(at::kDouble).contiguous();
+    return QVector<double>(logits.data_ptr<double>(), logits.data_ptr<double>() + logits.numel());
+}
+
+ComputedEdit Workbench::computeHeadEdit(const QVector<int>& indices, int target, const std::atomic<bool>* cancel) {
+    if (!isVit() || !m_pixels) throw Error(ErrorKind::Argument, "open a ViT and load images first");
+    if (indices.isEmpty()) throw Error(ErrorKind::Argument, "select the failing images to edit");
+    std::vector<int64_t> idx(indices.begin(), indices.end());
+    for (int64_t i : idx)
+        if (i < 0 || i >= m_images.size()) throw Error(ErrorKind::Argument, "no such image");
+    at::Tensor px = m_pixels->values.index_select(0, at::tensor(idx, at::kLong));
+    // Reference images for P: rendered test images the model gets right (as engram-cli vit-edit does).
+    std::vector<demo::ShapeSample> ref;
+    std::vector<int64_t> ref_labels;
+    demo::ShapesOptions so;
+    so.image_size = int(m_model->hparams().image_size);
+    for (int i = 0; i < 1000; ++i) {
+        ref.push_back(demo::render_shape_sample(777, demo::ShapesSplit::Test, uint64_t(i), so));
+        ref_labels.push_back(ref.back().label);
+    }
+    at::Tensor rpx = demo::shape_pixels(ref, so.image_size);
+    at::Tensor ok = (vit::predict(*m_model, rpx) == at::tensor(ref_labels, at::kLong)).nonzero().squeeze(1);
+    vit::HeadEditOptions o;
+    o.cancel = cancel;
+    vit::HeadEditResult r = vit::edit_heads(*m_model, px, std::vector<int64_t>(idx.size(), target), rpx.index_select(0, ok), o);
+    auto edit = std::make_shared<Edit>(std::move(r.edit));
+    edit->metrics["update_norm"] = update_norm(*edit);
+    const QString cls = q(m_model->labels().at(size_t(target)));
+    return {edit, q(edit->method), QStringLiteral("%1 images").arg(indices.size()), cls, QStringLiteral("misclassified")};
 }
 
 }  // namespace engram::ui

@@ -4,6 +4,8 @@
 // model from two threads at once.
 #pragma once
 
+#include <QImage>
+#include <QPair>
 #include <QString>
 #include <QVector>
 
@@ -59,6 +61,25 @@ struct TraceSummary {
 };
 using TraceRowFn = std::function<void(int kind, int token, const QVector<double>& scores)>;
 
+// One image of the Vision view and what the ViT makes of it.
+struct VitImage {
+    QImage image;
+    int label = -1;  // the true class when known (rendered Shapes World images), else -1
+    QString name;
+};
+
+struct VitAttributionView {
+    int target = 0, predicted = 0;
+    double score = 0, sumOfComponents = 0, embed = 0, bias = 0;
+    QVector<QVector<double>> heads;          // [n_layer][n_head] direct logit attribution
+    QVector<double> mlps;                    // [n_layer]
+    QVector<QVector<QVector<double>>> patchMaps;  // [n_layer][n_head][n_patches]
+    int patchGrid = 0;
+    QVector<double> logits;                  // [n_labels]
+};
+
+using HeadList = QVector<QPair<int, int>>;  // (layer, head)
+
 class Workbench {
 public:
     Workbench();
@@ -101,11 +122,27 @@ public:
     qint64 redo();  // the edit redone, 0 if none
     QVector<HistoryRow> history() const;
 
+    // Vision (the loaded model is a ViT).
+    bool isVit() const;
+    QStringList labels() const;
+    // Renders `n` Shapes World images of a split ("train", "test", "counter") as the image list.
+    void loadShapes(const QString& split, int n, quint64 seed = 777);
+    const QVector<VitImage>& vitImages() const { return m_images; }
+    VitAttributionView attributeImage(int index, int target = -1) const;
+    // Logits of image `index` with the listed heads removed (zero ablation), as the core computes them.
+    QVector<double> logitsWithout(int index, const HeadList& removed) const;
+    // A head-level edit (RefineViT-style defaults) making the listed images predict `target`;
+    // P's reference images are rendered Shapes World test images the model gets right.
+    ComputedEdit computeHeadEdit(const QVector<int>& indices, int target, const std::atomic<bool>* cancel = nullptr);
+
     Model* model() { return m_model.get(); }
 
 private:
     std::unique_ptr<Model> m_model;
     std::unique_ptr<Project> m_project;
+    QVector<VitImage> m_images;
+    struct Pixels;
+    std::shared_ptr<Pixels> m_pixels;  // the images' model inputs (torch stays out of this header)
 };
 
 }  // namespace engram::ui

@@ -13,6 +13,8 @@
 #include <QHeaderView>
 #include <QLabel>
 #include <QLineEdit>
+#include <QListWidget>
+#include <QSplitter>
 #include <QMenuBar>
 #include <QMessageBox>
 #include <QProgressBar>
@@ -28,12 +30,15 @@
 #include <QUndoStack>
 #include <QVBoxLayout>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <stdexcept>
 
 #include "models/history_model.h"
 #include "widgets/heatmap_widget.h"
+#include "widgets/vit_attribution_figure.h"
 
 namespace engram::ui {
 
@@ -78,6 +83,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
     m_tabs->addTab(buildTraceView(), tr("Causal trace"));
     m_tabs->addTab(buildEditView(), tr("Edit"));
     m_tabs->addTab(buildHistoryView(), tr("History"));
+    m_tabs->addTab(buildVisionView(), tr("Vision"));
     setCentralWidget(m_tabs);
 
     auto* dock = new QDockWidget(tr("Model"), this);
@@ -133,6 +139,7 @@ void MainWindow::closeEvent(QCloseEvent* event) {
 
 void MainWindow::buildMenus() {
     QMenu* file = menuBar()->addMenu(tr("&File"));
+    m_fileMenu = file;
     file->addAction(tr("Open &Model…"), this, &MainWindow::openModelDialog);
     QAction* openProject = file->addAction(tr("&Open Project…"), this, &MainWindow::openProjectDialog);
     openProject->setShortcut(QKeySequence::Open);
@@ -259,6 +266,25 @@ QWidget* MainWindow::buildTraceView() {
     return w;
 }
 
+void MainWindow::addDemoModel(const QString& title, const QString& dir) {
+    QAction* a = new QAction(title, this);
+    connect(a, &QAction::triggered, this, [this, dir] {
+        if (m_busy) return;
+        Workbench* bench = m_bench.get();
+        runJob(tr("Opening %1").arg(dir), [bench, dir] { bench->openModel(dir); }, [this] {
+            m_undo->clear();
+            m_vitIndex = -1;
+            m_imageList->clear();
+            refresh();
+            if (m_bench->isVit()) {
+                m_tabs->setCurrentIndex(4);
+                loadImages();
+            }
+        });
+    });
+    m_fileMenu->insertAction(m_fileMenu->actions().value(1), a);
+}
+
 void MainWindow::setTraceRequest(const QString& prompt, const QString& subject) {
     m_tracePrompt->setText(prompt);
     m_traceSubject->setText(subject);
@@ -327,6 +353,205 @@ void MainWindow::traceCellClicked(int kind, int row, int column) {
     }
 }
 
+QWidget* MainWindow::buildVisionView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    auto* top = new QHBoxLayout;
+    m_split = new QComboBox(w);
+    m_split->addItems({QStringLiteral("counter"), QStringLiteral("test"), QStringLiteral("train")});
+    m_imageCount = new QSpinBox(w);
+    m_imageCount->setRange(1, 2000);
+    m_imageCount->setValue(64);
+    auto* load = new QPushButton(tr("Load Shapes World images"), w);
+    load->setObjectName(QStringLiteral("loadImages"));
+    connect(load, &QPushButton::clicked, this, &MainWindow::loadImages);
+    top->addWidget(new QLabel(tr("Split"), w));
+    top->addWidget(m_split);
+    top->addWidget(m_imageCount);
+    top->addWidget(load);
+    top->addStretch();
+    l->addLayout(top);
+
+    auto* split = new QSplitter(w);
+    m_imageList = new QListWidget(split);
+    m_imageList->setObjectName(QStringLiteral("imageList"));
+    m_imageList->setSelectionMode(QAbstractItemView::ExtendedSelection);
+    m_imageList->setIconSize(QSize(48, 48));
+    connect(m_imageList, &QListWidget::currentRowChanged, this, &MainWindow::showImage);
+    auto* right = new QWidget(split);
+    auto* rl = new QVBoxLayout(right);
+    m_figure = new VitAttributionFigure(right);
+    rl->addWidget(m_figure, 3);
+    auto* below = new QHBoxLayout;
+    // The head grid: checked = the head is removed (zero ablation); selecting a head shows its patch map.
+    m_headTable = new QTableWidget(right);
+    m_headTable->setObjectName(QStringLiteral("headTable"));
+    m_headTable->setToolTip(tr("Check a head to remove it; select one to see its patch map"));
+    connect(m_headTable, &QTableWidget::itemChanged, this, [this](QTableWidgetItem*) {
+        if (!m_fillingHeads) updateVisionPredictions();
+    });
+    connect(m_headTable, &QTableWidget::currentCellChanged, this, [this](int row, int column) { showPatchMapOf(row, column); });
+    m_vitPredictions = new QTableWidget(0, 3, right);
+    m_vitPredictions->setObjectName(QStringLiteral("vitPredictions"));
+    m_vitPredictions->setHorizontalHeaderLabels({tr("class"), tr("probability"), tr("logit")});
+    m_vitPredictions->verticalHeader()->hide();
+    m_vitPredictions->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    below->addWidget(m_headTable, 1);
+    below->addWidget(m_vitPredictions, 1);
+    rl->addLayout(below, 2);
+    auto* editRow = new QHBoxLayout;
+    m_vitTarget = new QComboBox(right);
+    m_vitTarget->setObjectName(QStringLiteral("vitTarget"));
+    m_headEdit = new QPushButton(tr("Edit the selected images toward"), right);
+    m_headEdit->setObjectName(QStringLiteral("headEditButton"));
+    connect(m_headEdit, &QPushButton::clicked, this, &MainWindow::applyHeadEdit);
+    editRow->addWidget(m_headEdit);
+    editRow->addWidget(m_vitTarget);
+    editRow->addStretch();
+    rl->addLayout(editRow);
+    split->addWidget(m_imageList);
+    split->addWidget(right);
+    split->setStretchFactor(1, 4);
+    l->addWidget(split, 1);
+    return w;
+}
+
+void MainWindow::loadImages() {
+    if (m_busy) return;
+    try {
+        m_bench->loadShapes(m_split->currentText(), m_imageCount->value());
+    } catch (const std::exception& e) {
+        showError(tr("Loading images failed"), QString::fromStdString(e.what()));
+        return;
+    }
+    const QStringList labels = m_bench->labels();
+    m_vitTarget->clear();
+    m_vitTarget->addItems(labels);
+    m_imageList->clear();
+    for (int i = 0; i < m_bench->vitImages().size(); ++i) {
+        const VitImage& img = m_bench->vitImages()[i];
+        const QVector<double> logits = m_bench->logitsWithout(i, {});
+        const int pred = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        auto* item = new QListWidgetItem(QIcon(QPixmap::fromImage(img.image.scaled(48, 48))),
+                                         QStringLiteral("%1: %2 → %3").arg(i).arg(img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
+        if (img.label >= 0 && img.label != pred) item->setForeground(QColor(0xb0, 0x20, 0x20));  // a failure
+        m_imageList->addItem(item);
+    }
+    if (m_imageList->count()) m_imageList->setCurrentRow(0);
+}
+
+void MainWindow::showImage(int index) {
+    if (index < 0 || index >= m_bench->vitImages().size()) return;
+    try {
+        m_vitIndex = index;
+        m_vitView = m_bench->attributeImage(index);
+        const int L = int(m_vitView.heads.size()), H = L ? int(m_vitView.heads[0].size()) : 0;
+        m_fillingHeads = true;
+        m_headTable->setRowCount(L);
+        m_headTable->setColumnCount(H);
+        QStringList rows, cols;
+        for (int r = 0; r < L; ++r) rows << QStringLiteral("L%1").arg(r);
+        for (int c = 0; c < H; ++c) cols << QStringLiteral("H%1").arg(c);
+        m_headTable->setVerticalHeaderLabels(rows);
+        m_headTable->setHorizontalHeaderLabels(cols);
+        for (int r = 0; r < L; ++r)
+            for (int c = 0; c < H; ++c) {
+                auto* it = new QTableWidgetItem(QString::number(m_vitView.heads[r][c], 'f', 3));
+                it->setFlags(Qt::ItemIsEnabled | Qt::ItemIsSelectable | Qt::ItemIsUserCheckable);
+                it->setCheckState(Qt::Unchecked);
+                m_headTable->setItem(r, c, it);
+            }
+        m_fillingHeads = false;
+        showPatchMapOf(-1, -1);
+        updateVisionPredictions();
+    } catch (const std::exception& e) {
+        m_fillingHeads = false;
+        showError(tr("Attribution failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::showPatchMapOf(int layer, int head) {
+    if (m_vitIndex < 0 || m_vitView.heads.isEmpty()) return;
+    const VitImage& img = m_bench->vitImages()[m_vitIndex];
+    VitAttributionData d;
+    d.image = img.image;
+    d.heads = m_vitView.heads;
+    d.mlps = m_vitView.mlps;
+    d.embed = m_vitView.embed;
+    d.bias = m_vitView.bias;
+    d.className = m_bench->labels().value(m_vitView.target);
+    d.logit = m_vitView.score;
+    d.patchGrid = m_vitView.patchGrid;
+    // The chosen head first, then the strongest others.
+    QVector<QPair<double, QPair<int, int>>> order;
+    for (int l = 0; l < m_vitView.heads.size(); ++l)
+        for (int h = 0; h < m_vitView.heads[l].size(); ++h) order.push_back({std::abs(m_vitView.heads[l][h]), {l, h}});
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    if (layer >= 0 && head >= 0) order.prepend({0.0, {layer, head}});
+    for (const auto& [score, lh] : order) {
+        if (d.topHeads.size() >= VitAttributionFigure::kMaxPatchMaps) break;
+        bool dup = false;
+        for (const auto& t : d.topHeads) dup = dup || (t.layer == lh.first && t.head == lh.second);
+        if (!dup) d.topHeads.push_back({lh.first, lh.second, m_vitView.patchMaps[lh.first][lh.second]});
+    }
+    d.title = QStringLiteral("%1: true %2, predicted %3").arg(img.name, img.label >= 0 ? m_bench->labels().value(img.label) : QStringLiteral("?"),
+                                                               m_bench->labels().value(m_vitView.predicted));
+    m_figure->setData(d);
+}
+
+void MainWindow::updateVisionPredictions() {
+    if (m_vitIndex < 0) return;
+    HeadList removed;
+    for (int r = 0; r < m_headTable->rowCount(); ++r)
+        for (int c = 0; c < m_headTable->columnCount(); ++c)
+            if (m_headTable->item(r, c) && m_headTable->item(r, c)->checkState() == Qt::Checked) removed.push_back({r, c});
+    try {
+        m_vitLogits = m_bench->logitsWithout(m_vitIndex, removed);
+    } catch (const std::exception& e) {
+        showError(tr("Running the ViT failed"), QString::fromStdString(e.what()));
+        return;
+    }
+    double mx = -std::numeric_limits<double>::infinity(), z = 0;
+    for (double v : m_vitLogits) mx = std::max(mx, v);
+    for (double v : m_vitLogits) z += std::exp(v - mx);
+    QVector<int> order(m_vitLogits.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return m_vitLogits[a] > m_vitLogits[b]; });
+    const int shown = std::min<int>(5, int(order.size()));
+    m_vitPredictions->setRowCount(shown);
+    for (int i = 0; i < shown; ++i) {
+        const int k = order[i];
+        m_vitPredictions->setItem(i, 0, new QTableWidgetItem(m_bench->labels().value(k)));
+        m_vitPredictions->setItem(i, 1, new QTableWidgetItem(QString::number(std::exp(m_vitLogits[k] - mx) / z, 'f', 4)));
+        m_vitPredictions->setItem(i, 2, new QTableWidgetItem(QString::number(m_vitLogits[k], 'f', 4)));
+    }
+    m_status->setText(removed.isEmpty() ? QString() : tr("%n head(s) removed", nullptr, int(removed.size())));
+}
+
+void MainWindow::applyHeadEdit() {
+    if (m_busy) return;
+    QVector<int> indices;
+    for (const QModelIndex& i : m_imageList->selectionModel()->selectedRows()) indices.push_back(i.row());
+    std::sort(indices.begin(), indices.end());
+    const int target = m_vitTarget->currentIndex();
+    auto computed = std::make_shared<ComputedEdit>();
+    Workbench* bench = m_bench.get();
+    const std::atomic<bool>* cancel = &m_cancelFlag;
+    runJob(tr("Computing a head-level edit"), [bench, indices, target, computed, cancel] { *computed = bench->computeHeadEdit(indices, target, cancel); },
+           [this, computed] {
+               try {
+                   const qint64 id = m_bench->record(*computed);
+                   m_undo->push(new ApplyEditCommand(*m_bench, QStringLiteral("%1: %2 → %3").arg(computed->method, computed->promptText, computed->targetNew),
+                                                     [this] { refresh(); }));
+                   refresh();
+                   m_status->setText(tr("Recorded edit %1").arg(id));
+                   Q_EMIT editApplied(id);
+               } catch (const std::exception& e) {
+                   showError(tr("Recording the edit failed"), QString::fromStdString(e.what()));
+               }
+           });
+}
+
 QWidget* MainWindow::buildHistoryView() {
     auto* w = new QWidget(this);
     auto* l = new QVBoxLayout(w);
@@ -364,6 +589,7 @@ void MainWindow::refresh() {
     }
     m_history->setRows(m_bench->history());
     if (!m_prompt->text().isEmpty()) predict();
+    if (m_bench->isVit() && m_vitIndex >= 0) showImage(m_vitIndex);
 }
 
 void MainWindow::predict() {
@@ -443,6 +669,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
     m_cancelFlag = false;
     m_apply->setEnabled(false);
     m_traceButton->setEnabled(false);
+    m_headEdit->setEnabled(false);
     m_progress->show();
     m_cancel->show();
     m_status->setText(what + QStringLiteral("…"));
@@ -459,6 +686,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
         m_busy = false;
         m_apply->setEnabled(true);
         m_traceButton->setEnabled(true);
+        m_headEdit->setEnabled(true);
         m_progress->hide();
         m_cancel->hide();
         if (!error->isEmpty()) {
@@ -532,10 +760,11 @@ void MainWindow::newProjectDialog() {
     }
 }
 
-bool MainWindow::saveScreenshots(const QString& dir, QString* error) {
+bool MainWindow::saveScreenshots(const QString& dir, QString* error, const QVector<int>& only) {
     QDir().mkpath(dir);
-    const char* names[] = {"prompt", "trace", "edit", "history"};
-    for (int i = 0; i < m_tabs->count() && i < 4; ++i) {
+    const char* names[] = {"prompt", "trace", "edit", "history", "vision"};
+    for (int i = 0; i < m_tabs->count() && i < 5; ++i) {
+        if (!only.isEmpty() && !only.contains(i)) continue;
         m_tabs->setCurrentIndex(i);
         QApplication::processEvents();
         const QString path = QDir(dir).filePath(QString::fromLatin1(names[i]) + QStringLiteral(".png"));

@@ -16,6 +16,8 @@ class QCheckBox;
 class QComboBox;
 class QLabel;
 class QLineEdit;
+class QMenu;
+class QListWidget;
 class QProgressBar;
 class QPushButton;
 class QSpinBox;
@@ -29,6 +31,7 @@ namespace engram::ui {
 
 class HeatmapWidget;
 class HistoryModel;
+class VitAttributionFigure;
 
 class MainWindow : public QMainWindow {
     Q_OBJECT
@@ -44,6 +47,10 @@ public:
     // The trace view's heatmaps: 0 hidden states, 1 MLP, 2 attention.
     HeatmapWidget* heatmap(int kind) const { return m_heatmaps[kind]; }
     const TraceSummary& lastTrace() const { return m_trace; }
+    // Vision view: the logits shown for the current image (with the toggled heads removed).
+    const QVector<double>& visionLogits() const { return m_vitLogits; }
+    QTableWidget* headTable() const { return m_headTable; }
+    VitAttributionFigure* attributionFigure() const { return m_figure; }
     bool busy() const { return m_busy; }
 
     // Synchronous opening (startup, tests); the menu actions run these as jobs.
@@ -53,13 +60,19 @@ public:
     // Fills the edit form (what clicking a heatmap cell will do).
     void fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer);
     void setTraceRequest(const QString& prompt, const QString& subject);
+    // A File menu entry that opens a built-in demo model.
+    void addDemoModel(const QString& title, const QString& dir);
     // Saves one PNG per main view into `dir`.
-    bool saveScreenshots(const QString& dir, QString* error = nullptr);
+    // `only`: the tab indexes to save (empty: all).
+    bool saveScreenshots(const QString& dir, QString* error = nullptr, const QVector<int>& only = {});
 
 public Q_SLOTS:
     void predict();
     void applyEdit();
     void runTrace();
+    void loadImages();
+    void showImage(int index);
+    void applyHeadEdit();
     void cancelJob();
 
 Q_SIGNALS:
@@ -75,6 +88,9 @@ private:
     QWidget* buildPromptView();
     QWidget* buildEditView();
     QWidget* buildTraceView();
+    QWidget* buildVisionView();
+    void updateVisionPredictions();
+    void showPatchMapOf(int layer, int head);
     void showTraceRow(int kind, int token, const QVector<double>& scores);
     void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
@@ -109,6 +125,19 @@ private:
     HeatmapWidget* m_heatmaps[3] = {nullptr, nullptr, nullptr};
     QVector<QVector<double>> m_traceScores[3];  // [kind][token][layer], NaN until the row arrives
     TraceSummary m_trace;
+    QListWidget* m_imageList = nullptr;
+    QComboBox* m_split = nullptr;
+    QSpinBox* m_imageCount = nullptr;
+    VitAttributionFigure* m_figure = nullptr;
+    QTableWidget* m_headTable = nullptr;
+    QTableWidget* m_vitPredictions = nullptr;
+    QComboBox* m_vitTarget = nullptr;
+    QPushButton* m_headEdit = nullptr;
+    QVector<double> m_vitLogits;
+    VitAttributionView m_vitView;
+    int m_vitIndex = -1;
+    bool m_fillingHeads = false;
+    QMenu* m_fileMenu = nullptr;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancel = nullptr;
     QLabel* m_status = nullptr;
