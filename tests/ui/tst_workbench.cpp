@@ -8,6 +8,7 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QLineEdit>
+#include <QElapsedTimer>
 #include <QListWidget>
 #include <QPushButton>
 #include <QSpinBox>
@@ -42,6 +43,8 @@ private Q_SLOTS:
     void badRequestShowsError();
     void traceCellFillsEditForm();
     void visionAblationMatchesCore();
+    void cancelTraceKeepsRows();
+    void exportsAndPresentation();
     void screenshotsEveryView();
 
 private:
@@ -232,6 +235,60 @@ void TestWorkbench::visionAblationMatchesCore() {
         const QVector<double> l = w.workbench().logitsWithout(i, {});
         QCOMPARE(int(std::max_element(l.begin(), l.end()) - l.begin()), 3);
     }
+}
+
+void TestWorkbench::cancelTraceKeepsRows() {
+    MainWindow w;
+    w.openModelNow(demo());
+    // Many noise samples make the trace long enough to cancel in the middle.
+    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"), 3000);
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    w.runTrace();
+    engram::ui::HeatmapWidget* hidden = w.heatmap(0);
+    QTRY_VERIFY_WITH_TIMEOUT(!std::isnan(hidden->cellValue(0, 0)), 120000);  // the first row has arrived
+    QElapsedTimer t;
+    t.start();
+    w.cancelJob();
+    QVERIFY(finished.wait(5000));
+    const qint64 ms = t.elapsed();
+    qInfo("the trace stopped %lld ms after cancel", ms);
+    QVERIFY(ms < 1000);
+    QVERIFY(w.lastTrace().cancelled);
+    int done = 0, missing = 0;
+    for (int k = 0; k < 3; ++k)
+        for (int r = 0; r < w.heatmap(k)->rowCount(); ++r) (std::isnan(w.heatmap(k)->cellValue(r, 0)) ? missing : done)++;
+    qInfo("rows kept %d, rows missing %d (hidden rows %d, first %f)", done, missing, w.heatmap(0)->rowCount(), w.heatmap(0)->cellValue(0, 0));
+    QVERIFY(done >= 1);     // the finished rows are kept
+    QVERIFY(missing >= 1);  // and the rest was not computed
+}
+
+void TestWorkbench::exportsAndPresentation() {
+    QTemporaryDir tmp;
+    MainWindow w;
+    w.openModelNow(demo());
+    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    w.runTrace();
+    QVERIFY(finished.wait(120000));
+    for (const char* name : {"mlp.png", "mlp.pdf", "mlp.csv", "mlp.json"}) {
+        QString error;
+        QVERIFY2(w.exportPlot(1, tmp.filePath(QString::fromLatin1(name)), &error), qPrintable(error));
+        QVERIFY(QFileInfo(tmp.filePath(QString::fromLatin1(name))).size() > 100);
+    }
+    QFile csv(tmp.filePath(QStringLiteral("mlp.csv")));
+    QVERIFY(csv.open(QIODevice::ReadOnly));
+    const QStringList lines = QString::fromUtf8(csv.readAll()).split(QLatin1Char('\n'), Qt::SkipEmptyParts);
+    QCOMPARE(lines.size(), int(w.lastTrace().tokens.size()) + 1);
+    QCOMPARE(lines[0].split(QLatin1Char(',')).size(), 7);  // token + 6 layers
+    QString error;
+    QVERIFY(!w.exportPlot(1, tmp.filePath(QStringLiteral("mlp.bmp")), &error));
+    QVERIFY(error.contains(QStringLiteral("unknown image format")));
+
+    const double before = QApplication::font().pointSizeF();
+    w.setPresentationMode(true);
+    QVERIFY(QApplication::font().pointSizeF() > 1.5 * before);
+    w.setPresentationMode(false);
+    QCOMPARE(QApplication::font().pointSizeF(), before);
 }
 
 void TestWorkbench::screenshotsEveryView() {

@@ -7,7 +7,14 @@
 #include <QComboBox>
 #include <QDir>
 #include <QDockWidget>
+#include <QFile>
 #include <QFileDialog>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QFileInfo>
+#include <QMenu>
+#include <QTextStream>
 #include <QFormLayout>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -38,6 +45,7 @@
 
 #include "models/history_model.h"
 #include "widgets/heatmap_widget.h"
+#include "widgets/qcustomplot_include.h"
 #include "widgets/vit_attribution_figure.h"
 
 namespace engram::ui {
@@ -158,6 +166,12 @@ void MainWindow::buildMenus() {
     edit->addAction(redo);
     addAction(undo);
     addAction(redo);
+
+    QMenu* view = menuBar()->addMenu(tr("&View"));
+    QAction* present = view->addAction(tr("&Presentation mode (large, high contrast)"));
+    present->setCheckable(true);
+    present->setShortcut(QKeySequence(Qt::Key_F11));
+    connect(present, &QAction::toggled, this, &MainWindow::setPresentationMode);
 }
 
 QWidget* MainWindow::buildPromptView() {
@@ -240,8 +254,13 @@ QWidget* MainWindow::buildTraceView() {
         const QString sel = m_tracePrompt->selectedText().trimmed();
         if (!sel.isEmpty()) m_traceSubject->setText(sel);
     });
+    m_traceSamples = new QSpinBox(w);
+    m_traceSamples->setObjectName(QStringLiteral("traceSamples"));
+    m_traceSamples->setRange(1, 100000);
+    m_traceSamples->setValue(10);  // ROME's default
     form->addRow(tr("Prompt"), m_tracePrompt);
     form->addRow(tr("Subject"), m_traceSubject);
+    form->addRow(tr("Noise samples"), m_traceSamples);
     l->addLayout(form);
     auto* row = new QHBoxLayout;
     m_traceButton = new QPushButton(tr("Trace"), w);
@@ -258,6 +277,7 @@ QWidget* MainWindow::buildTraceView() {
         m_heatmaps[k]->setObjectName(QStringLiteral("heatmap%1").arg(k));
         maps->addWidget(m_heatmaps[k], 1);
         connect(m_heatmaps[k], &HeatmapWidget::cellClicked, this, [this, k](int r, int c) { traceCellClicked(k, r, c); });
+        addExportMenu(m_heatmaps[k]->plot(), k);
         HeatmapData d;
         d.kind = kinds[k];
         m_heatmaps[k]->setData(d);
@@ -285,9 +305,109 @@ void MainWindow::addDemoModel(const QString& title, const QString& dir) {
     m_fileMenu->insertAction(m_fileMenu->actions().value(1), a);
 }
 
-void MainWindow::setTraceRequest(const QString& prompt, const QString& subject) {
+void MainWindow::setTraceRequest(const QString& prompt, const QString& subject, int samples) {
     m_tracePrompt->setText(prompt);
     m_traceSubject->setText(subject);
+    m_traceSamples->setValue(samples);
+}
+
+bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const {
+    const QString suffix = QFileInfo(path).suffix().toLower();
+    if (suffix == QLatin1String("csv") || suffix == QLatin1String("json")) {
+        QFile f(path);
+        if (!f.open(QIODevice::WriteOnly | QIODevice::Text)) {
+            if (error) *error = tr("could not write %1").arg(path);
+            return false;
+        }
+        QTextStream out(&f);
+        if (kind >= 0 && kind < 3) {
+            // Rows: tokens; columns: layers; p(answer) with the state or window restored.
+            const auto& grid = m_traceScores[kind];
+            if (suffix == QLatin1String("csv")) {
+                out << "token";
+                for (int l = 0; l < m_trace.nLayer; ++l) out << ",layer" << l;
+                out << "\n";
+                for (int t = 0; t < grid.size(); ++t) {
+                    out << '"' << QString(m_trace.tokens.value(t)).replace('"', QStringLiteral("\"\"")) << '"';
+                    for (double v : grid[t]) out << "," << (std::isnan(v) ? QString() : QString::number(v, 'g', 10));
+                    out << "\n";
+                }
+            } else {
+                QJsonArray rows;
+                for (const auto& r : grid) {
+                    QJsonArray row;
+                    for (double v : r) row.append(std::isnan(v) ? QJsonValue() : QJsonValue(v));
+                    rows.append(row);
+                }
+                QJsonObject o{{QStringLiteral("kind"), kind}, {QStringLiteral("answer"), m_trace.answer.trimmed()},
+                              {QStringLiteral("clean"), m_trace.cleanProb}, {QStringLiteral("corrupted"), m_trace.corruptedProb},
+                              {QStringLiteral("tokens"), QJsonArray::fromStringList(m_trace.tokens)}, {QStringLiteral("scores"), rows}};
+                out << QJsonDocument(o).toJson();
+            }
+        } else {
+            const auto& h = m_vitView.heads;
+            if (suffix == QLatin1String("csv")) {
+                out << "layer,head,direct_effect\n";
+                for (int l = 0; l < h.size(); ++l)
+                    for (int k = 0; k < h[l].size(); ++k) out << l << "," << k << "," << QString::number(h[l][k], 'g', 10) << "\n";
+            } else {
+                QJsonArray heads;
+                for (const auto& r : h) {
+                    QJsonArray row;
+                    for (double v : r) row.append(v);
+                    heads.append(row);
+                }
+                QJsonObject o{{QStringLiteral("class"), m_bench->labels().value(m_vitView.target)}, {QStringLiteral("logit"), m_vitView.score},
+                              {QStringLiteral("sum_of_components"), m_vitView.sumOfComponents}, {QStringLiteral("heads"), heads}};
+                out << QJsonDocument(o).toJson();
+            }
+        }
+        return true;
+    }
+    if (kind >= 0 && kind < 3) return m_heatmaps[kind]->exportTo(path, QString(), error);
+    return m_figure->exportTo(path, QString(), error);
+}
+
+void MainWindow::addExportMenu(QWidget* plot, int kind) {
+    plot->setContextMenuPolicy(Qt::CustomContextMenu);
+    connect(plot, &QWidget::customContextMenuRequested, this, [this, plot, kind](const QPoint& pos) {
+        QMenu menu;
+        menu.addAction(tr("Export figure or data…"), this, [this, kind] {
+            const QString path = QFileDialog::getSaveFileName(this, tr("Export"), QString(),
+                                                              tr("PNG (*.png);;PDF (*.pdf);;SVG (*.svg);;CSV (*.csv);;JSON (*.json)"));
+            if (path.isEmpty()) return;
+            QString error;
+            if (!exportPlot(kind, path, &error)) showError(tr("Export failed"), error);
+            else m_status->setText(tr("Wrote %1").arg(path));
+        });
+        menu.exec(plot->mapToGlobal(pos));
+    });
+}
+
+void MainWindow::setPresentationMode(bool on) {
+    if (on == m_presenting) return;
+    if (on) {
+        m_normalFont = QApplication::font();
+        m_normalPalette = QApplication::palette();
+        QFont big = m_normalFont;
+        big.setPointSizeF(m_normalFont.pointSizeF() * 1.6);
+        QApplication::setFont(big);
+        // High contrast: black on white, a strong selection colour.
+        QPalette p;
+        p.setColor(QPalette::Window, Qt::white);
+        p.setColor(QPalette::WindowText, Qt::black);
+        p.setColor(QPalette::Base, Qt::white);
+        p.setColor(QPalette::Text, Qt::black);
+        p.setColor(QPalette::Button, QColor(0xee, 0xee, 0xee));
+        p.setColor(QPalette::ButtonText, Qt::black);
+        p.setColor(QPalette::Highlight, QColor(0x00, 0x33, 0x99));
+        p.setColor(QPalette::HighlightedText, Qt::white);
+        QApplication::setPalette(p);
+    } else {
+        QApplication::setFont(m_normalFont);
+        QApplication::setPalette(m_normalPalette);
+    }
+    m_presenting = on;
 }
 
 void MainWindow::runTrace() {
@@ -310,9 +430,12 @@ void MainWindow::runTrace() {
         showError(tr("Trace"), QString::fromStdString(e.what()));
         return;
     }
-    for (int k = 0; k < 3; ++k)
+    for (int k = 0; k < 3; ++k) {
         m_traceScores[k] = QVector<QVector<double>>(m_trace.tokens.size(), QVector<double>(m_trace.nLayer, std::numeric_limits<double>::quiet_NaN()));
-    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary] { *summary = bench->trace(prompt, subject, onRow, cancel); },
+        showTraceRow(k, -1, {});  // empty maps with their token labels until the rows arrive
+    }
+    const int samples = m_traceSamples->value();
+    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary, samples] { *summary = bench->trace(prompt, subject, onRow, cancel, samples); },
            [this, summary] {
                m_trace = *summary;
                for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
@@ -381,6 +504,7 @@ QWidget* MainWindow::buildVisionView() {
     auto* right = new QWidget(split);
     auto* rl = new QVBoxLayout(right);
     m_figure = new VitAttributionFigure(right);
+    addExportMenu(m_figure->plot(), -1);
     rl->addWidget(m_figure, 3);
     auto* below = new QHBoxLayout;
     // The head grid: checked = the head is removed (zero ablation); selecting a head shows its patch map.

@@ -4,7 +4,9 @@
 // come next.
 #pragma once
 
+#include <QFont>
 #include <QMainWindow>
+#include <QPalette>
 
 #include <atomic>
 #include <functional>
@@ -59,7 +61,11 @@ public:
 
     // Fills the edit form (what clicking a heatmap cell will do).
     void fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer);
-    void setTraceRequest(const QString& prompt, const QString& subject);
+    void setTraceRequest(const QString& prompt, const QString& subject, int samples = 10);
+    // Exports a trace heatmap (kind 0-2) or the vision figure (kind -1): PNG, PDF or SVG draws
+    // the figure, CSV or JSON writes its data. false with *error when it could not be written.
+    bool exportPlot(int kind, const QString& path, QString* error = nullptr) const;
+    void setPresentationMode(bool on);
     // A File menu entry that opens a built-in demo model.
     void addDemoModel(const QString& title, const QString& dir);
     // Saves one PNG per main view into `dir`.
@@ -91,6 +97,7 @@ private:
     QWidget* buildVisionView();
     void updateVisionPredictions();
     void showPatchMapOf(int layer, int head);
+    void addExportMenu(QWidget* plot, int kind);
     void showTraceRow(int kind, int token, const QVector<double>& scores);
     void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
@@ -122,6 +129,10 @@ private:
     QLineEdit* m_traceSubject = nullptr;
     QPushButton* m_traceButton = nullptr;
     QLabel* m_traceNote = nullptr;
+    QSpinBox* m_traceSamples = nullptr;
+    QFont m_normalFont;
+    QPalette m_normalPalette;
+    bool m_presenting = false;
     HeatmapWidget* m_heatmaps[3] = {nullptr, nullptr, nullptr};
     QVector<QVector<double>> m_traceScores[3];  // [kind][token][layer], NaN until the row arrives
     TraceSummary m_trace;
