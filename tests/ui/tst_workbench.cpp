@@ -11,6 +11,7 @@
 #include <QElapsedTimer>
 #include <QListWidget>
 #include <QPushButton>
+#include <QTableView>
 #include <QSpinBox>
 
 #include "widgets/qcustomplot_include.h"
@@ -45,6 +46,7 @@ private Q_SLOTS:
     void visionAblationMatchesCore();
     void cancelTraceKeepsRows();
     void exportsAndPresentation();
+    void historyRollbackRevertChart();
     void screenshotsEveryView();
 
 private:
@@ -289,6 +291,46 @@ void TestWorkbench::exportsAndPresentation() {
     QVERIFY(QApplication::font().pointSizeF() > 1.5 * before);
     w.setPresentationMode(false);
     QCOMPARE(QApplication::font().pointSizeF(), before);
+}
+
+void TestWorkbench::historyRollbackRevertChart() {
+    QTemporaryDir tmp;
+    MainWindow w;
+    w.openModelNow(demo());
+    w.workbench().createProject(tmp.filePath(QStringLiteral("h.engram")));
+    const QString base = w.workbench().stateHash();
+    engram::ui::EditForm f;
+    f.prompt = QStringLiteral("{} competes in");
+    f.subject = QStringLiteral("Gaglik Pidea");
+    f.target = QStringLiteral("Zuluball");
+    w.workbench().record(w.workbench().computeEdit(f));
+    const QString afterFirst = w.workbench().stateHash();
+    f.subject = QStringLiteral("Gaglik Gladith");
+    f.prompt = QStringLiteral("The sport played by {} is");
+    w.workbench().record(w.workbench().computeEdit(f));
+    w.openProjectNow(tmp.filePath(QStringLiteral("h.engram")));
+    QCOMPARE(w.historyModel()->rowCount(), 2);
+
+    // The chart: drift per layer for the history, the selected edit's norm per layer (ROME: layer 0 only).
+    auto* view = w.findChild<QTableView*>(QStringLiteral("historyView"));
+    view->selectRow(0);
+    auto* plot = w.findChild<QCustomPlot*>(QStringLiteral("normPlot"));
+    QCOMPARE(plot->plottableCount(), 2);
+    auto* edit = qobject_cast<QCPBars*>(plot->plottable(1));
+    QVERIFY(edit->data()->at(0)->value > 0);
+    QCOMPARE(edit->data()->at(1)->value, 0.0);
+    const QVector<double> byLayer = w.workbench().updateNormByLayer(1);
+    QCOMPARE(byLayer[0], w.historyModel()->rows()[0].norm);  // the same Frobenius norm two ways
+
+    // Roll back to edit 1, then revert it: the hashes of the recorded states come back.
+    w.findChild<QPushButton*>(QStringLiteral("rollbackButton"))->click();
+    QCOMPARE(w.workbench().stateHash(), afterFirst);
+    QCOMPARE(w.historyModel()->rows()[1].status, QStringLiteral("reverted"));
+    view->selectRow(0);
+    w.findChild<QPushButton*>(QStringLiteral("revertButton"))->click();
+    QCOMPARE(w.workbench().stateHash(), base);
+    QCOMPARE(w.historyModel()->rows()[0].status, QStringLiteral("reverted"));
+    QCOMPARE(w.workbench().driftByLayer()[0], 0.0);
 }
 
 void TestWorkbench::screenshotsEveryView() {

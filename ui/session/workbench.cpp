@@ -287,6 +287,52 @@ QVector<HistoryRow> Workbench::history() const {
     return rows;
 }
 
+void Workbench::rollback(qint64 toId) {
+    if (!m_project) throw Error(ErrorKind::Argument, "no project is open");
+    m_project->rollback(*m_model, toId);
+}
+
+QVector<qint64> Workbench::revert(qint64 id) {
+    if (!m_project) throw Error(ErrorKind::Argument, "no project is open");
+    const auto deps = m_project->revert(*m_model, id);
+    return QVector<qint64>(deps.begin(), deps.end());
+}
+
+void Workbench::exportModel(const QString& dir) const {
+    if (!m_model) throw Error(ErrorKind::Argument, "open a model first");
+    nlohmann::json provenance = {{"base_fingerprint", m_model->fingerprint()}, {"state_hash", state_hash(*m_model)}};
+    if (m_project) provenance["project"] = m_project->file().string(), provenance["active_edits"] = m_project->active_ids();
+    export_model(*m_model, s(dir), m_model->dir(), DType::F32, provenance);
+}
+
+QVector<double> Workbench::updateNormByLayer(qint64 id) const {
+    QVector<double> out(m_model ? int(m_model->hparams().n_layer) : 0, 0.0);
+    if (!m_project) return out;
+    const Edit e = m_project->edit(id);
+    for (const Delta& d : e.deltas) {
+        auto ref = m_model->find_weight(d.tensor);
+        if (!ref || ref->layer < 0 || ref->layer >= out.size()) continue;
+        Edit one;
+        one.deltas = {d};
+        out[ref->layer] = std::hypot(out[ref->layer], update_norm(one));
+    }
+    return out;
+}
+
+QVector<double> Workbench::driftByLayer() const {
+    QVector<double> out(m_model ? int(m_model->hparams().n_layer) : 0, 0.0);
+    if (!m_model) return out;
+    at::NoGradGuard no_grad;
+    for (const auto& ref : m_model->weight_refs()) {
+        if (ref.layer < 0 || m_model->is_base(ref.slot, ref.layer)) continue;
+        const double n = (m_model->weight(ref.slot, ref.layer).to(at::kDouble) - m_model->base_weight(ref.slot, ref.layer).to(at::kDouble))
+                             .norm()
+                             .item<double>();
+        out[ref.layer] = std::hypot(out[ref.layer], n);
+    }
+    return out;
+}
+
 bool Workbench::isVit() const { return m_model && m_model->arch() == Arch::Vit; }
 
 QStringList Workbench::labels() const {

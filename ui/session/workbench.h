@@ -121,6 +121,12 @@ public:
     qint64 undo();  // the edit undone, 0 if none
     qint64 redo();  // the edit redone, 0 if none
     QVector<HistoryRow> history() const;
+    void rollback(qint64 toId);                  // back to the state right after edit toId (0: the base)
+    QVector<qint64> revert(qint64 id);           // one edit out of order; returns the dependent active edits
+    void exportModel(const QString& dir) const;  // the edited model as a HF checkpoint folder (F32)
+    // Frobenius norm per layer: of one edit's update, and of (current - base) over the whole history.
+    QVector<double> updateNormByLayer(qint64 id) const;
+    QVector<double> driftByLayer() const;
 
     // Vision (the loaded model is a ViT).
     bool isVit() const;

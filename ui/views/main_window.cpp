@@ -45,6 +45,7 @@
 
 #include "models/history_model.h"
 #include "widgets/heatmap_widget.h"
+#include "widgets/plot_export.h"
 #include "widgets/qcustomplot_include.h"
 #include "widgets/vit_attribution_figure.h"
 
@@ -344,6 +345,18 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
                               {QStringLiteral("tokens"), QJsonArray::fromStringList(m_trace.tokens)}, {QStringLiteral("scores"), rows}};
                 out << QJsonDocument(o).toJson();
             }
+        } else if (kind == -2) {
+            const QVector<double> drift = m_bench->driftByLayer();
+            const qint64 id = selectedEditId();
+            const QVector<double> sel = id > 0 ? m_bench->updateNormByLayer(id) : QVector<double>(drift.size(), 0.0);
+            if (suffix == QLatin1String("csv")) {
+                out << "layer,cumulative_drift,edit_" << id << "_norm\n";
+                for (int l = 0; l < drift.size(); ++l) out << l << "," << QString::number(drift[l], 'g', 10) << "," << QString::number(sel.value(l), 'g', 10) << "\n";
+            } else {
+                QJsonArray d, e;
+                for (int l = 0; l < drift.size(); ++l) d.append(drift[l]), e.append(sel.value(l));
+                out << QJsonDocument(QJsonObject{{QStringLiteral("cumulative_drift"), d}, {QStringLiteral("edit"), id}, {QStringLiteral("edit_norm"), e}}).toJson();
+            }
         } else {
             const auto& h = m_vitView.heads;
             if (suffix == QLatin1String("csv")) {
@@ -365,6 +378,7 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
         return true;
     }
     if (kind >= 0 && kind < 3) return m_heatmaps[kind]->exportTo(path, QString(), error);
+    if (kind == -2) return engram::ui::exportPlot(m_normPlot, path, QString(), tr("Update norms per layer"), m_normPlot->size(), error);
     return m_figure->exportTo(path, QString(), error);
 }
 
@@ -697,9 +711,106 @@ QWidget* MainWindow::buildHistoryView() {
     redo->setEnabled(false);
     row->addWidget(undo);
     row->addWidget(redo);
+    auto* rollback = new QPushButton(tr("Roll back to selected"), w);
+    rollback->setObjectName(QStringLiteral("rollbackButton"));
+    auto* revert = new QPushButton(tr("Revert selected"), w);
+    revert->setObjectName(QStringLiteral("revertButton"));
+    auto* exportModel = new QPushButton(tr("Export edited model…"), w);
+    connect(rollback, &QPushButton::clicked, this, &MainWindow::rollbackToSelected);
+    connect(revert, &QPushButton::clicked, this, &MainWindow::revertSelected);
+    connect(exportModel, &QPushButton::clicked, this, &MainWindow::exportModelDialog);
+    row->addWidget(rollback);
+    row->addWidget(revert);
+    row->addWidget(exportModel);
     row->addStretch();
     l->addLayout(row);
+    // ‖Δ‖ per layer of the selected edit beside the cumulative drift ‖W - W_base‖ of the whole history.
+    m_normPlot = new QCustomPlot(w);
+    m_normPlot->setObjectName(QStringLiteral("normPlot"));
+    m_normPlot->setMinimumHeight(180);
+    m_normPlot->xAxis->setLabel(tr("layer"));
+    m_normPlot->yAxis->setLabel(tr("Frobenius norm"));
+    m_normPlot->legend->setVisible(true);
+    l->addWidget(m_normPlot);
+    addExportMenu(m_normPlot, -2);
+    connect(m_historyView->selectionModel(), &QItemSelectionModel::selectionChanged, this, [this] { updateNormChart(); });
     return w;
+}
+
+qint64 MainWindow::selectedEditId() const {
+    const QModelIndexList rows = m_historyView->selectionModel()->selectedRows();
+    if (rows.isEmpty()) return 0;
+    return m_history->data(m_history->index(rows.first().row(), 0), HistoryModel::EditIdRole).toLongLong();
+}
+
+void MainWindow::updateNormChart() {
+    m_normPlot->clearPlottables();
+    const QVector<double> drift = m_bench->driftByLayer();
+    const qint64 id = selectedEditId();
+    QVector<double> selected;
+    try {
+        if (id > 0) selected = m_bench->updateNormByLayer(id);
+    } catch (const std::exception&) {
+        selected.clear();
+    }
+    QVector<double> keys(drift.size());
+    std::iota(keys.begin(), keys.end(), 0.0);
+    double top = 1e-9;
+    auto addBars = [&](const QVector<double>& values, double offset, const QColor& color, const QString& name) {
+        if (values.isEmpty()) return;
+        auto* bars = new QCPBars(m_normPlot->xAxis, m_normPlot->yAxis);
+        QVector<double> k = keys;
+        for (double& x : k) x += offset;
+        bars->setData(k, values);
+        bars->setWidth(0.38);
+        bars->setPen(Qt::NoPen);
+        bars->setBrush(color);
+        bars->setName(name);
+        for (double v : values) top = std::max(top, v);
+    };
+    addBars(drift, -0.2, QColor(0x9e, 0x9a, 0xc8), tr("cumulative drift ‖W − W_base‖"));
+    addBars(selected, 0.2, QColor(0x31, 0xa3, 0x54), tr("edit %1: ‖Δ‖").arg(id));
+    m_normPlot->xAxis->setRange(-0.7, std::max<int>(1, int(drift.size())) - 0.3);
+    m_normPlot->yAxis->setRange(0, top * 1.1);
+    m_normPlot->replot();
+}
+
+void MainWindow::rollbackToSelected() {
+    if (m_busy) return;
+    try {
+        const qint64 id = selectedEditId();
+        m_bench->rollback(id);
+        m_undo->clear();  // the store keeps the rolled-back edits as reverted; redo them from History
+        refresh();
+        m_status->setText(id ? tr("Rolled back to edit %1").arg(id) : tr("Rolled back to the base model"));
+    } catch (const std::exception& e) {
+        showError(tr("Rollback failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::revertSelected() {
+    if (m_busy) return;
+    const qint64 id = selectedEditId();
+    if (!id) return;
+    try {
+        const QVector<qint64> deps = m_bench->revert(id);
+        m_undo->clear();
+        refresh();
+        QStringList ds;
+        for (qint64 d : deps) ds << QString::number(d);
+        m_status->setText(deps.isEmpty() ? tr("Reverted edit %1").arg(id)
+                                         : tr("Reverted edit %1; edits %2 were computed on it and were replayed without it").arg(id).arg(ds.join(QStringLiteral(", "))));
+    } catch (const std::exception& e) {
+        showError(tr("Revert failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::exportModelDialog() {
+    if (m_busy || !m_bench->hasModel()) return;
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Export the edited model into an empty folder"));
+    if (dir.isEmpty()) return;
+    Workbench* bench = m_bench.get();
+    runJob(tr("Exporting the model"), [bench, dir] { bench->exportModel(dir); }, [this, dir] { m_status->setText(tr("Exported to %1").arg(dir)); });
 }
 
 void MainWindow::refresh() {
@@ -712,6 +823,7 @@ void MainWindow::refresh() {
         m_modelLabel->setText(tr("No model open"));
     }
     m_history->setRows(m_bench->history());
+    updateNormChart();
     if (!m_prompt->text().isEmpty()) predict();
     if (m_bench->isVit() && m_vitIndex >= 0) showImage(m_vitIndex);
 }

@@ -16,6 +16,7 @@
 
 class QCheckBox;
 class QComboBox;
+class QCustomPlot;
 class QLabel;
 class QLineEdit;
 class QMenu;
@@ -79,6 +80,9 @@ public Q_SLOTS:
     void loadImages();
     void showImage(int index);
     void applyHeadEdit();
+    void rollbackToSelected();
+    void revertSelected();
+    void exportModelDialog();
     void cancelJob();
 
 Q_SIGNALS:
@@ -98,6 +102,8 @@ private:
     void updateVisionPredictions();
     void showPatchMapOf(int layer, int head);
     void addExportMenu(QWidget* plot, int kind);
+    void updateNormChart();
+    qint64 selectedEditId() const;
     void showTraceRow(int kind, int token, const QVector<double>& scores);
     void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
@@ -125,6 +131,7 @@ private:
     QPushButton* m_apply = nullptr;
     QTableWidget* m_result = nullptr;
     QTableView* m_historyView = nullptr;
+    QCustomPlot* m_normPlot = nullptr;
     QLineEdit* m_tracePrompt = nullptr;
     QLineEdit* m_traceSubject = nullptr;
     QPushButton* m_traceButton = nullptr;
