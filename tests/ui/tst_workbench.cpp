@@ -47,6 +47,7 @@ private Q_SLOTS:
     void cancelTraceKeepsRows();
     void exportsAndPresentation();
     void historyRollbackRevertChart();
+    void evaluateOverlaysRuns();
     void screenshotsEveryView();
 
 private:
@@ -333,13 +334,35 @@ void TestWorkbench::historyRollbackRevertChart() {
     QCOMPARE(w.workbench().driftByLayer()[0], 0.0);
 }
 
+void TestWorkbench::evaluateOverlaysRuns() {
+    MainWindow w;
+    w.openModelNow(demo());
+    const QString hash = w.workbench().stateHash();
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    for (bool blue : {false, true}) {
+        w.setEvaluation(QStringLiteral("memit"), blue, 10, 5);
+        w.runEvaluation();
+        QVERIFY(finished.wait(300000));
+        QCOMPARE(finished.last().at(0).toBool(), true);
+    }
+    QCOMPARE(w.evaluationRuns().size(), 2);
+    QCOMPARE(w.evaluationRuns()[0].name, QStringLiteral("memit"));
+    QCOMPARE(w.evaluationRuns()[1].name, QStringLiteral("memit+blue"));
+    QCOMPARE(w.curvePlot()->graphCount(), 6);  // ES, PS, NS for each run, overlaid
+    const auto& curve = w.evaluationRuns()[0].curve;
+    QCOMPARE(curve.size(), 2);                 // after 5 and after 10 edits
+    QCOMPARE(curve.back().edits, 10);
+    QVERIFY(curve.back().es > w.evaluationRuns()[0].pre.es);  // the edits took
+    QCOMPARE(w.workbench().stateHash(), hash);  // the model is back as it was
+}
+
 void TestWorkbench::screenshotsEveryView() {
     QTemporaryDir tmp;
     QProcess p;
     p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--screenshot"), tmp.path()});
     QVERIFY(p.waitForFinished(120000));
     QVERIFY2(p.exitStatus() == QProcess::NormalExit && p.exitCode() == 0, p.readAllStandardError().constData());
-    for (const char* view : {"prompt", "trace", "edit", "history", "vision"}) {
+    for (const char* view : {"prompt", "trace", "edit", "history", "vision", "evaluate"}) {
         QImage img(tmp.filePath(QString::fromLatin1(view) + QStringLiteral(".png")));
         QVERIFY2(!img.isNull(), view);
         QVERIFY(img.width() >= 600 && img.height() >= 400);

@@ -333,6 +333,56 @@ QVector<double> Workbench::driftByLayer() const {
     return out;
 }
 
+namespace {
+
+EvalPoint point_of(int64_t edits, const eval::Summary& s) {
+    return {int(edits), s.es, s.ps, s.ns, s.score, s.reliability, s.generalization, s.locality};
+}
+
+}  // namespace
+
+EvalRun Workbench::evaluate(const EvalForm& form, const EvalProgressFn& progress, const std::atomic<bool>* cancel) {
+    if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "the editing protocol needs a language model");
+    const auto method = edit_method_from_name(s(form.method));
+    if (!method) throw Error(ErrorKind::Argument, "unknown method '" + s(form.method) + "'");
+    std::filesystem::path file = form.dataset.isEmpty() ? m_model->dir() / "counterfact.json" : std::filesystem::path(s(form.dataset));
+    if (!std::filesystem::exists(file)) throw Error(ErrorKind::Io, file.string() + ": no such dataset (choose a CounterFact, zsRE or MQuAKE file)");
+    eval::DatasetOptions dopt;
+    const eval::Dataset ds = eval::load_dataset(file, dopt);
+    eval::SequentialOptions so;
+    so.edits = form.edits;
+    so.batch = form.batch;
+    so.checkpoint_every = form.checkpointEvery;
+    so.fluency_cases = 0;  // generation is the slow part; the CLI measures it
+    const EditHParams hp = default_edit_hparams(model_shape(*m_model), *method, form.blue);
+    const std::string before = state_hash(*m_model);
+    eval::SequentialResult r;
+    try {
+        r = eval::run_sequential(*m_model, ds, hp, {}, so,
+                                 [&](const eval::EvalProgress& p) {
+                                     if (progress) progress(int(p.done), int(p.total), q(p.stage));
+                                 },
+                                 cancel);
+    } catch (...) {
+        m_model->restore_all_base();
+        if (m_project) m_project->replay(*m_model);
+        throw;
+    }
+    // Back to the state the user had: the base, then the project's active edits.
+    m_model->restore_all_base();
+    if (m_project) m_project->replay(*m_model);
+    if (state_hash(*m_model) != before) throw Error(ErrorKind::Internal, "the model did not return to its state after the evaluation");
+    EvalRun out;
+    out.name = q(r.method);
+    out.pre = point_of(0, r.pre);
+    for (const auto& p : r.curve) out.curve.push_back(point_of(p.edits, p.summary));
+    if (out.curve.isEmpty() || out.curve.back().edits != int(r.post.cases)) out.curve.push_back(point_of(r.post.cases, r.post));
+    out.perplexity = r.post.perplexity.value_or(-1.0);
+    out.seconds = r.edit_seconds + r.eval_seconds;
+    out.json = q(r.to_json().dump(1));
+    return out;
+}
+
 bool Workbench::isVit() const { return m_model && m_model->arch() == Arch::Vit; }
 
 QStringList Workbench::labels() const {

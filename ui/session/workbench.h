@@ -80,6 +80,30 @@ struct VitAttributionView {
 
 using HeadList = QVector<QPair<int, int>>;  // (layer, head)
 
+// The sequential batch protocol from the Evaluate view.
+struct EvalForm {
+    QString dataset;             // empty: counterfact.json beside the model (the demo worlds have one)
+    QString method = QStringLiteral("memit");
+    bool blue = false;
+    int edits = 100, batch = 10, checkpointEvery = 1;
+};
+
+struct EvalPoint {
+    int edits = 0;
+    double es = 0, ps = 0, ns = 0, score = 0;                     // ROME/MEMIT probability metrics (x100)
+    double reliability = 0, generalization = 0, locality = 0;     // EasyEdit token metrics (x100)
+};
+
+struct EvalRun {
+    QString name;                // "memit", "memit+blue", ...
+    QVector<EvalPoint> curve;    // after each checkpoint, the last one = after all edits
+    EvalPoint pre;
+    double perplexity = -1;      // held-out, after all edits (-1: not measured)
+    double seconds = 0;
+    QString json;                // the full result, as engram-cli eval --json writes it
+};
+using EvalProgressFn = std::function<void(int done, int total, const QString& stage)>;
+
 class Workbench {
 public:
     Workbench();
@@ -127,6 +151,10 @@ public:
     // Frobenius norm per layer: of one edit's update, and of (current - base) over the whole history.
     QVector<double> updateNormByLayer(qint64 id) const;
     QVector<double> driftByLayer() const;
+
+    // Runs the protocol on a copy of the current state and restores it afterwards: the base
+    // weights plus the project's active edits, bit for bit. Worker thread.
+    EvalRun evaluate(const EvalForm& form, const EvalProgressFn& progress, const std::atomic<bool>* cancel = nullptr);
 
     // Vision (the loaded model is a ViT).
     bool isVit() const;

@@ -93,6 +93,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
     m_tabs->addTab(buildEditView(), tr("Edit"));
     m_tabs->addTab(buildHistoryView(), tr("History"));
     m_tabs->addTab(buildVisionView(), tr("Vision"));
+    m_tabs->addTab(buildEvaluateView(), tr("Evaluate"));
     setCentralWidget(m_tabs);
 
     auto* dock = new QDockWidget(tr("Model"), this);
@@ -345,6 +346,18 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
                               {QStringLiteral("tokens"), QJsonArray::fromStringList(m_trace.tokens)}, {QStringLiteral("scores"), rows}};
                 out << QJsonDocument(o).toJson();
             }
+        } else if (kind == -3) {
+            if (suffix == QLatin1String("csv")) {
+                out << "run,edits,es,ps,ns,score,reliability,generalization,locality\n";
+                for (const EvalRun& run : m_runs)
+                    for (const EvalPoint& p : QVector<EvalPoint>{run.pre} + run.curve)
+                        out << run.name << "," << p.edits << "," << p.es << "," << p.ps << "," << p.ns << "," << p.score << "," << p.reliability << ","
+                            << p.generalization << "," << p.locality << "\n";
+            } else {
+                QJsonArray runs;
+                for (const EvalRun& run : m_runs) runs.append(QJsonDocument::fromJson(run.json.toUtf8()).object());
+                out << QJsonDocument(runs).toJson();
+            }
         } else if (kind == -2) {
             const QVector<double> drift = m_bench->driftByLayer();
             const qint64 id = selectedEditId();
@@ -379,6 +392,7 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
     }
     if (kind >= 0 && kind < 3) return m_heatmaps[kind]->exportTo(path, QString(), error);
     if (kind == -2) return engram::ui::exportPlot(m_normPlot, path, QString(), tr("Update norms per layer"), m_normPlot->size(), error);
+    if (kind == -3) return engram::ui::exportPlot(m_curves, path, QString(), tr("Editing curves"), m_curves->size(), error);
     return m_figure->exportTo(path, QString(), error);
 }
 
@@ -690,6 +704,130 @@ void MainWindow::applyHeadEdit() {
            });
 }
 
+QWidget* MainWindow::buildEvaluateView() {
+    auto* w = new QWidget(this);
+    auto* l = new QVBoxLayout(w);
+    auto* row = new QHBoxLayout;
+    m_evalMethod = new QComboBox(w);
+    m_evalMethod->setObjectName(QStringLiteral("evalMethod"));
+    for (const char* m : {"memit", "alphaedit", "pmet", "memit_seq", "rome", "ft"}) m_evalMethod->addItem(QString::fromLatin1(m));
+    m_evalBlue = new QCheckBox(tr("BLUE"), w);
+    m_evalEdits = new QSpinBox(w);
+    m_evalEdits->setRange(1, 100000);
+    m_evalEdits->setValue(100);
+    m_evalEdits->setPrefix(tr("edits "));
+    m_evalBatch = new QSpinBox(w);
+    m_evalBatch->setRange(1, 10000);
+    m_evalBatch->setValue(10);
+    m_evalBatch->setPrefix(tr("batch "));
+    m_evalDataset = new QLineEdit(w);
+    m_evalDataset->setPlaceholderText(tr("dataset (default: counterfact.json beside the model)"));
+    auto* browse = new QPushButton(tr("…"), w);
+    connect(browse, &QPushButton::clicked, this, [this] {
+        const QString f = QFileDialog::getOpenFileName(this, tr("A CounterFact, zsRE or MQuAKE file"), QString(), tr("JSON (*.json *.jsonl)"));
+        if (!f.isEmpty()) m_evalDataset->setText(f);
+    });
+    m_evalRun = new QPushButton(tr("Run"), w);
+    m_evalRun->setObjectName(QStringLiteral("evalRun"));
+    connect(m_evalRun, &QPushButton::clicked, this, &MainWindow::runEvaluation);
+    m_evalFamily = new QComboBox(w);
+    m_evalFamily->addItems({tr("ES / PS / NS"), tr("reliability / generalization / locality")});
+    connect(m_evalFamily, &QComboBox::currentIndexChanged, this, [this] { drawCurves(); });
+    for (QWidget* x : std::initializer_list<QWidget*>{m_evalMethod, m_evalBlue, m_evalEdits, m_evalBatch}) row->addWidget(x);
+    row->addWidget(m_evalDataset, 1);
+    row->addWidget(browse);
+    row->addWidget(m_evalRun);
+    row->addWidget(m_evalFamily);
+    l->addLayout(row);
+    m_curves = new QCustomPlot(w);
+    m_curves->setObjectName(QStringLiteral("curvePlot"));
+    m_curves->xAxis->setLabel(tr("edits"));
+    m_curves->yAxis->setLabel(tr("score (%)"));
+    m_curves->yAxis->setRange(0, 100);
+    m_curves->legend->setVisible(true);
+    l->addWidget(m_curves, 3);
+    addExportMenu(m_curves, -3);
+    m_evalTable = new QTableWidget(0, 7, w);
+    m_evalTable->setHorizontalHeaderLabels({tr("run"), QStringLiteral("ES"), QStringLiteral("PS"), QStringLiteral("NS"), QStringLiteral("S"), tr("perplexity"), tr("time")});
+    m_evalTable->verticalHeader()->hide();
+    m_evalTable->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    l->addWidget(m_evalTable, 1);
+    return w;
+}
+
+void MainWindow::setEvaluation(const QString& method, bool blue, int edits, int batch) {
+    m_evalMethod->setCurrentText(method);
+    m_evalBlue->setChecked(blue);
+    m_evalEdits->setValue(edits);
+    m_evalBatch->setValue(batch);
+}
+
+void MainWindow::runEvaluation() {
+    if (m_busy) return;
+    EvalForm form;
+    form.dataset = m_evalDataset->text().trimmed();
+    form.method = m_evalMethod->currentText();
+    form.blue = m_evalBlue->isChecked();
+    form.edits = m_evalEdits->value();
+    form.batch = m_evalBatch->value();
+    auto run = std::make_shared<EvalRun>();
+    Workbench* bench = m_bench.get();
+    const std::atomic<bool>* cancel = &m_cancelFlag;
+    const EvalProgressFn progress = [this](int done, int total, const QString& stage) {
+        QMetaObject::invokeMethod(this, [this, done, total, stage] {
+            m_progress->setRange(0, std::max(1, total));
+            m_progress->setValue(done);
+            m_status->setText(tr("Evaluating: %1 %2/%3").arg(stage).arg(done).arg(total));
+        }, Qt::QueuedConnection);
+    };
+    runJob(tr("Evaluating %1").arg(form.method), [bench, form, run, progress, cancel] { *run = bench->evaluate(form, progress, cancel); },
+           [this, run] {
+               m_progress->setRange(0, 0);
+               m_runs.push_back(*run);
+               const EvalPoint& p = run->curve.isEmpty() ? run->pre : run->curve.back();
+               const int r = m_evalTable->rowCount();
+               m_evalTable->setRowCount(r + 1);
+               const QString cells[7] = {QStringLiteral("%1 (%2 edits)").arg(run->name).arg(p.edits), QString::number(p.es, 'f', 1),
+                                         QString::number(p.ps, 'f', 1), QString::number(p.ns, 'f', 1), QString::number(p.score, 'f', 1),
+                                         run->perplexity < 0 ? QStringLiteral("—") : QString::number(run->perplexity, 'f', 2),
+                                         QStringLiteral("%1 s").arg(run->seconds, 0, 'f', 1)};
+               for (int c = 0; c < 7; ++c) m_evalTable->setItem(r, c, new QTableWidgetItem(cells[c]));
+               drawCurves();
+               m_status->setText(tr("Evaluated %1; the model is back as it was").arg(run->name));
+           });
+}
+
+void MainWindow::drawCurves() {
+    m_curves->clearGraphs();
+    const bool token = m_evalFamily->currentIndex() == 1;
+    const QString names[3] = {token ? tr("reliability") : QStringLiteral("ES"), token ? tr("generalization") : QStringLiteral("PS"),
+                              token ? tr("locality") : QStringLiteral("NS")};
+    const Qt::PenStyle styles[3] = {Qt::SolidLine, Qt::DashLine, Qt::DotLine};
+    // One colour per run (overlaid runs, e.g. MEMIT against MEMIT+BLUE), one line style per metric.
+    const QColor colors[] = {QColor(0x1b, 0x9e, 0x77), QColor(0xd9, 0x5f, 0x02), QColor(0x75, 0x70, 0xb3), QColor(0xe7, 0x29, 0x8a)};
+    double maxEdits = 1;
+    for (int r = 0; r < m_runs.size(); ++r) {
+        const EvalRun& run = m_runs[r];
+        for (int m = 0; m < 3; ++m) {
+            QCPGraph* g = m_curves->addGraph();
+            g->setName(QStringLiteral("%1 %2").arg(run.name, names[m]));
+            g->setPen(QPen(colors[r % 4], 2, styles[m]));
+            g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
+            QVector<double> x, y;
+            const QVector<EvalPoint> pts = QVector<EvalPoint>{run.pre} + run.curve;
+            for (const EvalPoint& p : pts) {
+                x.push_back(p.edits);
+                const double v = m == 0 ? (token ? p.reliability : p.es) : m == 1 ? (token ? p.generalization : p.ps) : (token ? p.locality : p.ns);
+                y.push_back(v);
+                maxEdits = std::max(maxEdits, double(p.edits));
+            }
+            g->setData(x, y);
+        }
+    }
+    m_curves->xAxis->setRange(0, maxEdits);
+    m_curves->replot();
+}
+
 QWidget* MainWindow::buildHistoryView() {
     auto* w = new QWidget(this);
     auto* l = new QVBoxLayout(w);
@@ -906,6 +1044,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
     m_apply->setEnabled(false);
     m_traceButton->setEnabled(false);
     m_headEdit->setEnabled(false);
+    m_evalRun->setEnabled(false);
     m_progress->show();
     m_cancel->show();
     m_status->setText(what + QStringLiteral("…"));
@@ -923,6 +1062,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
         m_apply->setEnabled(true);
         m_traceButton->setEnabled(true);
         m_headEdit->setEnabled(true);
+        m_evalRun->setEnabled(true);
         m_progress->hide();
         m_cancel->hide();
         if (!error->isEmpty()) {
@@ -998,8 +1138,8 @@ void MainWindow::newProjectDialog() {
 
 bool MainWindow::saveScreenshots(const QString& dir, QString* error, const QVector<int>& only) {
     QDir().mkpath(dir);
-    const char* names[] = {"prompt", "trace", "edit", "history", "vision"};
-    for (int i = 0; i < m_tabs->count() && i < 5; ++i) {
+    const char* names[] = {"prompt", "trace", "edit", "history", "vision", "evaluate"};
+    for (int i = 0; i < m_tabs->count() && i < 6; ++i) {
         if (!only.isEmpty() && !only.contains(i)) continue;
         m_tabs->setCurrentIndex(i);
         QApplication::processEvents();

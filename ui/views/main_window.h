@@ -49,6 +49,9 @@ public:
     QTabWidget* tabs() const { return m_tabs; }
     // The trace view's heatmaps: 0 hidden states, 1 MLP, 2 attention.
     HeatmapWidget* heatmap(int kind) const { return m_heatmaps[kind]; }
+    const QVector<EvalRun>& evaluationRuns() const { return m_runs; }
+    QCustomPlot* curvePlot() const { return m_curves; }
+    void setEvaluation(const QString& method, bool blue, int edits, int batch);
     const TraceSummary& lastTrace() const { return m_trace; }
     // Vision view: the logits shown for the current image (with the toggled heads removed).
     const QVector<double>& visionLogits() const { return m_vitLogits; }
@@ -83,6 +86,7 @@ public Q_SLOTS:
     void rollbackToSelected();
     void revertSelected();
     void exportModelDialog();
+    void runEvaluation();
     void cancelJob();
 
 Q_SIGNALS:
@@ -103,6 +107,8 @@ private:
     void showPatchMapOf(int layer, int head);
     void addExportMenu(QWidget* plot, int kind);
     void updateNormChart();
+    QWidget* buildEvaluateView();
+    void drawCurves();
     qint64 selectedEditId() const;
     void showTraceRow(int kind, int token, const QVector<double>& scores);
     void traceCellClicked(int kind, int row, int column);
@@ -132,6 +138,16 @@ private:
     QTableWidget* m_result = nullptr;
     QTableView* m_historyView = nullptr;
     QCustomPlot* m_normPlot = nullptr;
+    QComboBox* m_evalMethod = nullptr;
+    QCheckBox* m_evalBlue = nullptr;
+    QSpinBox* m_evalEdits = nullptr;
+    QSpinBox* m_evalBatch = nullptr;
+    QComboBox* m_evalFamily = nullptr;
+    QLineEdit* m_evalDataset = nullptr;
+    QPushButton* m_evalRun = nullptr;
+    QCustomPlot* m_curves = nullptr;
+    QTableWidget* m_evalTable = nullptr;
+    QVector<EvalRun> m_runs;
     QLineEdit* m_tracePrompt = nullptr;
     QLineEdit* m_traceSubject = nullptr;
     QPushButton* m_traceButton = nullptr;
