@@ -48,6 +48,7 @@ private Q_SLOTS:
     void exportsAndPresentation();
     void historyRollbackRevertChart();
     void evaluateOverlaysRuns();
+    void retraceShowsDifference();
     void screenshotsEveryView();
 
 private:
@@ -354,6 +355,33 @@ void TestWorkbench::evaluateOverlaysRuns() {
     QCOMPARE(curve.back().edits, 10);
     QVERIFY(curve.back().es > w.evaluationRuns()[0].pre.es);  // the edits took
     QCOMPARE(w.workbench().stateHash(), hash);  // the model is back as it was
+}
+
+void TestWorkbench::retraceShowsDifference() {
+    MainWindow w;
+    w.openModelNow(demo());
+    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    w.runTrace();
+    QVERIFY(finished.wait(120000));
+    const QString answer = w.lastTrace().answer;
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    w.applyEdit();
+    QVERIFY(finished.wait(120000));  // the edit
+    QVERIFY(finished.wait(120000));  // the automatic re-trace
+    QCOMPARE(w.lastTrace().answer, answer);  // the same answer traced before and after
+    engram::ui::HeatmapWidget* diff = w.differenceMap();
+    QVERIFY(diff->isVisible() || !w.isVisible());
+    QCOMPARE(diff->rowCount(), int(w.lastTrace().tokens.size()));
+    double largest = 0;
+    for (int t = 0; t < diff->rowCount(); ++t)
+        for (int l = 0; l < diff->columnCount(); ++l) {
+            const double expect = w.traceScores(1)[t][l] - w.traceBefore(1)[t][l];
+            QVERIFY(std::abs(diff->cellValue(t, l) - expect) < 1e-12);
+            largest = std::max(largest, std::abs(expect));
+        }
+    QVERIFY(largest > 0.1);  // the edit moved p(old answer) somewhere
+    QCOMPARE(diff->rangeLower(), -diff->rangeUpper());  // a symmetric scale
 }
 
 void TestWorkbench::screenshotsEveryView() {

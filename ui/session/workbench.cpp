@@ -145,13 +145,14 @@ TraceSummary Workbench::traceShape(const QString& prompt, const QString& subject
 }
 
 TraceSummary Workbench::trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow, const std::atomic<bool>* cancel,
-                              int samples) const {
+                              int samples, const QString& answer) const {
     if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "causal tracing needs a language model");
     const std::string text = eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject));
     const TraceInput input = make_trace_input(*m_model, text, s(subject));
     TraceOptions o;
     o.samples = samples;
     o.cancel = cancel;
+    if (!answer.isEmpty()) o.target = s(answer);
     // The noise scale: 3x the std of subject-token embeddings. On the Fact World model over the
     // world's subjects (as engram-cli trace does), elsewhere over this subject alone.
     std::vector<std::string> subjects = {s(subject)};

@@ -131,8 +131,9 @@ public:
 
     // Causal tracing of `subject` in `prompt` (ROME defaults: 10 samples, noise 3x the subjects'
     // embedding std, window 10). Rows arrive through onRow on the calling thread as they finish.
+    // `answer`: trace this continuation instead of the clean top-1 (to compare before and after an edit).
     TraceSummary trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow,
-                       const std::atomic<bool>* cancel = nullptr, int samples = 10) const;
+                       const std::atomic<bool>* cancel = nullptr, int samples = 10, const QString& answer = QString()) const;
     // The tokens and subject range a trace of this prompt will have (nothing is run).
     TraceSummary traceShape(const QString& prompt, const QString& subject) const;
     // The prompt as a template with {} at the subject (throws when the subject is not in it).

@@ -269,8 +269,17 @@ QWidget* MainWindow::buildTraceView() {
     m_traceButton->setObjectName(QStringLiteral("traceButton"));
     connect(m_traceButton, &QPushButton::clicked, this, &MainWindow::runTrace);
     m_traceNote = new QLabel(tr("Click a cell of the MLP map to prepare a ROME edit at that layer."), w);
+    m_retrace = new QCheckBox(tr("Re-trace after each edit"), w);
+    m_retrace->setObjectName(QStringLiteral("retraceCheck"));
+    m_retrace->setChecked(true);
+    m_diffKind = new QComboBox(w);
+    m_diffKind->addItems({tr("difference: states"), tr("difference: MLP"), tr("difference: attention")});
+    m_diffKind->setCurrentIndex(1);
+    connect(m_diffKind, &QComboBox::currentIndexChanged, this, [this] { showDifference(); });
     row->addWidget(m_traceButton);
     row->addWidget(m_traceNote, 1);
+    row->addWidget(m_retrace);
+    row->addWidget(m_diffKind);
     l->addLayout(row);
     auto* maps = new QHBoxLayout;
     const HeatmapKind kinds[3] = {HeatmapKind::Hidden, HeatmapKind::Mlp, HeatmapKind::Attn};
@@ -284,8 +293,47 @@ QWidget* MainWindow::buildTraceView() {
         d.kind = kinds[k];
         m_heatmaps[k]->setData(d);
     }
+    m_diffMap = new HeatmapWidget(w);
+    m_diffMap->setObjectName(QStringLiteral("diffMap"));
+    HeatmapData dd;
+    dd.kind = HeatmapKind::Difference;
+    dd.title = tr("After − before the last edit");
+    m_diffMap->setData(dd);
+    m_diffMap->hide();  // shown once there is an edit to compare
+    addExportMenu(m_diffMap->plot(), -4);
+    maps->addWidget(m_diffMap, 1);
     l->addLayout(maps, 1);
     return w;
+}
+
+void MainWindow::showDifference() {
+    if (!m_haveDiff) return;
+    // One symmetric scale shared by the three kinds, so switching kinds compares like with like.
+    double top = 1e-9;
+    QVector<QVector<double>> diff[3];
+    for (int k = 0; k < 3; ++k) {
+        diff[k] = m_traceScores[k];
+        for (int t = 0; t < diff[k].size() && t < m_before[k].size(); ++t)
+            for (int l = 0; l < diff[k][t].size() && l < m_before[k][t].size(); ++l) {
+                diff[k][t][l] -= m_before[k][t][l];
+                if (!std::isnan(diff[k][t][l])) top = std::max(top, std::abs(diff[k][t][l]));
+            }
+    }
+    const int k = m_diffKind->currentIndex();
+    HeatmapData d;
+    d.kind = HeatmapKind::Difference;
+    d.values = diff[k];
+    d.rowLabels = m_trace.tokens;
+    d.subjectBegin = m_trace.subjectBegin;
+    d.subjectEnd = m_trace.subjectEnd;
+    d.window = m_trace.window;
+    d.low = -top;
+    d.high = top;
+    d.title = tr("After − before the last edit");
+    d.xLabel = k == 0 ? tr("single restored layer") : tr("center of %1 restored layers").arg(m_trace.window);
+    d.colorBarLabel = tr("Δ p(%1)").arg(m_trace.answer.trimmed());
+    m_diffMap->setData(d);
+    m_diffMap->show();
 }
 
 void MainWindow::addDemoModel(const QString& title, const QString& dir) {
@@ -393,6 +441,7 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
     if (kind >= 0 && kind < 3) return m_heatmaps[kind]->exportTo(path, QString(), error);
     if (kind == -2) return engram::ui::exportPlot(m_normPlot, path, QString(), tr("Update norms per layer"), m_normPlot->size(), error);
     if (kind == -3) return engram::ui::exportPlot(m_curves, path, QString(), tr("Editing curves"), m_curves->size(), error);
+    if (kind == -4) return m_diffMap->exportTo(path, QString(), error);
     return m_figure->exportTo(path, QString(), error);
 }
 
@@ -452,6 +501,7 @@ void MainWindow::runTrace() {
     const TraceRowFn onRow = [this](int kind, int token, const QVector<double>& scores) {
         QMetaObject::invokeMethod(this, [this, kind, token, scores] { showTraceRow(kind, token, scores); }, Qt::QueuedConnection);
     };
+    const QString answer = m_diffPending ? m_trace.answer : QString();  // after an edit: the same answer as before
     try {
         m_trace = bench->traceShape(prompt, subject);  // empty maps with the token labels, filled as rows arrive
     } catch (const std::exception& e) {
@@ -463,10 +513,17 @@ void MainWindow::runTrace() {
         showTraceRow(k, -1, {});  // empty maps with their token labels until the rows arrive
     }
     const int samples = m_traceSamples->value();
-    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary, samples] { *summary = bench->trace(prompt, subject, onRow, cancel, samples); },
+    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary, samples, answer] {
+               *summary = bench->trace(prompt, subject, onRow, cancel, samples, answer);
+           },
            [this, summary] {
                m_trace = *summary;
                for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
+               if (m_diffPending) {
+                   m_diffPending = false;
+                   m_haveDiff = !m_trace.cancelled;
+                   showDifference();
+               }
                m_traceNote->setText(tr("p(%1): clean %2, corrupted %3%4 — click an MLP cell to prepare an edit")
                                         .arg(m_trace.answer.trimmed())
                                         .arg(m_trace.cleanProb, 0, 'f', 4)
@@ -1032,6 +1089,12 @@ void MainWindow::applyEdit() {
             refresh();
             m_status->setText(tr("Recorded edit %1").arg(id));
             Q_EMIT editApplied(id);
+            // Re-trace the current prompt on the edited model and show what changed.
+            if (m_retrace->isChecked() && !m_trace.tokens.isEmpty() && !m_tracePrompt->text().trimmed().isEmpty()) {
+                for (int k = 0; k < 3; ++k) m_before[k] = m_traceScores[k];
+                m_diffPending = true;
+                runTrace();
+            }
         } catch (const std::exception& e) {
             showError(tr("Recording the edit failed"), QString::fromStdString(e.what()));
         }

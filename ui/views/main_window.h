@@ -53,6 +53,10 @@ public:
     QCustomPlot* curvePlot() const { return m_curves; }
     void setEvaluation(const QString& method, bool blue, int edits, int batch);
     const TraceSummary& lastTrace() const { return m_trace; }
+    // After an edit with re-tracing on: (after - before) of the chosen kind, on one scale for all kinds.
+    HeatmapWidget* differenceMap() const { return m_diffMap; }
+    const QVector<QVector<double>>& traceScores(int kind) const { return m_traceScores[kind]; }
+    const QVector<QVector<double>>& traceBefore(int kind) const { return m_before[kind]; }
     // Vision view: the logits shown for the current image (with the toggled heads removed).
     const QVector<double>& visionLogits() const { return m_vitLogits; }
     QTableWidget* headTable() const { return m_headTable; }
@@ -111,6 +115,7 @@ private:
     void drawCurves();
     qint64 selectedEditId() const;
     void showTraceRow(int kind, int token, const QVector<double>& scores);
+    void showDifference();
     void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
     void refresh();  // model panel, history, prediction
@@ -157,6 +162,11 @@ private:
     QPalette m_normalPalette;
     bool m_presenting = false;
     HeatmapWidget* m_heatmaps[3] = {nullptr, nullptr, nullptr};
+    HeatmapWidget* m_diffMap = nullptr;
+    QComboBox* m_diffKind = nullptr;
+    QCheckBox* m_retrace = nullptr;
+    QVector<QVector<double>> m_before[3];  // the trace before the last edit
+    bool m_diffPending = false, m_haveDiff = false;
     QVector<QVector<double>> m_traceScores[3];  // [kind][token][layer], NaN until the row arrives
     TraceSummary m_trace;
     QListWidget* m_imageList = nullptr;

@@ -18,6 +18,7 @@ QString kindWord(HeatmapKind kind) {
         case HeatmapKind::Hidden: return QStringLiteral("state");
         case HeatmapKind::Mlp: return QStringLiteral("MLP");
         case HeatmapKind::Attn: return QStringLiteral("Attn");
+        case HeatmapKind::Difference: return QStringLiteral("difference");
     }
     return {};
 }
@@ -34,8 +35,15 @@ QVector<QColor> HeatmapWidget::colorStops(HeatmapKind kind) {
     static const char* purples[] = {"#fcfbfd", "#efedf5", "#dadaeb", "#bcbddc", "#9e9ac8", "#807dba", "#6a51a3", "#54278f", "#3f007d"};
     static const char* greens[] = {"#f7fcf5", "#e5f5e0", "#c7e9c0", "#a1d99b", "#74c476", "#41ab5d", "#238b45", "#006d2c", "#00441b"};
     static const char* reds[] = {"#fff5f0", "#fee0d2", "#fcbba1", "#fc9272", "#fb6a4a", "#ef3b2c", "#cb181d", "#a50f15", "#67000d"};
-    const char** stops = kind == HeatmapKind::Hidden ? purples : kind == HeatmapKind::Mlp ? greens : reds;
+    // ColorBrewer RdBu, reversed: negative red, 0 white, positive blue.
+    static const char* rdbu[] = {"#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7",
+                                 "#d1e5f0", "#92c5de", "#4393c3", "#2166ac", "#053061"};
     QVector<QColor> out;
+    if (kind == HeatmapKind::Difference) {
+        for (const char* c : rdbu) out.push_back(QColor(QString::fromLatin1(c)));
+        return out;
+    }
+    const char** stops = kind == HeatmapKind::Hidden ? purples : kind == HeatmapKind::Mlp ? greens : reds;
     for (int i = 0; i < 9; ++i) out.push_back(QColor(QString::fromLatin1(stops[i])));
     return out;
 }
@@ -122,8 +130,12 @@ void HeatmapWidget::setData(const HeatmapData& data) {
             }
         }
     if (!std::isfinite(lo)) lo = 0, hi = 1;
-    const double low = std::isnan(data.low) ? lo : data.low;
+    double low = std::isnan(data.low) ? lo : data.low;
     double high = std::isnan(data.high) ? hi : data.high;
+    if (data.kind == HeatmapKind::Difference && std::isnan(data.low) && std::isnan(data.high)) {
+        high = std::max(std::abs(lo), std::abs(hi));  // symmetric about 0
+        low = -high;
+    }
     if (!(high > low)) high = low + std::max(1e-9, std::abs(low) * 1e-6);
     QCPColorGradient gradient;
     gradient.clearColorStops();

@@ -21,7 +21,8 @@ class QCPColorGradient;
 
 namespace engram::ui {
 
-enum class HeatmapKind { Hidden, Mlp, Attn };
+// Difference: a signed map (after - before) on a diverging scale centred on 0.
+enum class HeatmapKind { Hidden, Mlp, Attn, Difference };
 
 struct HeatmapData {
     QVector<QVector<double>> values;  // [rows][columns]: rows are tokens, columns layers; NaN cells stay empty
