@@ -120,6 +120,63 @@ QVector<TokenProb> Workbench::topTokens(const QString& prompt, int k) const {
     return out;
 }
 
+QVector<TokenProb> Workbench::topTokensOfBase(const QString& prompt, int k) {
+    if (!m_model) return {};
+    // Swap the edited tensors for the base ones, read, and put them back (no copies of weights).
+    std::vector<std::pair<Model::WeightRef, at::Tensor>> saved;
+    for (const auto& ref : m_model->weight_refs())
+        if (!m_model->is_base(ref.slot, ref.layer)) saved.emplace_back(ref, m_model->weight(ref.slot, ref.layer));
+    for (auto& [ref, t] : saved) m_model->restore_base(ref.slot, ref.layer);
+    QVector<TokenProb> out;
+    try {
+        out = topTokens(prompt, k);
+    } catch (...) {
+        for (auto& [ref, t] : saved) m_model->weight(ref.slot, ref.layer) = t;
+        throw;
+    }
+    for (auto& [ref, t] : saved) m_model->weight(ref.slot, ref.layer) = t;
+    return out;
+}
+
+bool Workbench::edited() const {
+    if (!m_model) return false;
+    for (const auto& ref : m_model->weight_refs())
+        if (!m_model->is_base(ref.slot, ref.layer)) return true;
+    return false;
+}
+
+QStringList Workbench::promptTokens(const QString& prompt) const {
+    QStringList out;
+    if (!m_model || !m_model->tokenizer()) return out;
+    const Tokenizer& tok = *m_model->tokenizer();
+    for (int64_t id : tok.encode(s(prompt), true).ids) out << q(tok.decode({id}, false));
+    return out;
+}
+
+QString Workbench::generate(const QString& prompt, int maxNewTokens) const {
+    if (!m_model || !m_model->tokenizer()) throw Error(ErrorKind::Argument, "the model has no tokenizer");
+    const Tokenizer& tok = *m_model->tokenizer();
+    std::vector<int64_t> ids = tok.encode(s(prompt), true).ids;
+    if (ids.empty()) throw Error(ErrorKind::Argument, "the prompt encodes to no tokens");
+    GenerateOptions g;
+    g.max_new_tokens = maxNewTokens;
+    const std::vector<int64_t> all = engram::generate(*m_model, ids, g);
+    return q(tok.decode(std::vector<int64_t>(all.begin() + long(ids.size()), all.end()), true));
+}
+
+QVector<QPair<QString, QString>> Workbench::defaultHParams(const QString& method, bool blue) const {
+    QVector<QPair<QString, QString>> out;
+    if (!m_model || !m_model->is_decoder()) return out;
+    const auto m = edit_method_from_name(s(method));
+    if (!m) return out;
+    const nlohmann::json j = default_edit_hparams(model_shape(*m_model), *m, blue).to_json();
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        if (it.key() == "method" || it.key() == "blue" || it.key() == "context_templates") continue;
+        out.push_back({q(it.key()), it.value().is_string() ? q(it.value().get<std::string>()) : q(it.value().dump())});
+    }
+    return out;
+}
+
 double Workbench::probability(const QString& prompt, const QString& target) const {
     if (!m_model) return 0;
     const auto scores = eval::score_targets(*m_model, {{s(prompt), s(target)}});
@@ -212,6 +269,7 @@ ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool
         if (form.layer >= m_model->hparams().n_layer) throw Error(ErrorKind::Argument, "layer " + std::to_string(form.layer) + " is outside the model");
         hp.layers = {form.layer};
     }
+    for (const auto& [key, value] : form.overrides) apply_hparam_setting(hp, s(key) + "=" + s(value));
     EditSession session(*m_model, hp);
     session.set_cancel_flag(cancel);
     if (m_project) {

@@ -35,6 +35,7 @@ struct EditForm {
     QString method = QStringLiteral("rome");  // rome | memit | memit_seq | alphaedit | pmet | ft
     bool blue = false;
     int layer = -1;   // -1: the method's default layers for this model; else that single layer (ROME, FT)
+    QVector<QPair<QString, QString>> overrides;  // key=value settings applied last (the hparams table)
 };
 
 // An edit computed off the GUI thread, waiting to be recorded.
@@ -127,6 +128,13 @@ public:
     bool isDecoder() const;
 
     QVector<TokenProb> topTokens(const QString& prompt, int k) const;
+    // The same on the unedited base weights (the edited tensors are swapped out and back).
+    QVector<TokenProb> topTokensOfBase(const QString& prompt, int k);
+    QStringList promptTokens(const QString& prompt) const;
+    QString generate(const QString& prompt, int maxNewTokens) const;  // greedy continuation
+    bool edited() const;  // the weights differ from the base
+    // The method's default hyperparameters for this model, as key -> value text (what --set takes).
+    QVector<QPair<QString, QString>> defaultHParams(const QString& method, bool blue) const;
     double probability(const QString& prompt, const QString& target) const;  // p(target | prompt), all target tokens
 
     // Causal tracing of `subject` in `prompt` (ROME defaults: 10 samples, noise 3x the subjects'

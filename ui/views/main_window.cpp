@@ -189,13 +189,35 @@ QWidget* MainWindow::buildPromptView() {
     row->addWidget(m_prompt, 1);
     row->addWidget(go);
     l->addLayout(row);
-    m_topTable = new QTableWidget(0, 3, w);
-    m_topTable->setObjectName(QStringLiteral("topTable"));
-    m_topTable->setHorizontalHeaderLabels({tr("next token"), tr("probability"), QString()});
-    m_topTable->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
-    m_topTable->verticalHeader()->hide();
-    m_topTable->setEditTriggers(QAbstractItemView::NoEditTriggers);
-    l->addWidget(m_topTable, 1);
+    auto* gen = new QPushButton(tr("Generate"), w);
+    connect(gen, &QPushButton::clicked, this, &MainWindow::generateText);
+    row->addWidget(gen);
+    m_tokens = new QLabel(w);
+    m_tokens->setObjectName(QStringLiteral("promptTokens"));
+    m_tokens->setTextFormat(Qt::RichText);
+    m_tokens->setWordWrap(true);
+    l->addWidget(m_tokens);
+    // The current model beside the base model (shown when edits are active).
+    auto* tables = new QHBoxLayout;
+    auto makeTable = [&](const QString& name, const QString& title) {
+        auto* t = new QTableWidget(0, 3, w);
+        t->setObjectName(name);
+        t->setHorizontalHeaderLabels({title, tr("probability"), QString()});
+        t->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
+        t->verticalHeader()->hide();
+        t->setEditTriggers(QAbstractItemView::NoEditTriggers);
+        tables->addWidget(t, 1);
+        return t;
+    };
+    m_topTable = makeTable(QStringLiteral("topTable"), tr("next token (current model)"));
+    m_baseTable = makeTable(QStringLiteral("baseTable"), tr("next token (base model)"));
+    m_baseTable->hide();
+    l->addLayout(tables, 1);
+    m_generated = new QLabel(w);
+    m_generated->setObjectName(QStringLiteral("generated"));
+    m_generated->setWordWrap(true);
+    m_generated->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    l->addWidget(m_generated);
     m_predictNote = new QLabel(w);
     l->addWidget(m_predictNote);
     return w;
@@ -228,6 +250,19 @@ QWidget* MainWindow::buildEditView() {
     form->addRow(QString(), m_blue);
     form->addRow(tr("Layer (ROME, FT)"), m_layer);
     l->addLayout(form);
+    // The method's defaults for this model; edited cells are applied as --set overrides.
+    m_hparams = new QTableWidget(0, 2, w);
+    m_hparams->setObjectName(QStringLiteral("hparamTable"));
+    m_hparams->setHorizontalHeaderLabels({tr("hyperparameter"), tr("value")});
+    m_hparams->horizontalHeader()->setSectionResizeMode(1, QHeaderView::Stretch);
+    m_hparams->verticalHeader()->hide();
+    m_hparams->setMaximumHeight(170);
+    l->addWidget(m_hparams);
+    auto* reset = new QPushButton(tr("Reset to defaults"), w);
+    connect(reset, &QPushButton::clicked, this, &MainWindow::resetHParams);
+    connect(m_method, &QComboBox::currentTextChanged, this, [this] { resetHParams(); });
+    connect(m_blue, &QCheckBox::toggled, this, [this] { resetHParams(); });
+    l->addWidget(reset, 0, Qt::AlignLeft);
     m_apply = new QPushButton(tr("Apply edit"), w);
     m_apply->setObjectName(QStringLiteral("applyButton"));
     connect(m_apply, &QPushButton::clicked, this, &MainWindow::applyEdit);
@@ -1019,6 +1054,10 @@ void MainWindow::refresh() {
     }
     m_history->setRows(m_bench->history());
     updateNormChart();
+    if (m_bench->modelSummary() != m_hparamsFor) {
+        m_hparamsFor = m_bench->modelSummary();
+        resetHParams();
+    }
     if (!m_prompt->text().isEmpty()) predict();
     if (m_bench->isVit() && m_vitIndex >= 0) showImage(m_vitIndex);
 }
@@ -1026,22 +1065,52 @@ void MainWindow::refresh() {
 void MainWindow::predict() {
     if (m_busy || !m_bench->hasModel() || !m_bench->isDecoder() || m_prompt->text().trimmed().isEmpty()) return;
     try {
-        const QVector<TokenProb> top = m_bench->topTokens(m_prompt->text(), 10);
-        m_topTable->setRowCount(int(top.size()));
-        for (int i = 0; i < top.size(); ++i) {
-            m_topTable->setItem(i, 0, new QTableWidgetItem(top[i].token));
-            m_topTable->setItem(i, 1, new QTableWidgetItem(QString::number(top[i].prob, 'f', 4)));
-            auto* bar = new QProgressBar(m_topTable);
-            bar->setRange(0, 1000);
-            bar->setValue(int(top[i].prob * 1000));
-            bar->setTextVisible(false);
-            m_topTable->setCellWidget(i, 2, bar);
-        }
+        fillTopTable(m_topTable, m_bench->topTokens(m_prompt->text(), 10));
+        QStringList chips;
+        for (const QString& t : m_bench->promptTokens(m_prompt->text()))
+            chips << QStringLiteral("<span style='background:#e8eef7; padding:2px'>%1</span>").arg(t.toHtmlEscaped().replace(QLatin1Char(' '), QStringLiteral("&middot;")));
+        m_tokens->setText(tr("tokens: ") + chips.join(QStringLiteral(" ")));
+        const bool edited = m_bench->edited();
+        m_baseTable->setVisible(edited);
+        if (edited) fillTopTable(m_baseTable, m_bench->topTokensOfBase(m_prompt->text(), 10));
         int active = 0;
         for (const auto& r : m_history->rows()) active += r.status == QLatin1String("active");
         m_predictNote->setText(active ? tr("%n edit(s) active", nullptr, active) : tr("the base model"));
     } catch (const std::exception& e) {
         showError(tr("Prediction failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::fillTopTable(QTableWidget* table, const QVector<TokenProb>& top) {
+    table->setRowCount(int(top.size()));
+    for (int i = 0; i < top.size(); ++i) {
+        table->setItem(i, 0, new QTableWidgetItem(top[i].token));
+        table->setItem(i, 1, new QTableWidgetItem(QString::number(top[i].prob, 'f', 4)));
+        auto* bar = new QProgressBar(table);
+        bar->setRange(0, 1000);
+        bar->setValue(int(top[i].prob * 1000));
+        bar->setTextVisible(false);
+        table->setCellWidget(i, 2, bar);
+    }
+}
+
+void MainWindow::generateText() {
+    if (m_busy || !m_bench->hasModel() || !m_bench->isDecoder() || m_prompt->text().trimmed().isEmpty()) return;
+    try {
+        m_generated->setText(QStringLiteral("<b>%1</b>%2").arg(m_prompt->text().toHtmlEscaped(), m_bench->generate(m_prompt->text(), 20).toHtmlEscaped()));
+    } catch (const std::exception& e) {
+        showError(tr("Generation failed"), QString::fromStdString(e.what()));
+    }
+}
+
+void MainWindow::resetHParams() {
+    m_hparamDefaults = m_bench->defaultHParams(m_method->currentText(), m_blue->isChecked());
+    m_hparams->setRowCount(int(m_hparamDefaults.size()));
+    for (int i = 0; i < m_hparamDefaults.size(); ++i) {
+        auto* key = new QTableWidgetItem(m_hparamDefaults[i].first);
+        key->setFlags(Qt::ItemIsEnabled);
+        m_hparams->setItem(i, 0, key);
+        m_hparams->setItem(i, 1, new QTableWidgetItem(m_hparamDefaults[i].second));
     }
 }
 
@@ -1064,6 +1133,10 @@ void MainWindow::applyEdit() {
     form.method = m_method->currentText();
     form.blue = m_blue->isChecked();
     form.layer = m_layer->value();
+    for (int i = 0; i < m_hparams->rowCount() && i < m_hparamDefaults.size(); ++i) {
+        const QString v = m_hparams->item(i, 1) ? m_hparams->item(i, 1)->text().trimmed() : QString();
+        if (v != m_hparamDefaults[i].second) form.overrides.push_back({m_hparamDefaults[i].first, v});
+    }
     auto computed = std::make_shared<ComputedEdit>();
     auto before = std::make_shared<std::pair<double, double>>();
     Workbench* bench = m_bench.get();

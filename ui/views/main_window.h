@@ -51,6 +51,7 @@ public:
     HeatmapWidget* heatmap(int kind) const { return m_heatmaps[kind]; }
     const QVector<EvalRun>& evaluationRuns() const { return m_runs; }
     QCustomPlot* curvePlot() const { return m_curves; }
+    QTableWidget* hparamTable() const { return m_hparams; }
     void setEvaluation(const QString& method, bool blue, int edits, int batch);
     const TraceSummary& lastTrace() const { return m_trace; }
     // After an edit with re-tracing on: (after - before) of the chosen kind, on one scale for all kinds.
@@ -82,6 +83,8 @@ public:
 
 public Q_SLOTS:
     void predict();
+    void generateText();
+    void resetHParams();
     void applyEdit();
     void runTrace();
     void loadImages();
@@ -104,6 +107,7 @@ protected:
 private:
     void buildMenus();
     QWidget* buildPromptView();
+    void fillTopTable(QTableWidget* table, const QVector<TokenProb>& top);
     QWidget* buildEditView();
     QWidget* buildTraceView();
     QWidget* buildVisionView();
@@ -133,6 +137,12 @@ private:
     QLineEdit* m_prompt = nullptr;
     QTableWidget* m_topTable = nullptr;
     QLabel* m_predictNote = nullptr;
+    QLabel* m_tokens = nullptr;
+    QLabel* m_generated = nullptr;
+    QTableWidget* m_baseTable = nullptr;
+    QTableWidget* m_hparams = nullptr;
+    QVector<QPair<QString, QString>> m_hparamDefaults;
+    QString m_hparamsFor;  // the model the table was filled for
     QLineEdit* m_editPrompt = nullptr;
     QLineEdit* m_editSubject = nullptr;
     QLineEdit* m_editTarget = nullptr;
