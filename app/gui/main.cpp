@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
     window.applyEdit();
     loop.exec();
     ok = ok && traced;
+    window.waitIdle();  // the automatic re-trace after the edit
     if (!ok) std::cerr << "engram: the screenshot edit failed; the views are saved as they are\n";
     QString error;
     if (!window.saveScreenshots(parser.value(shots), &error)) {

@@ -121,6 +121,17 @@ void TestWorkbench::editUndoRedoReopen() {
         editedHash = w.workbench().stateHash();
         QVERIFY(editedHash != baseHash);
         QCOMPARE(topToken(w), QStringLiteral("Zuluball"));
+        // The blast radius: the prompt, then the dataset's paraphrases and neighbours for this rewrite.
+        auto* blast = w.findChild<QTableWidget*>(QStringLiteral("resultTable"));
+        QVERIFY(blast->rowCount() > 2);
+        QCOMPARE(blast->item(0, 0)->text(), QStringLiteral("prompt"));
+        QVERIFY(blast->item(0, 2)->text().startsWith(QStringLiteral("0.0000 → ")));
+        bool paraphrase = false, neighbour = false;
+        for (int r = 0; r < blast->rowCount(); ++r) {
+            paraphrase = paraphrase || blast->item(r, 0)->text() == QLatin1String("paraphrase");
+            neighbour = neighbour || blast->item(r, 0)->text() == QLatin1String("neighbour");
+        }
+        QVERIFY(paraphrase && neighbour);
 
         // Ctrl+Z: the prediction and the state hash come back; Ctrl+Shift+Z: the edit again.
         w.show();

@@ -280,9 +280,37 @@ ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool
         }
         session.absorb_history(prior);
     }
+    // The blast radius: the prompt, and, when the dataset beside the model has this rewrite, its
+    // paraphrases and neighbours (other subjects with the same relation and true object).
+    QVector<BlastRow> blast = {{QStringLiteral("prompt"), q(r.prompt_text())}};
+    const auto dataset = m_model->dir() / "counterfact.json";
+    if (std::filesystem::exists(dataset)) {
+        try {
+            for (const auto& c : eval::load_dataset(dataset).cases) {
+                if (c.rewrites.empty() || c.rewrites[0].subject != r.subject || c.rewrites[0].prompt != r.prompt) continue;
+                for (const auto& p : c.paraphrase_prompts) blast.push_back({QStringLiteral("paraphrase"), q(p)});
+                for (const auto& p : c.neighborhood_prompts) blast.push_back({QStringLiteral("neighbour"), q(p)});
+                break;
+            }
+        } catch (const Error&) {
+            // A malformed dataset only costs the extra rows.
+        }
+    }
+    std::vector<std::pair<std::string, std::string>> pt;
+    for (const BlastRow& b : blast) {
+        pt.emplace_back(s(b.prompt), r.target_new);
+        pt.emplace_back(s(b.prompt), r.target_true);
+    }
+    const auto before = eval::score_targets(*m_model, pt);
+    for (int i = 0; i < blast.size(); ++i) {
+        blast[i].newBefore = std::exp(-before[size_t(2 * i)].nll);
+        blast[i].oldBefore = std::exp(-before[size_t(2 * i + 1)].nll);
+    }
     auto edit = std::make_shared<Edit>(session.compute({r}));
     edit->metrics["update_norm"] = update_norm(*edit);
-    return {edit, q(edit->method), q(r.prompt_text()), q(r.target_new), q(r.target_true)};
+    ComputedEdit out{edit, q(edit->method), q(r.prompt_text()), q(r.target_new), q(r.target_true)};
+    out.blast = blast;
+    return out;
 }
 
 qint64 Workbench::record(const ComputedEdit& c) {
@@ -295,6 +323,22 @@ qint64 Workbench::record(const ComputedEdit& c) {
     }
     Edit e = *c.edit;
     return m_project->record(*m_model, e);
+}
+
+void Workbench::blastAfter(ComputedEdit& c) const {
+    if (!m_model || c.blast.isEmpty()) return;
+    std::vector<std::pair<std::string, std::string>> pt;
+    for (const BlastRow& b : c.blast) {
+        pt.emplace_back(s(b.prompt), s(c.targetNew));
+        pt.emplace_back(s(b.prompt), s(c.targetTrue));
+    }
+    const auto after = eval::score_targets(*m_model, pt);
+    for (int i = 0; i < c.blast.size(); ++i) {
+        BlastRow& b = c.blast[i];
+        b.newAfter = std::exp(-after[size_t(2 * i)].nll);
+        b.oldAfter = std::exp(-after[size_t(2 * i + 1)].nll);
+        b.regression = b.kind == QLatin1String("neighbour") && (b.oldBefore - b.oldAfter > 0.1 || b.newAfter > b.oldAfter);
+    }
 }
 
 qint64 Workbench::undo() {

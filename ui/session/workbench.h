@@ -38,10 +38,20 @@ struct EditForm {
     QVector<QPair<QString, QString>> overrides;  // key=value settings applied last (the hparams table)
 };
 
+// One prompt of an edit's blast radius: the edited prompt, a paraphrase or a neighbour.
+struct BlastRow {
+    QString kind;    // "prompt", "paraphrase", "neighbour"
+    QString prompt;
+    double newBefore = 0, newAfter = 0;  // p(new target)
+    double oldBefore = 0, oldAfter = 0;  // p(old target); for a neighbour: its own true answer
+    bool regression = false;             // a neighbour whose answer lost more than 0.1, or turned to the new target
+};
+
 // An edit computed off the GUI thread, waiting to be recorded.
 struct ComputedEdit {
     std::shared_ptr<Edit> edit;
     QString method, promptText, targetNew, targetTrue;
+    QVector<BlastRow> blast;  // "before" filled when computed; "after" by blastAfter()
 };
 
 struct HistoryRow {
@@ -151,6 +161,8 @@ public:
     ComputedEdit computeEdit(const EditForm& form, const std::atomic<bool>* cancel = nullptr);
     // Records it (creating a scratch project beside the temp dir when none is open); returns its id.
     qint64 record(const ComputedEdit& edit);
+    // Fills the "after" columns of the blast radius on the current (edited) model and flags regressions.
+    void blastAfter(ComputedEdit& edit) const;
     qint64 undo();  // the edit undone, 0 if none
     qint64 redo();  // the edit redone, 0 if none
     QVector<HistoryRow> history() const;

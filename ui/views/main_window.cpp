@@ -7,6 +7,7 @@
 #include <QComboBox>
 #include <QDir>
 #include <QDockWidget>
+#include <QEventLoop>
 #include <QFile>
 #include <QFileDialog>
 #include <QJsonArray>
@@ -267,10 +268,10 @@ QWidget* MainWindow::buildEditView() {
     m_apply->setObjectName(QStringLiteral("applyButton"));
     connect(m_apply, &QPushButton::clicked, this, &MainWindow::applyEdit);
     l->addWidget(m_apply, 0, Qt::AlignLeft);
-    m_result = new QTableWidget(0, 3, w);
+    m_result = new QTableWidget(0, 5, w);
     m_result->setObjectName(QStringLiteral("resultTable"));
-    m_result->setHorizontalHeaderLabels({tr("on the prompt"), tr("before"), tr("after")});
-    m_result->horizontalHeader()->setSectionResizeMode(0, QHeaderView::Stretch);
+    m_result->setHorizontalHeaderLabels({tr("kind"), tr("prompt"), tr("p(new): before → after"), tr("p(old): before → after"), QString()});
+    m_result->horizontalHeader()->setSectionResizeMode(1, QHeaderView::Stretch);
     m_result->verticalHeader()->hide();
     m_result->setEditTriggers(QAbstractItemView::NoEditTriggers);
     l->addWidget(m_result, 1);
@@ -1138,26 +1139,28 @@ void MainWindow::applyEdit() {
         if (v != m_hparamDefaults[i].second) form.overrides.push_back({m_hparamDefaults[i].first, v});
     }
     auto computed = std::make_shared<ComputedEdit>();
-    auto before = std::make_shared<std::pair<double, double>>();
     Workbench* bench = m_bench.get();
     const std::atomic<bool>* cancel = &m_cancelFlag;
-    runJob(tr("Computing a %1 edit").arg(form.method), [bench, form, computed, before, cancel] {
-        *computed = bench->computeEdit(form, cancel);
-        *before = {bench->probability(computed->promptText, computed->targetNew), bench->probability(computed->promptText, computed->targetTrue)};
-    }, [this, computed, before] {
+    runJob(tr("Computing a %1 edit").arg(form.method), [bench, form, computed, cancel] { *computed = bench->computeEdit(form, cancel); },
+           [this, computed] {
         try {
             const qint64 id = m_bench->record(*computed);
             const QString text = QStringLiteral("%1: %2 → %3").arg(computed->method, computed->targetTrue, computed->targetNew);
             m_undo->push(new ApplyEditCommand(*m_bench, text, [this] { refresh(); }));
-            const double newAfter = m_bench->probability(computed->promptText, computed->targetNew);
-            const double oldAfter = m_bench->probability(computed->promptText, computed->targetTrue);
-            m_result->setRowCount(2);
-            const QString rows[2][3] = {{QStringLiteral("p(%1 | %2)").arg(computed->targetNew, computed->promptText), QString::number(before->first, 'f', 4),
-                                         QString::number(newAfter, 'f', 4)},
-                                        {QStringLiteral("p(%1 | %2)").arg(computed->targetTrue, computed->promptText), QString::number(before->second, 'f', 4),
-                                         QString::number(oldAfter, 'f', 4)}};
-            for (int r = 0; r < 2; ++r)
-                for (int c = 0; c < 3; ++c) m_result->setItem(r, c, new QTableWidgetItem(rows[r][c]));
+            // The blast radius: the prompt, its paraphrases and neighbours, before and after; regressions in red.
+            m_bench->blastAfter(*computed);
+            m_result->setRowCount(int(computed->blast.size()));
+            for (int r = 0; r < computed->blast.size(); ++r) {
+                const BlastRow& b = computed->blast[r];
+                const QString cells[6] = {b.kind, b.prompt, QString::number(b.newBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.newAfter, 'f', 4),
+                                          QString::number(b.oldBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.oldAfter, 'f', 4),
+                                          b.regression ? tr("regression") : QString(), QString()};
+                for (int c = 0; c < 5; ++c) {
+                    auto* item = new QTableWidgetItem(cells[c]);
+                    if (b.regression) item->setForeground(QColor(0xb0, 0x20, 0x20));
+                    m_result->setItem(r, c, item);
+                }
+            }
             m_prompt->setText(computed->promptText);
             refresh();
             m_status->setText(tr("Recorded edit %1").arg(id));
@@ -1224,13 +1227,19 @@ void MainWindow::showError(const QString& what, const QString& message) {
     box->open();
 }
 
+void MainWindow::waitIdle() {
+    while (m_busy) QCoreApplication::processEvents(QEventLoop::WaitForMoreEvents);
+}
+
 void MainWindow::openModelNow(const QString& dir) {
+    waitIdle();  // a worker may still hold the model
     m_bench->openModel(dir);
     m_undo->clear();
     refresh();
 }
 
 void MainWindow::openProjectNow(const QString& file) {
+    waitIdle();
     m_bench->openProject(file);
     m_undo->clear();
     refresh();

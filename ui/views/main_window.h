@@ -63,6 +63,8 @@ public:
     QTableWidget* headTable() const { return m_headTable; }
     VitAttributionFigure* attributionFigure() const { return m_figure; }
     bool busy() const { return m_busy; }
+    // Runs the event loop until the current job (if any) has finished.
+    void waitIdle();
 
     // Synchronous opening (startup, tests); the menu actions run these as jobs.
     void openModelNow(const QString& dir);
