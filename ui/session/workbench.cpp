@@ -250,14 +250,9 @@ ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool
     const auto method = edit_method_from_name(s(form.method));
     if (!method) throw Error(ErrorKind::Argument, "unknown method '" + s(form.method) + "'");
     EditRequest r;
-    r.prompt = s(form.prompt.trimmed());
     r.subject = s(form.subject.trimmed());
+    r.prompt = s(templateAt(form.prompt.trimmed(), form.subject.trimmed()));
     r.target_new = s(form.target.trimmed());
-    if (r.prompt.find("{}") == std::string::npos) {
-        auto templ = eval::template_at_subject(r.prompt, r.subject);
-        if (!templ) throw Error(ErrorKind::Argument, "the subject \"" + r.subject + "\" is not in the prompt \"" + r.prompt + "\"");
-        r.prompt = *templ;
-    }
     validate_request(*m_model, r);
     // The model's current answer, for the history's "old -> new" column.
     {
