@@ -166,6 +166,8 @@ private Q_SLOTS:
     void exportModelLoadsBackIdentical();
     void historyJsonRoundTrip();
     void tracesAndEvaluations();
+    void restoreActiveUndoesRollbackAndRevert();
+    void saveAsWritesAnIdenticalProject();
     void refusesAnotherModelsProject();
     void refusesCorruptedFiles();
     void refusesNewerSchema();
@@ -511,6 +513,17 @@ void TestStore::tracesAndEvaluations() {
     QVERIFY(got && at::equal(*got, scores));
     QVERIFY(!f.project->find_trace(state_hash_of_base(f.model->fingerprint()), params));  // keyed by state
     QVERIFY(!f.project->find_trace(hash, {{"prompt", "w1 w2"}}));
+    // A summary is stored beside the parameters, listed newest first, and is not part of the key.
+    const nlohmann::json params2 = {{"prompt", "w2 w1"}, {"subject", "w1"}, {"noise", 0.1}};
+    f.project->put_trace(hash, params2, scores * 2, {{"answer", " w3"}, {"clean_prob", 0.5}});
+    QVERIFY(f.project->find_trace(hash, params2) && at::equal(*f.project->find_trace(hash, params2), scores * 2));
+    const auto listed = f.project->traces();
+    QCOMPARE(listed.size(), size_t(2));
+    QCOMPARE(listed[0].params, params2);
+    QCOMPARE(listed[0].summary["answer"].get<std::string>(), std::string(" w3"));
+    QCOMPARE(listed[0].state_hash, hash);
+    QCOMPARE(listed[1].params, params);
+    QVERIFY(listed[1].summary.empty());
     Evaluation ev;
     ev.state_hash = hash;
     ev.edit_id = f.edits[0].id;
@@ -524,6 +537,53 @@ void TestStore::tracesAndEvaluations() {
     QCOMPARE(*all[0].edit_id, f.edits[0].id);
     ev.edit_id = 999;
     QVERIFY(!error_of([&] { f.project->add_evaluation(ev); }).isEmpty());
+}
+
+void TestStore::restoreActiveUndoesRollbackAndRevert() {
+    Fixture f("gpt2-tiny", 4);
+    const std::vector<int64_t> before = f.project->active_ids();
+    const std::string head = state_hash(*f.model);
+    f.project->rollback(*f.model, f.edits[1].id);
+    QCOMPARE(state_hash(*f.model), f.edits[1].state_hash_after);
+    // Undoing the rollback: the saved active set comes back, bit for bit.
+    QCOMPARE(f.project->restore_active(*f.model, before), head);
+    QCOMPARE(state_hash(*f.model), head);
+    QCOMPARE(f.project->active_ids(), before);
+    QVERIFY(f.project->redo_ids().empty());
+    f.project->revert(*f.model, f.edits[0].id);
+    QVERIFY(state_hash(*f.model) != head);
+    QCOMPARE(f.project->restore_active(*f.model, before), head);
+    QCOMPARE(f.project->operations().back()["op"].get<std::string>(), std::string("restore"));
+    // A fresh replay of the restored project reaches the same state.
+    auto fresh = fresh_replay(*f.project, f.model_dir, before);
+    QCOMPARE(state_hash(*fresh), head);
+    // An empty set is the base; an unknown edit is refused and nothing changes.
+    QCOMPARE(f.project->restore_active(*f.model, {}), state_hash_of_base(f.model->fingerprint()));
+    QVERIFY(f.project->active_ids().empty());
+    QVERIFY(error_of([&] { f.project->restore_active(*f.model, {999}); }).contains("no edit 999"));
+    QVERIFY(f.project->active_ids().empty());
+}
+
+void TestStore::saveAsWritesAnIdenticalProject() {
+    Fixture f("gpt2-tiny", 3);
+    f.project->undo(*f.model);
+    const fs::path copy = f.tmp.path / "copy.engram";
+    f.project->save_as(copy);
+    auto p = Project::open(copy);
+    QCOMPARE(p->active_ids(), f.project->active_ids());
+    QCOMPARE(p->redo_ids(), f.project->redo_ids());
+    QCOMPARE(p->history().size(), f.project->history().size());
+    auto m = p->open_model(f.model_dir);
+    QCOMPARE(state_hash(*m), state_hash(*f.model));
+    for (const auto& c : p->verify(*m)) QVERIFY(c.ok());
+    // The original stays usable and independent; saving over an existing copy replaces it whole.
+    f.project->redo(*f.model);
+    QVERIFY(p->active_ids() != f.project->active_ids());
+    p.reset();
+    f.project->save_as(copy);
+    QCOMPARE(Project::open(copy)->active_ids(), f.project->active_ids());
+    QVERIFY(error_of([&] { f.project->save_as(f.db); }).contains("own file"));
+    QVERIFY(error_of([&] { f.project->save_as(f.tmp.path / "no-such-dir" / "x.engram"); }).contains("does not exist"));
 }
 
 void TestStore::refusesAnotherModelsProject() {

@@ -119,6 +119,9 @@ public:
     std::optional<int64_t> redo(Model& model);  // the edit redone; nullopt: nothing to redo
     void rollback(Model& model, int64_t to_id);
     std::vector<int64_t> revert(Model& model, int64_t id);  // returns the dependent active edits
+    // Makes exactly `ids` the active edits (the others are reverted and redoable), for example the
+    // active set saved before a rollback or revert, to undo it. Returns the state hash.
+    std::string restore_active(Model& model, const std::vector<int64_t>& ids);
 
     // The history as JSON (format "engram-history" v1; tensors as base64 of their blobs, with checksums).
     nlohmann::json export_history() const;
@@ -127,9 +130,22 @@ public:
     // The history must be for this project's base model (same fingerprint). Returns the new ids.
     std::vector<int64_t> import_history(Model& model, const nlohmann::json& history);
 
-    // Cached causal traces, keyed by the model state and the trace parameters.
-    void put_trace(const std::string& state_hash, const nlohmann::json& params, const at::Tensor& result);
+    // Cached causal traces, keyed by the model state and the trace parameters. `summary` (what the
+    // result alone does not say: the answer, its clean and corrupted probabilities) is stored beside
+    // the parameters but is not part of the key.
+    void put_trace(const std::string& state_hash, const nlohmann::json& params, const at::Tensor& result,
+                   const nlohmann::json& summary = nlohmann::json::object());
     std::optional<at::Tensor> find_trace(const std::string& state_hash, const nlohmann::json& params) const;
+    struct TraceEntry {
+        std::string state_hash, created_at;
+        nlohmann::json params, summary;
+    };
+    std::vector<TraceEntry> traces() const;  // newest first, without their results
+
+    // Writes a consistent copy of the project to `file` (SQLite VACUUM INTO through a temporary file
+    // beside it, then a rename, so an existing file is replaced whole or not at all). This project
+    // stays open on its own file.
+    void save_as(const std::filesystem::path& file) const;
     // Evaluation results.
     int64_t add_evaluation(Evaluation evaluation);
     std::vector<Evaluation> evaluations() const;

@@ -853,6 +853,40 @@ std::vector<int64_t> Project::revert(Model& model, int64_t id) {
     });
 }
 
+std::string Project::restore_active(Model& model, const std::vector<int64_t>& ids) {
+    impl_->need_writable("restore a set of active edits");
+    check_model(model);
+    for (int64_t id : ids)
+        if (!impl_->edit_exists(id)) throw Error(ErrorKind::Argument, impl_->where() + ": no edit " + std::to_string(id) + " to make active");
+    return impl_->guarded(model, impl_->where() + ": restoring the active edits", [&] {
+        const EditIndex ix = impl_->index();
+        const std::set<int64_t> active = to_set(impl_->active_ids());
+        const std::set<int64_t> target = to_set(ids);
+        transition(model, ix, active, target);
+        const std::string hash = state_hash(model);
+        std::vector<int64_t> reverted, activated;
+        for (int64_t id : ix.in_order(active))
+            if (!target.count(id)) reverted.push_back(id);
+        for (int64_t id : ix.in_order(target))
+            if (!active.count(id)) activated.push_back(id);
+        sql::Transaction tx(impl_->db);
+        impl_->expect_unchanged();
+        for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {
+            impl_->set_status(*it, EditStatus::Reverted);
+            impl_->push_redo(*it);
+        }
+        for (int64_t id : activated) {
+            impl_->set_status(id, EditStatus::Active);
+            impl_->drop_redo(id);
+        }
+        impl_->log("restore", std::nullopt, {{"active", ids_json(ix.in_order(target))}, {"reverted", ids_json(reverted)}, {"activated", ids_json(activated)}},
+                   hash);
+        tx.commit();
+        impl_->seen_op = impl_->last_operation();
+        return hash;
+    });
+}
+
 json Project::export_history() const {
     json edits = json::array();
     const EditIndex ix = impl_->index();
@@ -1051,14 +1085,18 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
     }
 }
 
-void Project::put_trace(const std::string& state_hash_value, const json& params, const at::Tensor& result) {
+void Project::put_trace(const std::string& state_hash_value, const json& params, const at::Tensor& result, const json& summary) {
     impl_->need_writable("store a trace");
+    if (!params.is_object()) throw Error(ErrorKind::Argument, impl_->where() + ": trace parameters must be a JSON object");
     const std::string key = trace_key(state_hash_value, params);
+    // The summary rides along in the stored parameters under "summary"; the key is the parameters alone.
+    json stored = params;
+    stored["summary"] = summary;
     const std::vector<uint8_t> blob = tensor_blob(result);
     sql::Transaction tx(impl_->db);
     sql::Statement st(impl_->db,
                       "INSERT OR REPLACE INTO traces (key, state_hash, params, created_at, dtype, shape, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
-    st.bind(1, key).bind(2, state_hash_value).bind(3, params.dump()).bind(4, now_iso());
+    st.bind(1, key).bind(2, state_hash_value).bind(3, stored.dump()).bind(4, now_iso());
     st.bind(5, dtype_name(dtype_of_tensor(result, "trace"))).bind(6, json(result.sizes().vec()).dump()).bind(7, checksum(blob));
     st.bind_blob(8, blob.data(), blob.size()).run();
     tx.commit();
@@ -1073,6 +1111,50 @@ std::optional<at::Tensor> Project::find_trace(const std::string& state_hash_valu
     const std::vector<uint8_t> blob = st.column_blob(3);
     verify_checksum(blob, st.column_text(2), what);
     return tensor_from_blob(parse_dtype(st.column_text(0), what), parse_shape(st.column_text(1), what), blob.data(), blob.size(), what);
+}
+
+std::vector<Project::TraceEntry> Project::traces() const {
+    std::vector<TraceEntry> out;
+    sql::Statement st(impl_->db, "SELECT state_hash, created_at, params FROM traces ORDER BY created_at DESC, id DESC");
+    while (st.step()) {
+        TraceEntry e;
+        e.state_hash = st.column_text(0);
+        e.created_at = st.column_text(1);
+        e.params = parse_json(st.column_text(2), "trace parameters");
+        if (e.params.is_object() && e.params.contains("summary")) {
+            e.summary = e.params["summary"];
+            e.params.erase("summary");
+        } else {
+            e.summary = json::object();
+        }
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+void Project::save_as(const fs::path& file) const {
+    const std::string what = impl_->where() + ": saving a copy as " + file.string();
+    std::error_code ec;
+    if (fs::equivalent(file, impl_->file, ec)) throw Error(ErrorKind::Argument, what + ": that is this project's own file");
+    if (fs::is_directory(file, ec)) throw Error(ErrorKind::Argument, what + ": is a folder");
+    const fs::path dir = file.has_parent_path() ? file.parent_path() : fs::path(".");
+    if (!fs::is_directory(dir, ec)) throw Error(ErrorKind::Io, what + ": the folder " + dir.string() + " does not exist");
+    // VACUUM INTO refuses an existing target: write a fresh temporary file, then rename it over.
+    fs::path tmp = file;
+    tmp += ".saving-" + std::to_string(::getpid());
+    fs::remove(tmp, ec);
+    try {
+        sql::Statement st(impl_->db, "VACUUM INTO ?");
+        st.bind(1, tmp.string()).run();
+    } catch (const Error& e) {
+        fs::remove(tmp, ec);
+        throw e.with_context(what);
+    }
+    fs::rename(tmp, file, ec);
+    if (ec) {
+        fs::remove(tmp, ec);
+        throw Error(ErrorKind::Io, what + ": " + ec.message());
+    }
 }
 
 int64_t Project::add_evaluation(Evaluation ev) {
