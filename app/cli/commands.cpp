@@ -226,13 +226,10 @@ int cmd_classify(const Argv& argv) {
     const int64_t k = args.integer("top-k", 5, 1);
     auto model = open_model(args, "shapes");
     if (model->arch() != Arch::Vit) throw Error(ErrorKind::Argument, model->arch_name() + " is not an image classifier");
-    ImagePreprocess pre = model->preprocess();
-    pre.height = pre.width = model->hparams().image_size;  // the model only accepts its own size
-    pre.do_resize = true;
     c10::InferenceMode guard;
     for (const auto& path : images) {
         ForwardInput in;
-        in.pixel_values = load_image(path, pre);
+        in.pixel_values = load_model_image(*model, path);
         at::Tensor probs = at::softmax(model->forward(in).logits[0].to(at::kCPU), -1);
         auto [p, idx] = probs.topk(std::min<int64_t>(k, probs.size(0)));
         json top = json::array();

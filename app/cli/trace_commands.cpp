@@ -100,14 +100,7 @@ std::vector<std::string> noise_subjects(const Args& args) {
         if (out.empty()) throw Error(ErrorKind::Argument, *file + ": no subjects");
         return out;
     }
-    const demo::FactWorld world = demo::generate_fact_world();
-    std::vector<bool> seen(world.entities.size(), false);
-    for (const demo::Fact& f : world.facts)
-        if (!seen[size_t(f.subject)]) {
-            seen[size_t(f.subject)] = true;
-            out.push_back(world.entities[size_t(f.subject)].name);
-        }
-    return out;
+    return demo::fact_world_subjects(demo::generate_fact_world());
 }
 
 TraceOptions trace_options(const Args& args, const Model& model) {

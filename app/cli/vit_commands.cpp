@@ -70,13 +70,6 @@ int64_t parse_class(const Model& model, const std::string& s, const char* what) 
                                          (labels.size() > 12 ? ", ..." : "") + ", or a number below " + std::to_string(labels.size()) + ")");
 }
 
-ImagePreprocess model_preprocess(const Model& model) {
-    ImagePreprocess pre = model.preprocess();
-    pre.height = pre.width = model.hparams().image_size;  // the model only accepts its own size
-    pre.do_resize = true;
-    return pre;
-}
-
 // Image files: each argument is a file or a folder (its PNG/JPEG/BMP files, sorted by name).
 std::vector<fs::path> image_files(const std::vector<std::string>& args, const char* option) {
     std::vector<fs::path> out;
@@ -102,9 +95,8 @@ std::vector<fs::path> image_files(const std::vector<std::string>& args, const ch
 }
 
 at::Tensor load_images(const Model& model, const std::vector<fs::path>& files) {
-    const ImagePreprocess pre = model_preprocess(model);
     std::vector<at::Tensor> px;
-    for (const auto& f : files) px.push_back(load_image(f, pre));
+    for (const auto& f : files) px.push_back(load_model_image(model, f));
     return px.empty() ? at::Tensor() : at::cat(px);
 }
 
@@ -183,22 +175,11 @@ std::string fixed(double v, int digits) {
 
 // Shapes World reference images for P when the user gave none (the demo model only).
 at::Tensor demo_reference(const Model& model, int64_t n) {
-    if (model.labels() != demo::shape_class_names())
-        throw Error(ErrorKind::Argument, "fitting P needs unrelated reference images: pass --locality-images DIR "
-                                         "(or --set use_projection=false)");
-    vit::ShapesProtocolOptions po;
-    po.n_reference = n;
-    po.n_locality = po.n_accuracy = 1;
-    po.counter_images = 0;
-    std::vector<demo::ShapeSample> samples;
-    std::vector<int64_t> labels;
-    for (int64_t i = 0; i < n; ++i) {
-        samples.push_back(demo::render_shape_sample(po.seed, demo::ShapesSplit::Test, uint64_t(i)));
-        labels.push_back(samples.back().label);
+    try {
+        return vit::shapes_reference(model, n);
+    } catch (const Error& e) {
+        throw Error(ErrorKind::Argument, std::string(e.what()) + ": pass --locality-images DIR (or --set use_projection=false)");
     }
-    at::Tensor px = demo::shape_pixels(samples, int(model.hparams().image_size));
-    at::Tensor ok = (vit::predict(model, px) == at::tensor(labels, at::kLong)).nonzero().squeeze(1);
-    return px.index_select(0, ok);
 }
 
 #ifdef ENGRAM_CLI_HAS_UI

@@ -18,6 +18,10 @@
 #include "widgets/qcustomplot_include.h"
 #include <QTableWidget>
 #include <QUndoStack>
+#include <QSettings>
+#include <QTemporaryDir>
+
+#include "widgets/vit_attribution_figure.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -40,6 +44,7 @@ class TestWorkbench : public QObject {
     Q_OBJECT
 
 private Q_SLOTS:
+    void initTestCase();
     void historyModelContract();
     void editUndoRedoReopen();
     void badRequestShowsError();
@@ -52,6 +57,12 @@ private Q_SLOTS:
     void retraceShowsDifference();
     void hparamOverridesAndBaseSideBySide();
     void screenshotsEveryView();
+    void saveAsRecentAndCachedTrace();
+    void settingsApply();
+    void visionFilesHeadClickAndReport();
+
+private:
+    QTemporaryDir m_settings;  // QSettings go here, not into the user's configuration
 
 private:
     static QString demo() { return QStringLiteral(ENGRAM_SOURCE_RESOURCES "/demo/factworld"); }
@@ -60,6 +71,14 @@ private:
         return table && table->rowCount() ? table->item(0, 0)->text().trimmed() : QString();
     }
 };
+
+void TestWorkbench::initTestCase() {
+    QVERIFY(m_settings.isValid());
+    QSettings::setDefaultFormat(QSettings::IniFormat);
+    QSettings::setPath(QSettings::IniFormat, QSettings::UserScope, m_settings.path());
+    QCoreApplication::setOrganizationName(QStringLiteral("EngramTest"));
+    QCoreApplication::setApplicationName(QStringLiteral("tst_workbench"));
+}
 
 void TestWorkbench::historyModelContract() {
     HistoryModel model;
@@ -324,6 +343,7 @@ void TestWorkbench::historyRollbackRevertChart() {
     f.subject = QStringLiteral("Gaglik Gladith");
     f.prompt = QStringLiteral("The sport played by {} is");
     w.workbench().record(w.workbench().computeEdit(f));
+    const QString afterSecond = w.workbench().stateHash();
     w.openProjectNow(tmp.filePath(QStringLiteral("h.engram")));
     QCOMPARE(w.historyModel()->rowCount(), 2);
 
@@ -347,6 +367,17 @@ void TestWorkbench::historyRollbackRevertChart() {
     QCOMPARE(w.workbench().stateHash(), base);
     QCOMPARE(w.historyModel()->rows()[0].status, QStringLiteral("reverted"));
     QCOMPARE(w.workbench().driftByLayer()[0], 0.0);
+    // Both are on the undo stack: undoing them brings back each earlier state, redoing them again.
+    QCOMPARE(w.undoStack()->count(), 2);
+    w.undoStack()->undo();
+    QCOMPARE(w.workbench().stateHash(), afterFirst);
+    w.undoStack()->undo();
+    QCOMPARE(w.workbench().stateHash(), afterSecond);
+    QCOMPARE(w.historyModel()->rows()[1].status, QStringLiteral("active"));
+    w.undoStack()->redo();
+    QCOMPARE(w.workbench().stateHash(), afterFirst);
+    w.undoStack()->redo();
+    QCOMPARE(w.workbench().stateHash(), base);
 }
 
 void TestWorkbench::evaluateOverlaysRuns() {
@@ -444,6 +475,175 @@ void TestWorkbench::screenshotsEveryView() {
         QVERIFY2(!img.isNull(), view);
         QVERIFY(img.width() >= 600 && img.height() >= 400);
     }
+}
+
+void TestWorkbench::saveAsRecentAndCachedTrace() {
+    QTemporaryDir tmp;
+    const QString file = tmp.filePath(QStringLiteral("a.engram")), copy = tmp.filePath(QStringLiteral("b.engram"));
+    QVector<QVector<double>> mlp;
+    QString hash;
+    {
+        MainWindow w;
+        w.openModelNow(demo());
+        w.workbench().createProject(file);
+        engram::ui::EditForm f;
+        f.prompt = QStringLiteral("{} competes in");
+        f.subject = QStringLiteral("Gaglik Pidea");
+        f.target = QStringLiteral("Zuluball");
+        w.workbench().record(w.workbench().computeEdit(f));
+        w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+        QSignalSpy finished(&w, &MainWindow::jobFinished);
+        w.runTrace();
+        QVERIFY(finished.wait(120000));
+        QVERIFY(!w.lastTrace().fromCache);
+        mlp = w.traceScores(1);
+        hash = w.workbench().stateHash();
+        // Tracing again in the same state reads the project's cache: the same numbers, streamed in.
+        w.runTrace();
+        QVERIFY(finished.wait(120000));
+        QVERIFY(w.lastTrace().fromCache);
+        QCOMPARE(w.traceScores(1), mlp);
+        // Save As: a copy with the same history, in which work goes on; it heads the recent files.
+        QVERIFY(w.saveProjectAs(copy));
+        QCOMPARE(w.workbench().projectFile(), copy);
+        QCOMPARE(w.recentProjects().value(0), QFileInfo(copy).absoluteFilePath());
+        QVERIFY(!w.saveProjectAs(tmp.filePath(QStringLiteral("missing/c.engram"))));  // a clear error, nothing lost
+        QCOMPARE(w.workbench().projectFile(), copy);
+    }
+    // Reopening restores the model state, the history and the cached trace with its form.
+    MainWindow again;
+    again.openProjectNow(copy);
+    QCOMPARE(again.historyModel()->rowCount(), 1);
+    QCOMPARE(again.workbench().stateHash(), hash);
+    QVERIFY(again.lastTrace().fromCache);
+    QCOMPARE(again.traceScores(1), mlp);
+    QCOMPARE(again.heatmap(1)->rowCount(), int(mlp.size()));
+    QCOMPARE(again.heatmap(1)->cellValue(1, 2), mlp[1][2]);
+    QCOMPARE(again.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    QCOMPARE(again.recentProjects().value(0), QFileInfo(copy).absoluteFilePath());
+    // The original file is untouched by the work in the copy and goes to the top of the list when opened.
+    again.openProjectNow(file);
+    QCOMPARE(again.recentProjects().mid(0, 2), (QStringList{QFileInfo(file).absoluteFilePath(), QFileInfo(copy).absoluteFilePath()}));
+    QCOMPARE(again.workbench().stateHash(), hash);
+    QVERIFY(again.lastTrace().fromCache);
+    // A cached trace belongs to its state: after undo there is none to restore for the base.
+    again.undoStack()->clear();
+    again.workbench().undo();
+    engram::ui::StoredTrace none;
+    QVERIFY(!again.workbench().latestTrace(&none));
+}
+
+void TestWorkbench::settingsApply() {
+    const int threads = engram::ui::Workbench::threads();
+    {
+        MainWindow w;
+        w.applySettings(QStringLiteral("cpu"), 1, QStringLiteral("memit"));
+        QCOMPARE(engram::ui::Workbench::threads(), 1);
+        QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->currentText(), QStringLiteral("memit"));
+        QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("evalMethod"))->currentText(), QStringLiteral("memit"));
+    }
+    {
+        // A new window starts with the saved settings.
+        MainWindow w;
+        QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->currentText(), QStringLiteral("memit"));
+        QCOMPARE(w.workbench().device(), QStringLiteral("cpu"));
+        QVERIFY_THROWS_EXCEPTION(std::exception, w.applySettings(QStringLiteral("cuda:7"), 1, QStringLiteral("rome")));
+        w.applySettings(QStringLiteral("cpu"), std::max(1, threads), QStringLiteral("rome"));
+    }
+    QCOMPARE(engram::ui::Workbench::threads(), std::max(1, threads));
+}
+
+void TestWorkbench::visionFilesHeadClickAndReport() {
+    QTemporaryDir tmp;
+    MainWindow w;
+    w.openModelNow(QStringLiteral(ENGRAM_SOURCE_RESOURCES "/demo/shapes"));
+    w.resize(1300, 900);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    w.tabs()->setCurrentIndex(4);
+    // Image files: two rendered images saved as PNG, read back through the model's preprocessing.
+    QStringList files;
+    for (int i = 0; i < 2; ++i) {
+        const auto sample = engram::demo::render_shape_sample(777, engram::demo::ShapesSplit::Test, uint64_t(i));
+        QImage img(sample.rgb.data(), 32, 32, 32 * 3, QImage::Format_RGB888);
+        files << tmp.filePath(QStringLiteral("img%1.png").arg(i));
+        QVERIFY(img.save(files.last()));
+    }
+    QFile bad(tmp.filePath(QStringLiteral("bad.png")));
+    QVERIFY(bad.open(QIODevice::WriteOnly));
+    bad.write("not an image");
+    bad.close();
+    auto* list = w.findChild<QListWidget*>(QStringLiteral("imageList"));
+    QSignalSpy errors(&w, &MainWindow::errorShown);
+    w.loadImageFiles(files + QStringList{bad.fileName()});
+    QCOMPARE(errors.size(), 1);
+    QVERIFY(errors.at(0).at(0).toString().contains(QStringLiteral("bad.png")));
+    w.loadImageFiles(files);
+    QCOMPARE(list->count(), 2);
+    QCOMPARE(w.workbench().vitImages()[1].label, -1);
+    QVERIFY(list->item(1)->text().startsWith(QStringLiteral("img1.png: ?")));
+    // The file's logits equal the core's on the same pixels (PNG is lossless).
+    const auto sample = engram::demo::render_shape_sample(777, engram::demo::ShapesSplit::Test, 1);
+    {
+        c10::InferenceMode guard;
+        const at::Tensor core = engram::vit::run(*w.workbench().model(), engram::demo::shape_pixels({sample}, 32), {}).logits[0].to(at::kDouble);
+        const QVector<double> shown = w.workbench().logitsWithout(1, {});
+        for (int k = 0; k < 8; ++k) QVERIFY(std::abs(shown[k] - core[k].item<double>()) < 1e-5);
+    }
+
+    // Clicking a head in the figure selects it; its patch map is then the first one shown.
+    list->setCurrentRow(0);
+    auto* fig = w.attributionFigure();
+    QCoreApplication::processEvents();
+    const QPoint centre = fig->headCenter(3, 2);
+    int layer = -1, head = -1;
+    QVERIFY(fig->headAt(centre, &layer, &head));
+    QCOMPARE(layer, 3);
+    QCOMPARE(head, 2);
+    QSignalSpy clicked(fig, &engram::ui::VitAttributionFigure::headClicked);
+    QTest::mouseClick(fig->plot(), Qt::LeftButton, {}, fig->plot()->mapFrom(fig, centre));
+    QCOMPARE(clicked.size(), 1);
+    QCOMPARE(w.headTable()->currentRow(), 3);
+    QCOMPARE(w.headTable()->currentColumn(), 2);
+    QCOMPARE(fig->data().topHeads.value(0).layer, 3);
+    QCOMPARE(fig->data().topHeads.value(0).head, 2);
+    QVERIFY(!fig->headAt(QPoint(2, 2), &layer, &head));  // the image panel is not the grid
+
+    // A head edit on Shapes World images shows before/after figures over the list.
+    w.loadImages();  // 64 counter images
+    QVector<int> failing;
+    const QVector<int> predicted = w.workbench().vitPredictions();
+    for (int i = 0; i < list->count(); ++i)
+        if (w.workbench().vitImages()[i].label == 3 && predicted[i] != 3) failing.push_back(i);
+    QVERIFY(failing.size() >= 2);
+    list->clearSelection();
+    for (int i : failing.mid(0, failing.size() - 1)) list->item(i)->setSelected(true);  // hold the last one out
+    w.findChild<QComboBox*>(QStringLiteral("vitTarget"))->setCurrentIndex(3);
+    QSignalSpy applied(&w, &MainWindow::editApplied);
+    QTest::mouseClick(w.findChild<QPushButton*>(QStringLiteral("headEditButton")), Qt::LeftButton);
+    QVERIFY(applied.wait(180000));
+    QTableWidget* report = w.vitReportTable();
+    QVERIFY(report->isVisible());
+    QCOMPARE(report->rowCount(), 4);
+    QCOMPARE(report->item(0, 0)->text(), QStringLiteral("success"));
+    QCOMPARE(report->item(0, 1)->text().toInt(), int(failing.size()) - 1);
+    const QVector<int> after = w.workbench().vitPredictions();
+    int fixed = 0;
+    for (int i : failing.mid(0, failing.size() - 1)) fixed += after[i] == 3;
+    QCOMPARE(report->item(0, 2)->text(), QStringLiteral("0.0 → %1").arg(100.0 * fixed / (failing.size() - 1), 0, 'f', 1));
+    QVERIFY(fixed >= failing.size() - 2);                                  // the edit took
+    QCOMPARE(report->item(1, 1)->text(), QStringLiteral("1"));            // the held-out failure
+    QCOMPARE(report->item(1, 2)->text(), QStringLiteral("0.0 → %1").arg(after[failing.last()] == 3 ? 100.0 : 0.0, 0, 'f', 1));
+    int unchanged = 0, others = 0;
+    for (int i = 0; i < list->count(); ++i)
+        if (w.workbench().vitImages()[i].label != 3) ++others, unchanged += after[i] == predicted[i];
+    QCOMPARE(report->item(2, 1)->text().toInt(), others);
+    QCOMPARE(report->item(2, 2)->text(), QStringLiteral("100.0 → %1").arg(100.0 * unchanged / others, 0, 'f', 1));
+    qInfo("head edit over the listed images: %s success, %s generalization, %s locality, %s accuracy", qPrintable(report->item(0, 2)->text()),
+          qPrintable(report->item(1, 2)->text()), qPrintable(report->item(2, 2)->text()), qPrintable(report->item(3, 2)->text()));
+    // Undo restores the predictions.
+    w.undoStack()->undo();
+    QCOMPARE(w.workbench().vitPredictions(), predicted);
 }
 
 QTEST_MAIN(TestWorkbench)

@@ -4,6 +4,7 @@
 #include <QFileInfo>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <unistd.h>
 
@@ -56,7 +57,9 @@ Workbench::Workbench() = default;
 Workbench::~Workbench() = default;
 
 void Workbench::openModel(const QString& dir) {
-    auto model = Model::load(s(dir));
+    LoadOptions lo;
+    lo.device = c10::Device(s(m_device));
+    auto model = Model::load(s(dir), lo);
     m_project.reset();
     m_model = std::move(model);
     m_images.clear();
@@ -65,7 +68,9 @@ void Workbench::openModel(const QString& dir) {
 
 void Workbench::openProject(const QString& file, const QString& modelDir) {
     auto project = Project::open(s(file));
-    auto model = project->open_model(modelDir.isEmpty() ? std::nullopt : std::optional<std::filesystem::path>(s(modelDir)));
+    LoadOptions lo;
+    lo.device = c10::Device(s(m_device));
+    auto model = project->open_model(modelDir.isEmpty() ? std::nullopt : std::optional<std::filesystem::path>(s(modelDir)), lo);
     m_model = std::move(model);
     m_project = std::move(project);
     m_images.clear();
@@ -80,6 +85,14 @@ void Workbench::createProject(const QString& file) {
     // so a new project starts from the base weights.
     m_model->restore_all_base();
     m_project = std::move(project);
+}
+
+void Workbench::saveProjectAs(const QString& file) {
+    if (!m_project) throw Error(ErrorKind::Argument, "no project is open (an edit creates one)");
+    m_project->save_as(s(file));
+    auto copy = Project::open(s(file));
+    copy->check_model(*m_model);
+    m_project = std::move(copy);
 }
 
 QString Workbench::projectFile() const { return m_project ? q(m_project->file().string()) : QString(); }
@@ -201,10 +214,73 @@ TraceSummary Workbench::traceShape(const QString& prompt, const QString& subject
     return out;
 }
 
+namespace {
+
+// What keys a trace from the workbench in the project's cache (with the model state).
+nlohmann::json trace_params(const std::string& text, const std::string& subject, int samples, const std::string& answer) {
+    return {{"source", "workbench"}, {"text", text}, {"subject", subject}, {"samples", samples}, {"answer", answer}, {"noise", "s3"}, {"window", 10}};
+}
+
+nlohmann::json summary_json(const TraceSummary& t) {
+    std::vector<std::string> tokens;
+    for (const QString& x : t.tokens) tokens.push_back(s(x));
+    return {{"tokens", tokens},       {"subject_begin", t.subjectBegin}, {"subject_end", t.subjectEnd},     {"n_layer", t.nLayer},
+            {"window", t.window},     {"answer", s(t.answer)},           {"clean_prob", t.cleanProb},       {"corrupted_prob", t.corruptedProb},
+            {"seconds", t.seconds},   {"prompt", s(t.prompt)},           {"subject", s(t.subject)},         {"samples", t.samples}};
+}
+
+// A cached trace back into values; false when the record is not one the workbench wrote.
+bool stored_trace(const nlohmann::json& summary, const at::Tensor& scores, StoredTrace* out) {
+    try {
+        TraceSummary& t = out->summary;
+        t = TraceSummary();
+        for (const auto& x : summary.at("tokens")) t.tokens << q(x.get<std::string>());
+        t.subjectBegin = summary.at("subject_begin").get<int>();
+        t.subjectEnd = summary.at("subject_end").get<int>();
+        t.nLayer = summary.at("n_layer").get<int>();
+        t.window = summary.at("window").get<int>();
+        t.answer = q(summary.at("answer").get<std::string>());
+        t.cleanProb = summary.at("clean_prob").get<double>();
+        t.corruptedProb = summary.at("corrupted_prob").get<double>();
+        t.seconds = summary.at("seconds").get<double>();
+        t.prompt = q(summary.at("prompt").get<std::string>());
+        t.subject = q(summary.at("subject").get<std::string>());
+        t.samples = summary.at("samples").get<int>();
+        t.fromCache = true;
+        if (scores.dim() != 3 || scores.size(0) != 3 || scores.size(1) != t.tokens.size() || scores.size(2) != t.nLayer) return false;
+        const at::Tensor d = scores.to(at::kDouble).contiguous();
+        for (int k = 0; k < 3; ++k) {
+            out->scores[k].clear();
+            for (int64_t tok = 0; tok < d.size(1); ++tok) {
+                const double* row = d[k][tok].data_ptr<double>();
+                out->scores[k].push_back(QVector<double>(row, row + d.size(2)));
+            }
+        }
+        return true;
+    } catch (const nlohmann::json::exception&) {
+        return false;
+    }
+}
+
+}  // namespace
+
 TraceSummary Workbench::trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow, const std::atomic<bool>* cancel,
                               int samples, const QString& answer) const {
     if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "causal tracing needs a language model");
     const std::string text = eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject));
+    const nlohmann::json params = trace_params(text, s(subject), samples, s(answer));
+    const std::string hash = m_project ? state_hash(*m_model) : std::string();
+    if (m_project)
+        for (const Project::TraceEntry& e : m_project->traces()) {
+            if (e.state_hash != hash || e.params != params) continue;
+            StoredTrace st;
+            const auto scores = m_project->find_trace(hash, params);
+            if (!scores || !stored_trace(e.summary, *scores, &st)) break;  // unreadable: compute it again
+            if (onRow)
+                for (int k = 0; k < 3; ++k)
+                    for (int t = 0; t < st.scores[k].size(); ++t) onRow(k, t, st.scores[k][t]);
+            return st.summary;
+        }
     const TraceInput input = make_trace_input(*m_model, text, s(subject));
     TraceOptions o;
     o.samples = samples;
@@ -212,17 +288,8 @@ TraceSummary Workbench::trace(const QString& prompt, const QString& subject, con
     if (!answer.isEmpty()) o.target = s(answer);
     // The noise scale: 3x the std of subject-token embeddings. On the Fact World model over the
     // world's subjects (as engram-cli trace does), elsewhere over this subject alone.
-    std::vector<std::string> subjects = {s(subject)};
-    if (m_model->dir().filename() == "factworld") {
-        subjects.clear();
-        const demo::FactWorld world = demo::generate_fact_world();
-        std::vector<bool> seen(world.entities.size(), false);
-        for (const demo::Fact& f : world.facts)
-            if (!seen[size_t(f.subject)]) {
-                seen[size_t(f.subject)] = true;
-                subjects.push_back(world.entities[size_t(f.subject)].name);
-            }
-    }
+    const std::vector<std::string> subjects =
+        m_model->dir().filename() == "factworld" ? demo::fact_world_subjects(demo::generate_fact_world()) : std::vector<std::string>{s(subject)};
     o.embedding_std = subject_embedding_std(*m_model, subjects);
     o.on_row = [&](const TraceRow& row) {
         if (!onRow) return;
@@ -241,7 +308,28 @@ TraceSummary Workbench::trace(const QString& prompt, const QString& subject, con
     out.corruptedProb = r.corrupted_prob;
     out.cancelled = r.cancelled;
     out.seconds = r.seconds;
+    out.prompt = prompt;
+    out.subject = subject;
+    out.samples = samples;
+    if (m_project && !r.cancelled && r.kinds.size() == 3) {
+        at::Tensor scores = at::empty({3, int64_t(out.tokens.size()), r.n_layer}, at::kDouble);
+        for (const TraceKindResult& k : r.kinds)
+            for (size_t t = 0; t < k.scores.size(); ++t)
+                for (size_t l = 0; l < k.scores[t].size(); ++l) scores[int64_t(k.kind)][int64_t(t)][int64_t(l)] = k.scores[t][l];
+        m_project->put_trace(hash, params, scores, summary_json(out));
+    }
     return out;
+}
+
+bool Workbench::latestTrace(StoredTrace* out) const {
+    if (!m_project || !m_model || !m_model->is_decoder()) return false;
+    const std::string hash = state_hash(*m_model);
+    for (const Project::TraceEntry& e : m_project->traces()) {
+        if (e.state_hash != hash || e.params.value("source", std::string()) != "workbench") continue;
+        const auto scores = m_project->find_trace(hash, e.params);
+        if (scores && stored_trace(e.summary, *scores, out)) return true;
+    }
+    return false;
 }
 
 ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool>* cancel) {
@@ -385,6 +473,18 @@ QVector<HistoryRow> Workbench::history() const {
     return rows;
 }
 
+QVector<qint64> Workbench::activeIds() const {
+    QVector<qint64> out;
+    if (m_project)
+        for (int64_t id : m_project->active_ids()) out.push_back(id);
+    return out;
+}
+
+QString Workbench::restoreActive(const QVector<qint64>& ids) {
+    if (!m_project) throw Error(ErrorKind::Argument, "no project is open");
+    return q(m_project->restore_active(*m_model, std::vector<int64_t>(ids.begin(), ids.end())));
+}
+
 void Workbench::rollback(qint64 toId) {
     if (!m_project) throw Error(ErrorKind::Argument, "no project is open");
     m_project->rollback(*m_model, toId);
@@ -505,9 +605,30 @@ void Workbench::loadShapes(const QString& split, int n, quint64 seed) {
         images.push_back({img, sm.label, QStringLiteral("%1 %2").arg(split).arg(i)});
     }
     auto px = std::make_shared<Pixels>();
-    px->values = demo::shape_pixels(samples, size);
+    px->values = demo::shape_pixels(samples, size).to(m_model->device());
     m_images = images;
     m_pixels = px;
+}
+
+void Workbench::loadImageFiles(const QStringList& files) {
+    if (!isVit()) throw Error(ErrorKind::Argument, "the Vision view needs a ViT (open a ViT checkpoint or the Shapes World model)");
+    if (files.isEmpty()) throw Error(ErrorKind::Argument, "no image files chosen");
+    QVector<VitImage> images;
+    std::vector<at::Tensor> px;
+    for (const QString& f : files) {
+        px.push_back(load_model_image(*m_model, s(f)));  // throws with the file's name when it cannot be decoded
+        QImage img(f);
+        if (img.isNull()) {  // decoded by the core but not by Qt: show what the model sees
+            const int size = int(m_model->hparams().image_size);
+            img = QImage(size, size, QImage::Format_RGB888);
+            img.fill(Qt::gray);
+        }
+        images.push_back({img.convertToFormat(QImage::Format_RGB888), -1, QFileInfo(f).fileName()});
+    }
+    auto pixels = std::make_shared<Pixels>();
+    pixels->values = at::cat(px).to(m_model->device());
+    m_images = images;
+    m_pixels = pixels;
 }
 
 VitAttributionView Workbench::attributeImage(int index, int target) const {
@@ -565,23 +686,77 @@ ComputedEdit Workbench::computeHeadEdit(const QVector<int>& indices, int target,
         if (i < 0 || i >= m_images.size()) throw Error(ErrorKind::Argument, "no such image");
     at::Tensor px = m_pixels->values.index_select(0, at::tensor(idx, at::kLong));
     // Reference images for P: rendered test images the model gets right (as engram-cli vit-edit does).
-    std::vector<demo::ShapeSample> ref;
-    std::vector<int64_t> ref_labels;
-    demo::ShapesOptions so;
-    so.image_size = int(m_model->hparams().image_size);
-    for (int i = 0; i < 1000; ++i) {
-        ref.push_back(demo::render_shape_sample(777, demo::ShapesSplit::Test, uint64_t(i), so));
-        ref_labels.push_back(ref.back().label);
-    }
-    at::Tensor rpx = demo::shape_pixels(ref, so.image_size);
-    at::Tensor ok = (vit::predict(*m_model, rpx) == at::tensor(ref_labels, at::kLong)).nonzero().squeeze(1);
+    const at::Tensor reference = vit::shapes_reference(*m_model, 1000);
     vit::HeadEditOptions o;
     o.cancel = cancel;
-    vit::HeadEditResult r = vit::edit_heads(*m_model, px, std::vector<int64_t>(idx.size(), target), rpx.index_select(0, ok), o);
+    vit::HeadEditResult r = vit::edit_heads(*m_model, px, std::vector<int64_t>(idx.size(), target), reference, o);
     auto edit = std::make_shared<Edit>(std::move(r.edit));
     edit->metrics["update_norm"] = update_norm(*edit);
     const QString cls = q(m_model->labels().at(size_t(target)));
-    return {edit, q(edit->method), QStringLiteral("%1 images").arg(indices.size()), cls, QStringLiteral("misclassified")};
+    ComputedEdit out{edit, q(edit->method), QStringLiteral("%1 images").arg(indices.size()), cls, QStringLiteral("misclassified")};
+    out.images = indices;
+    out.imageTarget = target;
+    out.predictedBefore = vitPredictions();  // the model is back at its state before the edit
+    return out;
+}
+
+QVector<int> Workbench::vitPredictions() const {
+    QVector<int> out;
+    if (!isVit() || !m_pixels) return out;
+    const at::Tensor p = vit::predict(*m_model, m_pixels->values).to(at::kCPU).contiguous();
+    for (int64_t i = 0; i < p.numel(); ++i) out.push_back(int(p[i].item<int64_t>()));
+    return out;
+}
+
+QVector<VitMetricRow> Workbench::vitEditReport(const ComputedEdit& c) const {
+    QVector<VitMetricRow> rows;
+    if (c.imageTarget < 0 || c.predictedBefore.size() != m_images.size()) return rows;
+    const QVector<int> after = vitPredictions();
+    QVector<bool> edited(m_images.size(), false);
+    for (int i : c.images) edited[i] = true;
+    auto row = [&](const QString& name, const QString& what, auto in_set, auto good) {
+        VitMetricRow r{name, what};
+        for (int i = 0; i < m_images.size(); ++i) {
+            if (!in_set(i)) continue;
+            ++r.count;
+            r.before += good(i, c.predictedBefore[i]);
+            r.after += good(i, after[i]);
+        }
+        if (r.count) r.before *= 100.0 / r.count, r.after *= 100.0 / r.count;
+        rows.push_back(r);
+    };
+    const int t = c.imageTarget;
+    const QString cls = labels().value(t);
+    row(QStringLiteral("success"), QStringLiteral("edited images predicted %1").arg(cls), [&](int i) { return edited[i]; },
+        [&](int, int p) { return p == t; });
+    row(QStringLiteral("generalization"), QStringLiteral("other listed %1 images the model got wrong, predicted %1").arg(cls),
+        [&](int i) { return !edited[i] && m_images[i].label == t && c.predictedBefore[i] != t; }, [&](int, int p) { return p == t; });
+    row(QStringLiteral("locality"), QStringLiteral("listed images of other classes, prediction unchanged"),
+        [&](int i) { return !edited[i] && m_images[i].label != t; }, [&](int i, int p) { return p == c.predictedBefore[i]; });
+    row(QStringLiteral("accuracy"), QStringLiteral("listed images of a known class, predicted correctly"), [&](int i) { return m_images[i].label >= 0; },
+        [&](int i, int p) { return p == m_images[i].label; });
+    return rows;
+}
+
+QStringList Workbench::availableDevices() {
+    QStringList out{QStringLiteral("cpu")};
+    if (at::hasCUDA())
+        for (int i = 0; i < int(at::getNumGPUs()); ++i) out << QStringLiteral("cuda:%1").arg(i);
+    return out;
+}
+
+void Workbench::setThreads(int n) {
+    if (n < 1) throw Error(ErrorKind::Argument, "threads must be at least 1");
+    at::set_num_threads(n);
+}
+
+int Workbench::threads() { return at::get_num_threads(); }
+
+void Workbench::setDevice(const QString& device) {
+    if (!availableDevices().contains(device)) throw Error(ErrorKind::Argument, "device " + s(device) + " is not available in this build");
+    if (m_model) m_model->to(c10::Device(s(device)));
+    if (m_pixels) m_pixels->values = m_pixels->values.to(c10::Device(s(device)));
+    m_device = device;
 }
 
 }  // namespace engram::ui

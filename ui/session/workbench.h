@@ -52,6 +52,19 @@ struct ComputedEdit {
     std::shared_ptr<Edit> edit;
     QString method, promptText, targetNew, targetTrue;
     QVector<BlastRow> blast;  // "before" filled when computed; "after" by blastAfter()
+    // A head-level ViT edit: the edited images (indexes into vitImages()), the target class, and the
+    // model's prediction for every listed image before the edit.
+    QVector<int> images;
+    int imageTarget = -1;
+    QVector<int> predictedBefore;
+};
+
+// One row of a ViT edit's before/after report over the images in the Vision view's list.
+struct VitMetricRow {
+    QString name;        // "success", "generalization", "locality", "accuracy"
+    QString what;        // which images, in words
+    int count = 0;       // images in the set (0: the set is empty, no figures)
+    double before = 0, after = 0;  // %
 };
 
 struct HistoryRow {
@@ -69,6 +82,15 @@ struct TraceSummary {
     double cleanProb = 0, corruptedProb = 0;
     bool cancelled = false;
     double seconds = 0;
+    bool fromCache = false;  // read back from the project instead of computed
+    // The request, so that a restored trace can refill the form.
+    QString prompt, subject;
+    int samples = 10;
+};
+// A finished trace with its scores: [kind][token][layer].
+struct StoredTrace {
+    TraceSummary summary;
+    QVector<QVector<double>> scores[3];
 };
 using TraceRowFn = std::function<void(int kind, int token, const QVector<double>& scores)>;
 
@@ -128,6 +150,8 @@ public:
     void openProject(const QString& file, const QString& modelDir = QString());
     // Starts a new project for the loaded model at `file` (an existing file is refused).
     void createProject(const QString& file);
+    // Writes the open project to `file` (replacing it) and goes on working in the copy.
+    void saveProjectAs(const QString& file);
 
     bool hasModel() const { return m_model != nullptr; }
     bool hasProject() const { return m_project != nullptr; }
@@ -150,8 +174,12 @@ public:
     // Causal tracing of `subject` in `prompt` (ROME defaults: 10 samples, noise 3x the subjects'
     // embedding std, window 10). Rows arrive through onRow on the calling thread as they finish.
     // `answer`: trace this continuation instead of the clean top-1 (to compare before and after an edit).
+    // With a project open, a finished trace is cached in it, keyed by the model state and the
+    // request; asking again in the same state reads it back (fromCache) and streams its rows.
     TraceSummary trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow,
                        const std::atomic<bool>* cancel = nullptr, int samples = 10, const QString& answer = QString()) const;
+    // The newest trace cached in the project for the current model state, if any.
+    bool latestTrace(StoredTrace* out) const;
     // The tokens and subject range a trace of this prompt will have (nothing is run).
     TraceSummary traceShape(const QString& prompt, const QString& subject) const;
     // The prompt as a template with {} at the subject (throws when the subject is not in it).
@@ -166,6 +194,9 @@ public:
     qint64 undo();  // the edit undone, 0 if none
     qint64 redo();  // the edit redone, 0 if none
     QVector<HistoryRow> history() const;
+    QVector<qint64> activeIds() const;
+    // Exactly these edits active (what undoing a rollback or revert needs); returns the state hash.
+    QString restoreActive(const QVector<qint64>& ids);
     void rollback(qint64 toId);                  // back to the state right after edit toId (0: the base)
     QVector<qint64> revert(qint64 id);           // one edit out of order; returns the dependent active edits
     void exportModel(const QString& dir) const;  // the edited model as a HF checkpoint folder (F32)
@@ -182,6 +213,9 @@ public:
     QStringList labels() const;
     // Renders `n` Shapes World images of a split ("train", "test", "counter") as the image list.
     void loadShapes(const QString& split, int n, quint64 seed = 777);
+    // Image files (PNG, JPEG, BMP, ...) as the image list, preprocessed as the model's processor
+    // says; their true class is unknown (-1). Nothing changes when one fails to load.
+    void loadImageFiles(const QStringList& files);
     const QVector<VitImage>& vitImages() const { return m_images; }
     VitAttributionView attributeImage(int index, int target = -1) const;
     // Logits of image `index` with the listed heads removed (zero ablation), as the core computes them.
@@ -189,6 +223,21 @@ public:
     // A head-level edit (RefineViT-style defaults) making the listed images predict `target`;
     // P's reference images are rendered Shapes World test images the model gets right.
     ComputedEdit computeHeadEdit(const QVector<int>& indices, int target, const std::atomic<bool>* cancel = nullptr);
+    // Before/after over the listed images, on the current (edited) model: success on the edited
+    // images, generalization on the other listed images of the target class that were wrong,
+    // locality (prediction unchanged) on the listed images of other classes (all the others when
+    // the classes are unknown), and accuracy where the classes are known.
+    QVector<VitMetricRow> vitEditReport(const ComputedEdit& edit) const;
+    // The predicted class of every listed image on the current model.
+    QVector<int> vitPredictions() const;
+
+    // Settings. Threads: libtorch's intra-op threads (process-wide). Device: "cpu" or "cuda[:N]";
+    // the open model moves there and models opened later load there.
+    static QStringList availableDevices();
+    static void setThreads(int n);
+    static int threads();
+    void setDevice(const QString& device);
+    QString device() const { return m_device; }
 
     Model* model() { return m_model.get(); }
 
@@ -196,6 +245,7 @@ private:
     std::unique_ptr<Model> m_model;
     std::unique_ptr<Project> m_project;
     QVector<VitImage> m_images;
+    QString m_device = QStringLiteral("cpu");
     struct Pixels;
     std::shared_ptr<Pixels> m_pixels;  // the images' model inputs (torch stays out of this header)
 };

@@ -5,6 +5,8 @@
 #include <QCheckBox>
 #include <QCloseEvent>
 #include <QComboBox>
+#include <QDialog>
+#include <QDialogButtonBox>
 #include <QDir>
 #include <QDockWidget>
 #include <QEventLoop>
@@ -54,30 +56,42 @@ namespace engram::ui {
 
 namespace {
 
-// An applied edit on the undo stack. It is computed and recorded before it is pushed, so the
-// first redo() (QUndoStack::push calls it) does nothing; later ones redo it in the store.
-class ApplyEditCommand : public QUndoCommand {
+// A change of the project's active edits on the undo stack: an applied edit, a rollback or a
+// revert. It is done (computed, recorded) before it is pushed, so the first redo() (QUndoStack::push
+// calls it) does nothing. Undo and redo restore the exact active sets seen before and after, so
+// they stay right whatever else the stack holds. A failure (another process changed the project)
+// is reported and the command dropped from the stack.
+class ActiveSetCommand : public QUndoCommand {
 public:
-    ApplyEditCommand(Workbench& bench, const QString& text, std::function<void()> changed)
-        : m_bench(bench), m_changed(std::move(changed)) {
+    ActiveSetCommand(Workbench& bench, const QString& text, QVector<qint64> before, std::function<void()> changed,
+                     std::function<void(const QString&)> failed)
+        : m_bench(bench), m_before(std::move(before)), m_after(bench.activeIds()), m_changed(std::move(changed)), m_failed(std::move(failed)) {
         setText(text);
     }
-    void undo() override {
-        m_bench.undo();
-        m_changed();
-    }
+    void undo() override { set(m_before); }
     void redo() override {
         if (m_first) {
             m_first = false;
             return;
         }
-        m_bench.redo();
-        m_changed();
+        set(m_after);
     }
 
 private:
+    void set(const QVector<qint64>& ids) {
+        try {
+            m_bench.restoreActive(ids);
+        } catch (const std::exception& e) {
+            setObsolete(true);
+            m_failed(QString::fromStdString(e.what()));
+        }
+        m_changed();
+    }
+
     Workbench& m_bench;
+    QVector<qint64> m_before, m_after;
     std::function<void()> m_changed;
+    std::function<void(const QString&)> m_failed;
     bool m_first = true;
 };
 
@@ -128,6 +142,14 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
 
     buildMenus();
     QSettings settings;
+    // Saved settings; a device this build lacks (a CUDA setting on a CPU build) falls back to the CPU.
+    const QString device = settings.value(QStringLiteral("settings/device"), QStringLiteral("cpu")).toString();
+    if (Workbench::availableDevices().contains(device)) m_bench->setDevice(device);
+    const int threads = settings.value(QStringLiteral("settings/threads"), 0).toInt();
+    if (threads > 0) Workbench::setThreads(threads);
+    const QString method = settings.value(QStringLiteral("settings/defaultMethod")).toString();
+    if (m_method->findText(method) >= 0) m_method->setCurrentText(method);
+    if (m_evalMethod->findText(method) >= 0) m_evalMethod->setCurrentText(method);
     restoreGeometry(settings.value(QStringLiteral("window/geometry")).toByteArray());
     restoreState(settings.value(QStringLiteral("window/state")).toByteArray());
     if (!settings.contains(QStringLiteral("window/geometry"))) resize(1100, 700);
@@ -156,19 +178,27 @@ void MainWindow::buildMenus() {
     openProject->setShortcut(QKeySequence::Open);
     QAction* newProject = file->addAction(tr("&New Project…"), this, &MainWindow::newProjectDialog);
     newProject->setShortcut(QKeySequence::New);
+    m_recentMenu = file->addMenu(tr("Open &Recent"));
+    connect(m_recentMenu, &QMenu::aboutToShow, this, &MainWindow::rebuildRecentMenu);
+    rebuildRecentMenu();
+    QAction* saveAs = file->addAction(tr("Save Project &As…"), this, &MainWindow::saveProjectAsDialog);
+    saveAs->setShortcut(QKeySequence::SaveAs);
+    file->addSeparator();
+    QAction* settingsAction = file->addAction(tr("&Settings…"), this, &MainWindow::settingsDialog);
+    settingsAction->setShortcut(QKeySequence::Preferences);
     file->addSeparator();
     QAction* quit = file->addAction(tr("&Quit"), this, &QWidget::close);
     quit->setShortcut(QKeySequence::Quit);
 
     QMenu* edit = menuBar()->addMenu(tr("&Edit"));
-    QAction* undo = m_undo->createUndoAction(this, tr("&Undo"));
-    undo->setShortcut(QKeySequence::Undo);
-    QAction* redo = m_undo->createRedoAction(this, tr("&Redo"));
-    redo->setShortcuts({QKeySequence::Redo, QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_Z)});
-    edit->addAction(undo);
-    edit->addAction(redo);
-    addAction(undo);
-    addAction(redo);
+    m_undoAction = m_undo->createUndoAction(this, tr("&Undo"));
+    m_undoAction->setShortcut(QKeySequence::Undo);
+    m_redoAction = m_undo->createRedoAction(this, tr("&Redo"));
+    m_redoAction->setShortcuts({QKeySequence::Redo, QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_Z)});
+    edit->addAction(m_undoAction);
+    edit->addAction(m_redoAction);
+    addAction(m_undoAction);
+    addAction(m_redoAction);
 
     QMenu* view = menuBar()->addMenu(tr("&View"));
     QAction* present = view->addAction(tr("&Presentation mode (large, high contrast)"));
@@ -564,7 +594,8 @@ void MainWindow::runTrace() {
                                         .arg(m_trace.answer.trimmed())
                                         .arg(m_trace.cleanProb, 0, 'f', 4)
                                         .arg(m_trace.corruptedProb, 0, 'f', 4)
-                                        .arg(m_trace.cancelled ? tr(" (cancelled; the finished rows are kept)") : QString()));
+                                        .arg(m_trace.cancelled ? tr(" (cancelled; the finished rows are kept)")
+                                             : m_trace.fromCache ? tr(" (read from the project's cache)") : QString()));
            });
 }
 
@@ -609,10 +640,19 @@ QWidget* MainWindow::buildVisionView() {
     auto* load = new QPushButton(tr("Load Shapes World images"), w);
     load->setObjectName(QStringLiteral("loadImages"));
     connect(load, &QPushButton::clicked, this, &MainWindow::loadImages);
+    auto* files = new QPushButton(tr("Open image files…"), w);
+    files->setObjectName(QStringLiteral("openImages"));
+    connect(files, &QPushButton::clicked, this, [this] {
+        if (m_busy) return;
+        const QStringList chosen = QFileDialog::getOpenFileNames(this, tr("Images to classify and explain"), QString(),
+                                                                 tr("Images (*.png *.jpg *.jpeg *.bmp *.gif *.tga)"));
+        if (!chosen.isEmpty()) loadImageFiles(chosen);
+    });
     top->addWidget(new QLabel(tr("Split"), w));
     top->addWidget(m_split);
     top->addWidget(m_imageCount);
     top->addWidget(load);
+    top->addWidget(files);
     top->addStretch();
     l->addLayout(top);
 
@@ -625,7 +665,12 @@ QWidget* MainWindow::buildVisionView() {
     auto* right = new QWidget(split);
     auto* rl = new QVBoxLayout(right);
     m_figure = new VitAttributionFigure(right);
+    m_figure->setObjectName(QStringLiteral("vitFigure"));
     addExportMenu(m_figure->plot(), -1);
+    // Clicking a head in the figure selects it in the grid below, which shows its patch map first.
+    connect(m_figure, &VitAttributionFigure::headClicked, this, [this](int layer, int head) {
+        if (layer < m_headTable->rowCount() && head < m_headTable->columnCount()) m_headTable->setCurrentCell(layer, head);
+    });
     rl->addWidget(m_figure, 3);
     auto* below = new QHBoxLayout;
     // The head grid: checked = the head is removed (zero ablation); selecting a head shows its patch map.
@@ -654,6 +699,16 @@ QWidget* MainWindow::buildVisionView() {
     editRow->addWidget(m_vitTarget);
     editRow->addStretch();
     rl->addLayout(editRow);
+    // After a head-level edit: success, generalization, locality and accuracy over the listed images.
+    m_vitReport = new QTableWidget(0, 4, right);
+    m_vitReport->setObjectName(QStringLiteral("vitReport"));
+    m_vitReport->setHorizontalHeaderLabels({tr("metric"), tr("images"), tr("before → after (%)"), tr("set")});
+    m_vitReport->horizontalHeader()->setSectionResizeMode(3, QHeaderView::Stretch);
+    m_vitReport->verticalHeader()->hide();
+    m_vitReport->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_vitReport->setMaximumHeight(150);
+    m_vitReport->hide();
+    rl->addWidget(m_vitReport);
     split->addWidget(m_imageList);
     split->addWidget(right);
     split->setStretchFactor(1, 4);
@@ -669,20 +724,47 @@ void MainWindow::loadImages() {
         showError(tr("Loading images failed"), QString::fromStdString(e.what()));
         return;
     }
+    fillImageList();
+}
+
+void MainWindow::loadImageFiles(const QStringList& files) {
+    waitIdle();
+    try {
+        m_bench->loadImageFiles(files);
+    } catch (const std::exception& e) {
+        showError(tr("Loading images failed"), QString::fromStdString(e.what()));
+        return;
+    }
+    fillImageList();
+}
+
+void MainWindow::fillImageList() {
     const QStringList labels = m_bench->labels();
     m_vitTarget->clear();
     m_vitTarget->addItems(labels);
     m_imageList->clear();
+    m_vitReport->hide();
+    const QVector<int> predicted = m_bench->vitPredictions();
     for (int i = 0; i < m_bench->vitImages().size(); ++i) {
         const VitImage& img = m_bench->vitImages()[i];
-        const QVector<double> logits = m_bench->logitsWithout(i, {});
-        const int pred = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        const int pred = predicted.value(i, -1);
         auto* item = new QListWidgetItem(QIcon(QPixmap::fromImage(img.image.scaled(48, 48))),
-                                         QStringLiteral("%1: %2 → %3").arg(i).arg(img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
+                                         QStringLiteral("%1: %2 → %3").arg(img.name, img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
         if (img.label >= 0 && img.label != pred) item->setForeground(QColor(0xb0, 0x20, 0x20));  // a failure
         m_imageList->addItem(item);
     }
     if (m_imageList->count()) m_imageList->setCurrentRow(0);
+}
+
+void MainWindow::showVitReport(const QVector<VitMetricRow>& rows) {
+    m_vitReport->setRowCount(int(rows.size()));
+    for (int i = 0; i < rows.size(); ++i) {
+        const VitMetricRow& r = rows[i];
+        const QString figures = r.count ? QStringLiteral("%1 → %2").arg(r.before, 0, 'f', 1).arg(r.after, 0, 'f', 1) : QStringLiteral("—");
+        const QString cells[4] = {r.name, QString::number(r.count), figures, r.what};
+        for (int c = 0; c < 4; ++c) m_vitReport->setItem(i, c, new QTableWidgetItem(cells[c]));
+    }
+    m_vitReport->setVisible(!rows.isEmpty());
 }
 
 void MainWindow::showImage(int index) {
@@ -785,9 +867,10 @@ void MainWindow::applyHeadEdit() {
     runJob(tr("Computing a head-level edit"), [bench, indices, target, computed, cancel] { *computed = bench->computeHeadEdit(indices, target, cancel); },
            [this, computed] {
                try {
+                   const QVector<qint64> before = m_bench->activeIds();
                    const qint64 id = m_bench->record(*computed);
-                   m_undo->push(new ApplyEditCommand(*m_bench, QStringLiteral("%1: %2 → %3").arg(computed->method, computed->promptText, computed->targetNew),
-                                                     [this] { refresh(); }));
+                   pushActiveChange(QStringLiteral("%1: %2 → %3").arg(computed->method, computed->promptText, computed->targetNew), before);
+                   showVitReport(m_bench->vitEditReport(*computed));
                    refresh();
                    m_status->setText(tr("Recorded edit %1").arg(id));
                    Q_EMIT editApplied(id);
@@ -1006,12 +1089,18 @@ void MainWindow::updateNormChart() {
     m_normPlot->replot();
 }
 
+void MainWindow::pushActiveChange(const QString& text, const QVector<qint64>& before) {
+    m_undo->push(new ActiveSetCommand(*m_bench, text, before, [this] { refresh(); },
+                                      [this](const QString& message) { showError(tr("Undo/redo failed"), message); }));
+}
+
 void MainWindow::rollbackToSelected() {
     if (m_busy) return;
     try {
         const qint64 id = selectedEditId();
+        const QVector<qint64> before = m_bench->activeIds();
         m_bench->rollback(id);
-        m_undo->clear();  // the store keeps the rolled-back edits as reverted; redo them from History
+        pushActiveChange(id ? tr("roll back to edit %1").arg(id) : tr("roll back to the base model"), before);
         refresh();
         m_status->setText(id ? tr("Rolled back to edit %1").arg(id) : tr("Rolled back to the base model"));
     } catch (const std::exception& e) {
@@ -1024,8 +1113,9 @@ void MainWindow::revertSelected() {
     const qint64 id = selectedEditId();
     if (!id) return;
     try {
+        const QVector<qint64> before = m_bench->activeIds();
         const QVector<qint64> deps = m_bench->revert(id);
-        m_undo->clear();
+        pushActiveChange(tr("revert edit %1").arg(id), before);
         refresh();
         QStringList ds;
         for (qint64 d : deps) ds << QString::number(d);
@@ -1144,9 +1234,9 @@ void MainWindow::applyEdit() {
     runJob(tr("Computing a %1 edit").arg(form.method), [bench, form, computed, cancel] { *computed = bench->computeEdit(form, cancel); },
            [this, computed] {
         try {
+            const QVector<qint64> before = m_bench->activeIds();
             const qint64 id = m_bench->record(*computed);
-            const QString text = QStringLiteral("%1: %2 → %3").arg(computed->method, computed->targetTrue, computed->targetNew);
-            m_undo->push(new ApplyEditCommand(*m_bench, text, [this] { refresh(); }));
+            pushActiveChange(QStringLiteral("%1: %2 → %3").arg(computed->method, computed->targetTrue, computed->targetNew), before);
             // The blast radius: the prompt, its paraphrases and neighbours, before and after; regressions in red.
             m_bench->blastAfter(*computed);
             m_result->setRowCount(int(computed->blast.size()));
@@ -1184,6 +1274,8 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
     m_traceButton->setEnabled(false);
     m_headEdit->setEnabled(false);
     m_evalRun->setEnabled(false);
+    m_undoAction->setEnabled(false);  // the model belongs to the worker until it finishes
+    m_redoAction->setEnabled(false);
     m_progress->show();
     m_cancel->show();
     m_status->setText(what + QStringLiteral("…"));
@@ -1202,6 +1294,8 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
         m_traceButton->setEnabled(true);
         m_headEdit->setEnabled(true);
         m_evalRun->setEnabled(true);
+        m_undoAction->setEnabled(m_undo->canUndo());
+        m_redoAction->setEnabled(m_undo->canRedo());
         m_progress->hide();
         m_cancel->hide();
         if (!error->isEmpty()) {
@@ -1241,8 +1335,148 @@ void MainWindow::openModelNow(const QString& dir) {
 void MainWindow::openProjectNow(const QString& file) {
     waitIdle();
     m_bench->openProject(file);
+    projectOpened(file);
+}
+
+void MainWindow::projectOpened(const QString& file) {
     m_undo->clear();
+    m_vitIndex = -1;
+    m_imageList->clear();
+    addRecentProject(file);
     refresh();
+    restoreCachedTrace();
+}
+
+void MainWindow::restoreCachedTrace() {
+    StoredTrace t;
+    try {
+        if (!m_bench->latestTrace(&t)) return;
+    } catch (const std::exception& e) {
+        m_status->setText(tr("The project's cached trace could not be read: %1").arg(QString::fromStdString(e.what())));
+        return;
+    }
+    showStoredTrace(t);
+}
+
+void MainWindow::showStoredTrace(const StoredTrace& t) {
+    m_trace = t.summary;
+    for (int k = 0; k < 3; ++k) m_traceScores[k] = t.scores[k];
+    m_tracePrompt->setText(t.summary.prompt);
+    m_traceSubject->setText(t.summary.subject);
+    m_traceSamples->setValue(t.summary.samples);
+    for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
+    m_haveDiff = false;
+    m_diffMap->hide();
+    m_traceNote->setText(tr("Restored from the project: p(%1) = %2 clean, %3 corrupted. Click an MLP cell to prepare an edit.")
+                             .arg(t.summary.answer.trimmed())
+                             .arg(t.summary.cleanProb, 0, 'f', 3)
+                             .arg(t.summary.corruptedProb, 0, 'f', 3));
+}
+
+bool MainWindow::saveProjectAs(const QString& file) {
+    waitIdle();
+    try {
+        m_bench->saveProjectAs(file);
+    } catch (const std::exception& e) {
+        showError(tr("Saving the project failed"), QString::fromStdString(e.what()));
+        return false;
+    }
+    addRecentProject(file);
+    refresh();
+    m_status->setText(tr("Saved as %1").arg(file));
+    return true;
+}
+
+void MainWindow::saveProjectAsDialog() {
+    if (m_busy) return;
+    if (!m_bench->hasProject()) {
+        showError(tr("Save As"), tr("There is no project yet: apply an edit or create one with File > New Project"));
+        return;
+    }
+    QString file = QFileDialog::getSaveFileName(this, tr("Save the project as"), QString(), tr("Engram projects (*.engram)"));
+    if (file.isEmpty()) return;
+    if (!file.endsWith(QLatin1String(".engram"))) file += QStringLiteral(".engram");
+    saveProjectAs(file);
+}
+
+QStringList MainWindow::recentProjects() const { return QSettings().value(QStringLiteral("recentProjects")).toStringList(); }
+
+void MainWindow::addRecentProject(const QString& file) {
+    const QString path = QFileInfo(file).absoluteFilePath();
+    QStringList list = recentProjects();
+    list.removeAll(path);
+    list.prepend(path);
+    while (list.size() > 8) list.removeLast();
+    QSettings().setValue(QStringLiteral("recentProjects"), list);
+    rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu() {
+    m_recentMenu->clear();
+    const QStringList list = recentProjects();
+    for (int i = 0; i < list.size(); ++i) {
+        const QString file = list[i];
+        QAction* a = m_recentMenu->addAction(QStringLiteral("&%1 %2").arg(i + 1).arg(QFileInfo(file).fileName()));
+        a->setToolTip(file);
+        a->setStatusTip(file);
+        connect(a, &QAction::triggered, this, [this, file] {
+            if (m_busy) return;
+            if (!QFileInfo::exists(file)) {
+                showError(tr("Open Recent"), tr("%1 no longer exists").arg(file));
+                QStringList l = recentProjects();
+                l.removeAll(file);
+                QSettings().setValue(QStringLiteral("recentProjects"), l);
+                return;
+            }
+            Workbench* bench = m_bench.get();
+            runJob(tr("Opening %1").arg(file), [bench, file] { bench->openProject(file); }, [this, file] { projectOpened(file); });
+        });
+    }
+    if (list.isEmpty()) m_recentMenu->addAction(tr("(none)"))->setEnabled(false);
+}
+
+void MainWindow::applySettings(const QString& device, int threads, const QString& defaultMethod) {
+    waitIdle();
+    m_bench->setDevice(device);
+    Workbench::setThreads(threads);
+    if (m_method->findText(defaultMethod) >= 0) m_method->setCurrentText(defaultMethod);
+    if (m_evalMethod->findText(defaultMethod) >= 0) m_evalMethod->setCurrentText(defaultMethod);
+    QSettings settings;
+    settings.setValue(QStringLiteral("settings/device"), device);
+    settings.setValue(QStringLiteral("settings/threads"), threads);
+    settings.setValue(QStringLiteral("settings/defaultMethod"), defaultMethod);
+    m_status->setText(tr("Settings: %1, %n thread(s), default method %2", nullptr, threads).arg(device, defaultMethod));
+}
+
+void MainWindow::settingsDialog() {
+    if (m_busy) return;
+    QDialog dialog(this);
+    dialog.setWindowTitle(tr("Settings"));
+    auto* form = new QFormLayout(&dialog);
+    auto* device = new QComboBox(&dialog);
+    device->addItems(Workbench::availableDevices());
+    device->setCurrentText(m_bench->device());
+    device->setToolTip(tr("Where the model runs. CUDA devices are listed when libtorch was built with CUDA."));
+    auto* threads = new QSpinBox(&dialog);
+    threads->setRange(1, std::max(1, QThread::idealThreadCount()) * 2);
+    threads->setValue(Workbench::threads());
+    threads->setToolTip(tr("libtorch intra-op threads (OpenBLAS and element-wise work)"));
+    auto* method = new QComboBox(&dialog);
+    for (int i = 0; i < m_method->count(); ++i) method->addItem(m_method->itemText(i));
+    method->setCurrentText(QSettings().value(QStringLiteral("settings/defaultMethod"), m_method->currentText()).toString());
+    form->addRow(tr("Device"), device);
+    form->addRow(tr("Threads"), threads);
+    form->addRow(tr("Default edit method"), method);
+    auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel, &dialog);
+    connect(buttons, &QDialogButtonBox::accepted, &dialog, &QDialog::accept);
+    connect(buttons, &QDialogButtonBox::rejected, &dialog, &QDialog::reject);
+    form->addRow(buttons);
+    if (dialog.exec() != QDialog::Accepted) return;
+    try {
+        applySettings(device->currentText(), threads->value(), method->currentText());
+    } catch (const std::exception& e) {
+        showError(tr("Settings"), QString::fromStdString(e.what()));
+    }
 }
 
 void MainWindow::openModelDialog() {
@@ -1261,10 +1495,7 @@ void MainWindow::openProjectDialog() {
     const QString file = QFileDialog::getOpenFileName(this, tr("Open a project"), QString(), tr("Engram projects (*.engram)"));
     if (file.isEmpty()) return;
     Workbench* bench = m_bench.get();
-    runJob(tr("Opening %1").arg(file), [bench, file] { bench->openProject(file); }, [this] {
-        m_undo->clear();
-        refresh();
-    });
+    runJob(tr("Opening %1").arg(file), [bench, file] { bench->openProject(file); }, [this, file] { projectOpened(file); });
 }
 
 void MainWindow::newProjectDialog() {
@@ -1275,6 +1506,7 @@ void MainWindow::newProjectDialog() {
     try {
         m_bench->createProject(file);
         m_undo->clear();
+        addRecentProject(file);
         refresh();
     } catch (const std::exception& e) {
         showError(tr("Creating the project failed"), QString::fromStdString(e.what()));

@@ -1,7 +1,7 @@
-// The workbench window: a model panel, the Prompt, Edit and History views, undo/redo through a
-// QUndoStack, and long work (opening a model, computing an edit) as one cancellable job at a time
-// in a worker thread. First slice of the GUI issue: the causal-trace, evaluate and vision views
-// come next.
+// The workbench window: a model panel; the Prompt, Causal trace, Edit, History, Vision and
+// Evaluate views; undo/redo of edits, rollbacks and reverts through a QUndoStack; long work
+// (opening a model, tracing, computing an edit, evaluating) as one cancellable job at a time in a
+// worker thread; projects with Save As and recent files; settings (device, threads, default method).
 #pragma once
 
 #include <QFont>
@@ -69,6 +69,16 @@ public:
     // Synchronous opening (startup, tests); the menu actions run these as jobs.
     void openModelNow(const QString& dir);
     void openProjectNow(const QString& file);
+    // File > Save Project As: the project is copied to `file` and work goes on in the copy.
+    bool saveProjectAs(const QString& file);
+    // The recent projects, newest first (File > Open Recent), kept in QSettings.
+    QStringList recentProjects() const;
+    // Applies and saves the settings (what the Settings dialog does on OK).
+    void applySettings(const QString& device, int threads, const QString& defaultMethod);
+    // Vision view: image files instead of rendered Shapes World images.
+    void loadImageFiles(const QStringList& files);
+    // The before/after report of the last head-level edit.
+    QTableWidget* vitReportTable() const { return m_vitReport; }
 
     // Fills the edit form (what clicking a heatmap cell will do).
     void fillEditForm(const QString& prompt, const QString& subject, const QString& target, const QString& method, int layer);
@@ -107,6 +117,16 @@ protected:
     void closeEvent(QCloseEvent* event) override;
 
 private:
+    void pushActiveChange(const QString& text, const QVector<qint64>& before);
+    void showVitReport(const QVector<VitMetricRow>& rows);
+    void fillImageList();
+    void addRecentProject(const QString& file);
+    void rebuildRecentMenu();
+    void saveProjectAsDialog();
+    void settingsDialog();
+    void restoreCachedTrace();
+    void projectOpened(const QString& file);
+    void showStoredTrace(const StoredTrace& trace);
     void buildMenus();
     QWidget* buildPromptView();
     void fillTopTable(QTableWidget* table, const QVector<TokenProb>& top);
@@ -194,6 +214,10 @@ private:
     int m_vitIndex = -1;
     bool m_fillingHeads = false;
     QMenu* m_fileMenu = nullptr;
+    QMenu* m_recentMenu = nullptr;
+    QAction* m_undoAction = nullptr;
+    QAction* m_redoAction = nullptr;
+    QTableWidget* m_vitReport = nullptr;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancel = nullptr;
     QLabel* m_status = nullptr;

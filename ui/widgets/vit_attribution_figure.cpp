@@ -269,8 +269,42 @@ VitAttributionFigure::VitAttributionFigure(QWidget* parent) : QWidget(parent) {
     m_plot->setBackground(Qt::white);
     layout->addWidget(m_plot);
     connect(m_plot, &QCustomPlot::afterLayout, this, &VitAttributionFigure::fitToLayout);
+    // Clicking a head cell selects it; hovering names it with its attribution.
+    connect(m_plot, &QCustomPlot::mousePress, this, [this](QMouseEvent* event) {
+        int layer = 0, head = 0;
+        if (headAt(m_plot->mapTo(this, event->pos()), &layer, &head)) Q_EMIT headClicked(layer, head);
+    });
+    connect(m_plot, &QCustomPlot::mouseMove, this, [this](QMouseEvent* event) {
+        int layer = 0, head = 0;
+        if (!headAt(m_plot->mapTo(this, event->pos()), &layer, &head)) {
+            m_plot->setToolTip(QString());
+            return;
+        }
+        m_plot->setToolTip(QStringLiteral("layer %1, head %2\n%3: %4\nclick to show its patch map")
+                               .arg(layer)
+                               .arg(head)
+                               .arg(scoreText())
+                               .arg(gridValue(layer, head), 0, 'f', 4));
+    });
     setMinimumSize(640, 260);
     rebuild();
+}
+
+bool VitAttributionFigure::headAt(const QPoint& pos, int* layer, int* head) const {
+    if (!m_grid) return false;
+    const QPoint p = m_plot->mapFrom(this, pos);
+    if (!m_grid->keyAxis()->axisRect()->rect().contains(p)) return false;
+    const int h = int(std::lround(m_grid->keyAxis()->pixelToCoord(p.x())));
+    const int l = int(std::lround(m_grid->valueAxis()->pixelToCoord(p.y())));
+    if (l < 0 || l >= layerCount() || h < 0 || h >= headCount()) return false;
+    *layer = l;
+    *head = h;
+    return true;
+}
+
+QPoint VitAttributionFigure::headCenter(int layer, int head) const {
+    if (!m_grid) return {};
+    return m_plot->mapTo(this, QPoint(int(m_grid->keyAxis()->coordToPixel(head)), int(m_grid->valueAxis()->coordToPixel(layer))));
 }
 
 void VitAttributionFigure::setData(const VitAttributionData& data) {

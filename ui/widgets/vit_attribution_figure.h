@@ -73,6 +73,14 @@ public:
     QString scoreText() const;               // "logit(circle)" or "logit(circle) − logit(square)"
     QString colorBarText() const;
     QCustomPlot* plot() const { return m_plot; }
+    // The grid cell under a point of this widget (false outside the grid), and a cell's centre.
+    bool headAt(const QPoint& pos, int* layer, int* head) const;
+    QPoint headCenter(int layer, int head) const;
+
+Q_SIGNALS:
+    void headClicked(int layer, int head);
+
+public:
 
     // The 11 ColorBrewer RdBu stops, reversed: negative (dark red) first, positive (dark blue) last.
     static QVector<QColor> colorStops();

@@ -91,6 +91,9 @@ struct FactWorldOptions {
 };
 
 FactWorld generate_fact_world(const FactWorldOptions& options = {});
+// The names of the entities that are the subject of at least one fact, in order of first use (the
+// subjects whose embedding spread sets causal tracing's noise on the Fact World model).
+std::vector<std::string> fact_world_subjects(const FactWorld& world);
 
 // A prompt whose next word is the first word of one of `answers`.
 struct FactPrompt {

@@ -197,5 +197,7 @@ void save_checkpoint(const Model& model, const std::filesystem::path& dir, DType
 
 // Loads an image file (PNG/JPEG/BMP/...) and applies the model's preprocessing: [1, C, H, W].
 at::Tensor load_image(const std::filesystem::path& path, const ImagePreprocess& pre);
+// The same with the model's own preprocessing, resized to the only size the model accepts.
+at::Tensor load_model_image(const Model& model, const std::filesystem::path& path);
 
 }  // namespace engram

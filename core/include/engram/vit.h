@@ -242,6 +242,9 @@ struct ShapesProtocolSets {
 };
 
 ShapesProtocolSets shapes_protocol_sets(const Model& base, const ShapesProtocolOptions& options = {});
+// P's reference set on Shapes World: the first n `test` images (seed `seed`) that `model` classifies
+// correctly are kept. Refuses a model that is not of the Shapes World classes.
+at::Tensor shapes_reference(const Model& model, int64_t n, uint64_t seed = ShapesProtocolOptions{}.seed);
 // The metrics of the edited model on the sets (the model must carry the edit).
 VitEditMetrics measure_edit(const Model& edited, const ShapesProtocolSets& sets);
 

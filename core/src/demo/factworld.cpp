@@ -182,6 +182,17 @@ std::vector<std::string> FactWorld::vocabulary() const {
     return {words.begin(), words.end()};
 }
 
+std::vector<std::string> fact_world_subjects(const FactWorld& world) {
+    std::vector<std::string> out;
+    std::vector<bool> seen(world.entities.size(), false);
+    for (const Fact& f : world.facts)
+        if (!seen[size_t(f.subject)]) {
+            seen[size_t(f.subject)] = true;
+            out.push_back(world.entities[size_t(f.subject)].name);
+        }
+    return out;
+}
+
 FactWorld generate_fact_world(const FactWorldOptions& o) {
     FactWorld w;
     w.seed = o.seed;

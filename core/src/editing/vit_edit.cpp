@@ -426,6 +426,15 @@ double percent(const at::Tensor& hits) { return hits.numel() ? 100.0 * hits.to(a
 
 }  // namespace
 
+at::Tensor shapes_reference(const Model& m, int64_t n, uint64_t seed) {
+    if (m.arch() != Arch::Vit || m.labels() != demo::shape_class_names())
+        throw Error(ErrorKind::Argument, "fitting P needs reference images the model gets right; rendered ones exist only for the "
+                                         "Shapes World classes (give your own unrelated images instead)");
+    std::vector<int64_t> labels;
+    at::Tensor px = render(seed, demo::ShapesSplit::Test, 0, n, m.hparams().image_size, &labels);
+    return px.index_select(0, (predict(m, px) == at::tensor(labels, at::kLong)).nonzero().squeeze(1));
+}
+
 ShapesProtocolSets shapes_protocol_sets(const Model& m, const ShapesProtocolOptions& o) {
     if (m.arch() != Arch::Vit) throw Error(ErrorKind::Argument, m.arch_name() + " is not a vision transformer");
     const int64_t n_labels = m.hparams().n_labels;
@@ -456,10 +465,7 @@ ShapesProtocolSets shapes_protocol_sets(const Model& m, const ShapesProtocolOpti
     s.general = counter.index_select(0, idx.narrow(0, o.n_edit, s.failures - o.n_edit));
 
     // Index ranges of the test split that do not overlap: reference [0, ...), locality [1e6, ...), accuracy [2e6, ...).
-    std::vector<int64_t> ref_labels;
-    at::Tensor ref = render(o.seed, demo::ShapesSplit::Test, 0, o.n_reference, o.image_size, &ref_labels);
-    at::Tensor ref_ok = (predict(m, ref) == at::tensor(ref_labels, at::kLong)).nonzero().squeeze(1);
-    s.reference = ref.index_select(0, ref_ok);
+    s.reference = shapes_reference(m, o.n_reference, o.seed);
     std::vector<int64_t> loc_labels;
     at::Tensor loc = render(o.seed, demo::ShapesSplit::Test, 1000000, 2 * o.n_locality, o.image_size, &loc_labels);
     at::Tensor unrelated = (at::tensor(loc_labels, at::kLong) != s.target_class).nonzero().squeeze(1);

@@ -45,4 +45,12 @@ at::Tensor load_image(const std::filesystem::path& path, const ImagePreprocess& 
     return x.contiguous();
 }
 
+at::Tensor load_model_image(const Model& model, const std::filesystem::path& path) {
+    if (model.arch() != Arch::Vit) throw Error(ErrorKind::Argument, model.arch_name() + " is not an image classifier");
+    ImagePreprocess pre = model.preprocess();
+    pre.height = pre.width = model.hparams().image_size;
+    pre.do_resize = true;
+    return load_image(path, pre);
+}
+
 }  // namespace engram

@@ -433,6 +433,27 @@ struct Project::Impl {
         st.bind(1, id).run();
     }
 
+    // Records a change of the active set inside the caller's transaction: the edits that leave it
+    // are reverted (the earliest ends on top of the redo stack, so it is redone first), those that
+    // join it become active. Returns (reverted, activated), each in sequence order.
+    std::pair<std::vector<int64_t>, std::vector<int64_t>> mark_transition(const EditIndex& ix, const std::set<int64_t>& from,
+                                                                          const std::set<int64_t>& to) {
+        std::vector<int64_t> reverted, activated;
+        for (int64_t id : ix.in_order(from))
+            if (!to.count(id)) reverted.push_back(id);
+        for (int64_t id : ix.in_order(to))
+            if (!from.count(id)) activated.push_back(id);
+        for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {
+            set_status(*it, EditStatus::Reverted);
+            push_redo(*it);
+        }
+        for (int64_t id : activated) {
+            set_status(id, EditStatus::Active);
+            drop_redo(id);
+        }
+        return {reverted, activated};
+    }
+
     std::vector<int64_t> redo_ids() {
         sql::Statement st(db, "SELECT edit_id FROM redo_stack ORDER BY pos DESC");
         std::vector<int64_t> ids;
@@ -799,21 +820,9 @@ void Project::rollback(Model& model, int64_t to_id) {
         if (hash != expected)
             throw Error(ErrorKind::Internal, "the replayed state hash " + short_fp(hash) + " differs from the one recorded " + short_fp(expected) +
                                                  " (was the project recorded with another compute dtype?); nothing was changed");
-        std::vector<int64_t> reverted, activated;
-        for (int64_t id : ix.in_order(active))
-            if (!target.count(id)) reverted.push_back(id);
-        for (int64_t id : ix.in_order(target))
-            if (!active.count(id)) activated.push_back(id);
         sql::Transaction tx(impl_->db);
         impl_->expect_unchanged();
-        for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {  // the earliest ends on top: redone first
-            impl_->set_status(*it, EditStatus::Reverted);
-            impl_->push_redo(*it);
-        }
-        for (int64_t id : activated) {
-            impl_->set_status(id, EditStatus::Active);
-            impl_->drop_redo(id);
-        }
+        const auto [reverted, activated] = impl_->mark_transition(ix, active, target);
         impl_->log("rollback", to_id == 0 ? std::nullopt : std::optional<int64_t>(to_id),
                    {{"to", to_id}, {"reverted", ids_json(reverted)}, {"activated", ids_json(activated)}}, hash);
         tx.commit();
@@ -864,21 +873,9 @@ std::string Project::restore_active(Model& model, const std::vector<int64_t>& id
         const std::set<int64_t> target = to_set(ids);
         transition(model, ix, active, target);
         const std::string hash = state_hash(model);
-        std::vector<int64_t> reverted, activated;
-        for (int64_t id : ix.in_order(active))
-            if (!target.count(id)) reverted.push_back(id);
-        for (int64_t id : ix.in_order(target))
-            if (!active.count(id)) activated.push_back(id);
         sql::Transaction tx(impl_->db);
         impl_->expect_unchanged();
-        for (auto it = reverted.rbegin(); it != reverted.rend(); ++it) {
-            impl_->set_status(*it, EditStatus::Reverted);
-            impl_->push_redo(*it);
-        }
-        for (int64_t id : activated) {
-            impl_->set_status(id, EditStatus::Active);
-            impl_->drop_redo(id);
-        }
+        const auto [reverted, activated] = impl_->mark_transition(ix, active, target);
         impl_->log("restore", std::nullopt, {{"active", ids_json(ix.in_order(target))}, {"reverted", ids_json(reverted)}, {"activated", ids_json(activated)}},
                    hash);
         tx.commit();
