@@ -4,11 +4,14 @@
 // PNG per view into DIR and exits (for tests and for reviewing the interface).
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QComboBox>
+#include <QListWidget>
 #include <QDir>
 #include <QEventLoop>
 #include <QFileInfo>
 #include <QTimer>
 
+#include <algorithm>
 #include <iostream>
 
 #include "views/main_window.h"
@@ -86,6 +89,30 @@ int main(int argc, char** argv) {
         try {
             window.openModelNow(shapes);
             window.loadImages();
+            // A head-level edit of the listed failures of the class failing most often, then the
+            // first of them shown with the before/after report.
+            const auto& images = window.workbench().vitImages();
+            const QVector<int> predicted = window.workbench().vitPredictions();
+            QVector<int> failures(window.workbench().labels().size(), 0);
+            for (int i = 0; i < images.size(); ++i)
+                if (images[i].label >= 0 && images[i].label != predicted[i]) ++failures[images[i].label];
+            const int cls = int(std::max_element(failures.begin(), failures.end()) - failures.begin());
+            auto* list = window.findChild<QListWidget*>(QStringLiteral("imageList"));
+            if (failures.value(cls) > 0 && list) {
+                int first = -1;
+                list->clearSelection();
+                for (int i = 0; i < images.size(); ++i)
+                    if (images[i].label == cls && predicted[i] != cls) {
+                        list->item(i)->setSelected(true);
+                        if (first < 0) first = i;
+                    }
+                window.findChild<QComboBox*>(QStringLiteral("vitTarget"))->setCurrentIndex(cls);
+                const bool before = ok;
+                window.applyHeadEdit();
+                loop.exec();
+                ok = ok && before;
+                list->setCurrentRow(first);
+            }
             if (!window.saveScreenshots(parser.value(shots), &error, {4})) {
                 std::cerr << "engram: " << error.toStdString() << "\n";
                 return 1;

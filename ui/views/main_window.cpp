@@ -436,9 +436,10 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
             return false;
         }
         QTextStream out(&f);
-        if (kind >= 0 && kind < 3) {
-            // Rows: tokens; columns: layers; p(answer) with the state or window restored.
-            const auto& grid = m_traceScores[kind];
+        if ((kind >= 0 && kind < 3) || kind == -4) {
+            // Rows: tokens; columns: layers; p(answer) with the state or window restored (the
+            // difference map: its change after the last edit).
+            const auto& grid = kind == -4 ? m_diffMap->data().values : m_traceScores[kind];
             if (suffix == QLatin1String("csv")) {
                 out << "token";
                 for (int l = 0; l < m_trace.nLayer; ++l) out << ",layer" << l;
@@ -455,7 +456,8 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
                     for (double v : r) row.append(std::isnan(v) ? QJsonValue() : QJsonValue(v));
                     rows.append(row);
                 }
-                QJsonObject o{{QStringLiteral("kind"), kind}, {QStringLiteral("answer"), m_trace.answer.trimmed()},
+                QJsonObject o{{QStringLiteral("kind"), kind == -4 ? QJsonValue(QStringLiteral("difference ") + m_diffKind->currentText().section(QLatin1Char(' '), -1)) : QJsonValue(kind)},
+                              {QStringLiteral("answer"), m_trace.answer.trimmed()},
                               {QStringLiteral("clean"), m_trace.cleanProb}, {QStringLiteral("corrupted"), m_trace.corruptedProb},
                               {QStringLiteral("tokens"), QJsonArray::fromStringList(m_trace.tokens)}, {QStringLiteral("scores"), rows}};
                 out << QJsonDocument(o).toJson();
@@ -602,7 +604,19 @@ void MainWindow::runTrace() {
 void MainWindow::showTraceRow(int kind, int token, const QVector<double>& scores) {
     if (kind < 0 || kind > 2) return;
     auto& grid = m_traceScores[kind];
-    if (token >= 0 && token < grid.size()) grid[token] = scores;
+    if (token >= 0 && token < grid.size()) {
+        grid[token] = scores;
+        if (m_busy) {  // rows done out of the three maps' rows
+            int done = 0, total = 0;
+            for (const auto& g : m_traceScores)
+                for (const auto& row : g) {
+                    ++total;
+                    done += std::any_of(row.begin(), row.end(), [](double v) { return !std::isnan(v); });
+                }
+            m_progress->setRange(0, total);
+            m_progress->setValue(done);
+        }
+    }
     HeatmapData d = m_heatmaps[kind]->data();
     d.values = grid;
     d.rowLabels = m_trace.tokens;
@@ -678,7 +692,9 @@ QWidget* MainWindow::buildVisionView() {
     m_headTable->setObjectName(QStringLiteral("headTable"));
     m_headTable->setToolTip(tr("Check a head to remove it; select one to see its patch map"));
     connect(m_headTable, &QTableWidget::itemChanged, this, [this](QTableWidgetItem*) {
-        if (!m_fillingHeads) updateVisionPredictions();
+        if (m_fillingHeads) return;
+        updateVisionPredictions();
+        m_vitSide->setCurrentIndex(0);
     });
     connect(m_headTable, &QTableWidget::currentCellChanged, this, [this](int row, int column) { showPatchMapOf(row, column); });
     m_vitPredictions = new QTableWidget(0, 3, right);
@@ -686,8 +702,13 @@ QWidget* MainWindow::buildVisionView() {
     m_vitPredictions->setHorizontalHeaderLabels({tr("class"), tr("probability"), tr("logit")});
     m_vitPredictions->verticalHeader()->hide();
     m_vitPredictions->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    // Beside the head grid: the predictions (watch them change as heads are toggled) and, after a
+    // head-level edit, its before/after report.
+    m_vitSide = new QTabWidget(right);
+    m_vitSide->setObjectName(QStringLiteral("vitSide"));
+    m_vitSide->addTab(m_vitPredictions, tr("Predictions"));
     below->addWidget(m_headTable, 1);
-    below->addWidget(m_vitPredictions, 1);
+    below->addWidget(m_vitSide, 1);
     rl->addLayout(below, 2);
     auto* editRow = new QHBoxLayout;
     m_vitTarget = new QComboBox(right);
@@ -703,12 +724,13 @@ QWidget* MainWindow::buildVisionView() {
     m_vitReport = new QTableWidget(0, 4, right);
     m_vitReport->setObjectName(QStringLiteral("vitReport"));
     m_vitReport->setHorizontalHeaderLabels({tr("metric"), tr("images"), tr("before → after (%)"), tr("set")});
+    for (int c = 0; c < 3; ++c) m_vitReport->horizontalHeader()->setSectionResizeMode(c, QHeaderView::ResizeToContents);
     m_vitReport->horizontalHeader()->setSectionResizeMode(3, QHeaderView::Stretch);
     m_vitReport->verticalHeader()->hide();
     m_vitReport->setEditTriggers(QAbstractItemView::NoEditTriggers);
-    m_vitReport->setMaximumHeight(150);
-    m_vitReport->hide();
-    rl->addWidget(m_vitReport);
+    m_vitReport->setWordWrap(true);
+    m_vitSide->addTab(m_vitReport, tr("Edit report"));
+    m_vitSide->setTabEnabled(1, false);  // until there is an edit to report
     split->addWidget(m_imageList);
     split->addWidget(right);
     split->setStretchFactor(1, 4);
@@ -743,17 +765,26 @@ void MainWindow::fillImageList() {
     m_vitTarget->clear();
     m_vitTarget->addItems(labels);
     m_imageList->clear();
-    m_vitReport->hide();
+    m_vitReport->setRowCount(0);
+    m_vitSide->setTabEnabled(1, false);
+    m_vitSide->setCurrentIndex(0);
+    for (const VitImage& img : m_bench->vitImages())
+        m_imageList->addItem(new QListWidgetItem(QIcon(QPixmap::fromImage(img.image.scaled(48, 48))), img.name));
+    updateImageListPredictions();
+    if (m_imageList->count()) m_imageList->setCurrentRow(0);
+}
+
+// "name: true → predicted" on the current model, failures in red (after each edit, undo and redo).
+void MainWindow::updateImageListPredictions() {
+    const QStringList labels = m_bench->labels();
     const QVector<int> predicted = m_bench->vitPredictions();
-    for (int i = 0; i < m_bench->vitImages().size(); ++i) {
+    for (int i = 0; i < m_imageList->count() && i < m_bench->vitImages().size(); ++i) {
         const VitImage& img = m_bench->vitImages()[i];
         const int pred = predicted.value(i, -1);
-        auto* item = new QListWidgetItem(QIcon(QPixmap::fromImage(img.image.scaled(48, 48))),
-                                         QStringLiteral("%1: %2 → %3").arg(img.name, img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
-        if (img.label >= 0 && img.label != pred) item->setForeground(QColor(0xb0, 0x20, 0x20));  // a failure
-        m_imageList->addItem(item);
+        QListWidgetItem* item = m_imageList->item(i);
+        item->setText(QStringLiteral("%1: %2 → %3").arg(img.name, img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
+        item->setForeground(img.label >= 0 && img.label != pred ? QBrush(QColor(0xb0, 0x20, 0x20)) : QBrush());
     }
-    if (m_imageList->count()) m_imageList->setCurrentRow(0);
 }
 
 void MainWindow::showVitReport(const QVector<VitMetricRow>& rows) {
@@ -764,7 +795,8 @@ void MainWindow::showVitReport(const QVector<VitMetricRow>& rows) {
         const QString cells[4] = {r.name, QString::number(r.count), figures, r.what};
         for (int c = 0; c < 4; ++c) m_vitReport->setItem(i, c, new QTableWidgetItem(cells[c]));
     }
-    m_vitReport->setVisible(!rows.isEmpty());
+    m_vitSide->setTabEnabled(1, !rows.isEmpty());
+    if (!rows.isEmpty()) m_vitSide->setCurrentIndex(1);
 }
 
 void MainWindow::showImage(int index) {
@@ -1150,6 +1182,7 @@ void MainWindow::refresh() {
         resetHParams();
     }
     if (!m_prompt->text().isEmpty()) predict();
+    if (m_bench->isVit() && m_imageList->count()) updateImageListPredictions();
     if (m_bench->isVit() && m_vitIndex >= 0) showImage(m_vitIndex);
 }
 
@@ -1276,6 +1309,7 @@ void MainWindow::runJob(const QString& what, std::function<void()> work, std::fu
     m_evalRun->setEnabled(false);
     m_undoAction->setEnabled(false);  // the model belongs to the worker until it finishes
     m_redoAction->setEnabled(false);
+    m_progress->setRange(0, 0);  // a busy indicator until the job reports a fraction
     m_progress->show();
     m_cancel->show();
     m_status->setText(what + QStringLiteral("…"));

@@ -120,6 +120,7 @@ private:
     void pushActiveChange(const QString& text, const QVector<qint64>& before);
     void showVitReport(const QVector<VitMetricRow>& rows);
     void fillImageList();
+    void updateImageListPredictions();
     void addRecentProject(const QString& file);
     void rebuildRecentMenu();
     void saveProjectAsDialog();
@@ -218,6 +219,7 @@ private:
     QAction* m_undoAction = nullptr;
     QAction* m_redoAction = nullptr;
     QTableWidget* m_vitReport = nullptr;
+    QTabWidget* m_vitSide = nullptr;
     QProgressBar* m_progress = nullptr;
     QToolButton* m_cancel = nullptr;
     QLabel* m_status = nullptr;
