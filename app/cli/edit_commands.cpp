@@ -233,7 +233,7 @@ int cmd_edit(const Argv& argv) {
 }
 
 int cmd_eval(const Argv& argv) {
-    Args args(argv, {"blue", "quiet", "single"},
+    Args args(argv, {"blue", "quiet", "single", "distinct-subjects"},
               {"model", "dataset", "method", "edits", "batch", "json", "csv", "db", "hparams", "set", "corpus", "checkpoint-every",
                "fluency-cases", "unedited-cases", "format", "zsre-target", "perplexity-file", "seed"});
     std::unique_ptr<Model> model = load_model(args);
@@ -259,6 +259,7 @@ int cmd_eval(const Argv& argv) {
     so.seed = static_cast<uint64_t>(args.integer("seed", 0, 0));
     if (auto p = args.get("perplexity-file")) so.perplexity_file = *p;
     so.restore_between = args.flag("single");
+    so.distinct_subjects = args.flag("distinct-subjects");
     std::vector<std::string> methods;
     {
         std::stringstream ss(args.require("method"));
@@ -315,7 +316,8 @@ int cmd_eval(const Argv& argv) {
             Evaluation ev;
             ev.state_hash = state_hash(*model);
             ev.kind = "sequential";
-            ev.params = {{"dataset", fs::absolute(dataset_path).string()}, {"edits", so.edits}, {"batch", so.batch}, {"method", r.method}};
+            ev.params = {{"dataset", fs::absolute(dataset_path).string()}, {"edits", so.edits},       {"batch", so.batch},
+                         {"method", r.method},                               {"distinct_subjects", so.distinct_subjects}};
             ev.results = r.to_json();
             project->add_evaluation(ev);
         }
@@ -331,7 +333,10 @@ int cmd_eval(const Argv& argv) {
     };
     auto opt = [&](const std::optional<double>& v, int prec = 1) { return v ? cell(*v, prec) : std::string("-"); };
     std::cout << (so.restore_between ? "single editing (restored after each batch): " : "sequential editing: ") << so.edits << " cases of "
-              << dataset_path.filename().string() << " in batches of " << so.batch << "\n";
+              << dataset_path.filename().string() << " in batches of " << so.batch;
+    if (so.distinct_subjects && !results.empty())
+        std::cout << " (distinct subjects: " << results.front().skipped_same_subject << " later cases of an already chosen subject skipped)";
+    std::cout << "\n";
     std::cout << std::left << std::setw(18) << "method" << std::right << std::setw(7) << "ES" << std::setw(7) << "PS" << std::setw(7) << "NS"
               << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(10)
               << "PPL" << std::setw(8) << "Unedit" << std::setw(7) << "Rel" << std::setw(7) << "Gen" << std::setw(7) << "Loc" << std::setw(9)

@@ -78,6 +78,14 @@ int main(int argc, char** argv) {
     loop.exec();
     ok = ok && traced;
     window.waitIdle();  // the automatic re-trace after the edit
+    // The Evaluate view with two overlaid runs: MEMIT against MEMIT+BLUE, 20 edits in batches of 10.
+    for (bool blue : {false, true}) {
+        const bool before = ok;
+        window.setEvaluation(QStringLiteral("memit"), blue, 20, 10);
+        window.runEvaluation();
+        loop.exec();
+        ok = ok && before;
+    }
     if (!ok) std::cerr << "engram: the screenshot edit failed; the views are saved as they are\n";
     QString error;
     if (!window.saveScreenshots(parser.value(shots), &error)) {

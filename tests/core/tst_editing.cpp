@@ -278,6 +278,38 @@ private Q_SLOTS:
         QVERIFY(memit.post.ps > memit.pre.ps + 40);
     }
 
+    void distinctSubjectsSkipsRepeats() {
+        // MCF-style selection: a case whose subject was already chosen is passed over, counted, and
+        // the next case takes its place; too few distinct subjects is a clear error.
+        auto m = load();
+        eval::DatasetOptions o;
+        o.limit = 3;
+        eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        QVERIFY(ds.cases[0].rewrites[0].subject != ds.cases[1].rewrites[0].subject);
+        eval::Dataset dup = ds;
+        dup.cases = {ds.cases[0], ds.cases[0], ds.cases[1]};
+        eval::SequentialOptions so;
+        so.fluency_cases = so.unedited_cases = 0;
+        so.edits = so.batch = 2;
+        so.distinct_subjects = true;
+        const eval::SequentialResult r = eval::run_sequential(*m, dup, hparams(*m, EditMethod::Memit), {}, so);
+        QCOMPARE(r.skipped_same_subject, int64_t(1));
+        QCOMPARE(r.to_json()["skipped_same_subject"].get<int64_t>(), int64_t(1));
+        m->restore_all_base();
+        // Without the option the repeat is edited as it comes.
+        so.distinct_subjects = false;
+        QCOMPARE(eval::run_sequential(*m, dup, hparams(*m, EditMethod::Memit), {}, so).skipped_same_subject, int64_t(0));
+        m->restore_all_base();
+        dup.cases = {ds.cases[0], ds.cases[0]};
+        so.distinct_subjects = true;
+        try {
+            eval::run_sequential(*m, dup, hparams(*m, EditMethod::Memit), {}, so);
+            QFAIL("two edits were run from one distinct subject");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("1 cases with distinct subjects; 2 edits") != std::string::npos, e.what());
+        }
+    }
+
     void cliEditRecordsAndRefuses() {
         TempDir tmp("editing-cli");
         const fs::path db = tmp.path / "facts.engram";

@@ -952,7 +952,16 @@ QWidget* MainWindow::buildEvaluateView() {
     m_curves->xAxis->setLabel(tr("edits"));
     m_curves->yAxis->setLabel(tr("score (%)"));
     m_curves->yAxis->setRange(0, 100);
+    // The legend beside the plot, where it never covers a curve that ends near 100.
     m_curves->legend->setVisible(true);
+    m_curves->axisRect()->insetLayout()->take(m_curves->legend);
+    auto* side = new QCPLayoutGrid;
+    m_curves->plotLayout()->addElement(0, 1, side);
+    m_curves->plotLayout()->setColumnStretchFactor(1, 0.001);
+    side->addElement(0, 0, m_curves->legend);
+    side->addElement(1, 0, new QCPLayoutElement(m_curves));  // takes the height below the legend
+    side->setRowStretchFactor(0, 0.001);
+    m_curves->legend->setBorderPen(Qt::NoPen);
     l->addWidget(m_curves, 3);
     addExportMenu(m_curves, -3);
     m_evalTable = new QTableWidget(0, 7, w);
@@ -1007,6 +1016,7 @@ void MainWindow::runEvaluation() {
 
 void MainWindow::drawCurves() {
     m_curves->clearGraphs();
+    m_curves->legend->setVisible(!m_runs.isEmpty());  // an empty legend box otherwise
     const bool token = m_evalFamily->currentIndex() == 1;
     const QString names[3] = {token ? tr("reliability") : QStringLiteral("ES"), token ? tr("generalization") : QStringLiteral("PS"),
                               token ? tr("locality") : QStringLiteral("NS")};

@@ -94,6 +94,11 @@ struct SequentialOptions {
     // its own cases are scored, and the weights are restored before the next batch. Post-edit
     // fluency, perplexity and unedited accuracy are then not measured (there is no one edited model).
     bool restore_between = false;
+    // MCF-style selection (the MEMIT paper's multi_counterfact removes conflicting records): the first
+    // T cases whose subjects are pairwise distinct, skipping later cases of a subject already chosen.
+    // MEMIT's key depends only on the subject, so two requests on one subject in a batch ask one key
+    // for two values. Off by default: the first T cases, as the reference scripts take them.
+    bool distinct_subjects = false;
 };
 
 struct EvalProgress {
@@ -112,6 +117,7 @@ struct SequentialResult {
     };
     std::vector<Point> curve;
     double edit_seconds = 0, eval_seconds = 0;
+    int64_t skipped_same_subject = 0;  // cases passed over by distinct_subjects
     nlohmann::json to_json() const;
 };
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <set>
 #include <cmath>
 
 #include "engram/error.h"
@@ -24,7 +25,7 @@ nlohmann::json SequentialResult::to_json() const {
     for (const Point& p : curve) c.push_back({{"edits", p.edits}, {"summary", p.summary.to_json()}});
     return {{"method", method},       {"hparams", hparams},           {"pre", pre.to_json()},
             {"post", post.to_json()}, {"curve", c},                   {"edit_seconds", edit_seconds},
-            {"eval_seconds", eval_seconds}};
+            {"eval_seconds", eval_seconds}, {"skipped_same_subject", skipped_same_subject}};
 }
 
 SequentialResult run_sequential(Model& model, const Dataset& dataset, const EditHParams& hparams, const StatsOptions& stats,
@@ -32,24 +33,42 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
                                 const std::atomic<bool>* cancel) {
     if (o.edits <= 0 || o.batch <= 0) throw Error(ErrorKind::Argument, "--edits and --batch must be positive");
     const int64_t T = o.edits;
-    if (static_cast<int64_t>(dataset.cases.size()) < T)
-        throw Error(ErrorKind::Argument, dataset.file.string() + " has " + std::to_string(dataset.cases.size()) + " cases; " +
-                                             std::to_string(T) + " edits were asked for");
+    const int64_t N = static_cast<int64_t>(dataset.cases.size());
+    std::vector<EditCase> cases;
+    int64_t next = 0, skipped = 0;  // next: the first dataset case after the chosen ones
+    if (o.distinct_subjects) {
+        std::set<std::string> seen;
+        for (; next < N && static_cast<int64_t>(cases.size()) < T; ++next) {
+            const EditCase& c = dataset.cases[static_cast<size_t>(next)];
+            if (!seen.insert(c.rewrites.empty() ? std::string() : c.rewrites[0].subject).second) {
+                ++skipped;
+                continue;
+            }
+            cases.push_back(c);
+        }
+    } else if (N >= T) {
+        cases.assign(dataset.cases.begin(), dataset.cases.begin() + T);
+        next = T;
+    }
+    if (static_cast<int64_t>(cases.size()) < T)
+        throw Error(ErrorKind::Argument, dataset.file.string() + " has " + std::to_string(o.distinct_subjects ? cases.size() : dataset.cases.size()) +
+                                             (o.distinct_subjects ? " cases with distinct subjects; " : " cases; ") + std::to_string(T) +
+                                             " edits were asked for");
     auto report = [&](const std::string& stage, int64_t done, int64_t total, const std::string& detail = {}) {
         if (progress) progress({stage, done, total, detail});
     };
     auto check_cancel = [&] {
         if (cancel && cancel->load()) throw Error(ErrorKind::Internal, "evaluation was cancelled");
     };
-    const std::vector<EditCase> cases(dataset.cases.begin(), dataset.cases.begin() + T);
-    const int64_t u_end = std::min<int64_t>(static_cast<int64_t>(dataset.cases.size()), T + o.unedited_cases);
-    const std::vector<EditCase> unedited(dataset.cases.begin() + T, dataset.cases.begin() + u_end);
+    const int64_t u_end = std::min<int64_t>(N, next + o.unedited_cases);
+    const std::vector<EditCase> unedited(dataset.cases.begin() + next, dataset.cases.begin() + u_end);
     const std::vector<EditCase> flu_cases(cases.begin(), cases.begin() + std::min<int64_t>(T, o.fluency_cases));
     std::filesystem::path ppl_file = o.perplexity_file;
     if (ppl_file.empty() && !model.dir().empty() && std::filesystem::exists(model.dir() / "held_out.txt")) ppl_file = model.dir() / "held_out.txt";
 
     SequentialResult res;
     res.method = std::string(edit_method_name(hparams.method)) + (hparams.blue ? "+blue" : "");
+    res.skipped_same_subject = skipped;
     auto general = [&](Summary& s) {
         if (!flu_cases.empty()) s.fluency = fluency(model, flu_cases, o.seed);
         if (!ppl_file.empty()) s.perplexity = text_perplexity(model, ppl_file);
