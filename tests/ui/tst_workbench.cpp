@@ -212,8 +212,12 @@ void TestWorkbench::traceCellFillsEditForm() {
     QCOMPARE(mlp->columnCount(), 6);
     QVERIFY(!std::isnan(mlp->cellValue(1, 2)));  // rows streamed in and stayed
     QVERIFY(w.lastTrace().cleanProb > 0.9 && w.lastTrace().corruptedProb < w.lastTrace().cleanProb);
-    // Clicking the MLP cell (last subject token, layer 2) prepares a ROME edit at layer 2.
+    // Hovering names the token and layer and gives p and the indirect effect (p - corrupted).
     const int row = w.lastTrace().subjectEnd - 1;
+    const QString tip = mlp->toolTipAt(row, 2);
+    QVERIFY2(tip.contains(QStringLiteral("Pidea")) && tip.contains(QStringLiteral("layer 2")), qPrintable(tip));
+    QVERIFY2(tip.contains(QStringLiteral("indirect effect %1").arg(mlp->cellValue(row, 2) - w.lastTrace().corruptedProb, 0, 'f', 4)), qPrintable(tip));
+    // Clicking the MLP cell (last subject token, layer 2) prepares a ROME edit at layer 2.
     QTest::mouseClick(mlp->plot(), Qt::LeftButton, {}, mlp->plot()->mapFrom(mlp, mlp->cellCenter(row, 2)));
     QCOMPARE(w.tabs()->currentIndex(), 2);
     QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editPrompt"))->text(), QStringLiteral("{} competes in"));
@@ -363,10 +367,13 @@ void TestWorkbench::historyRollbackRevertChart() {
 
     // Roll back to edit 1, then revert it: the hashes of the recorded states come back.
     w.findChild<QPushButton*>(QStringLiteral("rollbackButton"))->click();
+    QVERIFY(w.busy());  // in the worker
+    w.waitIdle();
     QCOMPARE(w.workbench().stateHash(), afterFirst);
     QCOMPARE(w.historyModel()->rows()[1].status, QStringLiteral("reverted"));
     view->selectRow(0);
     w.findChild<QPushButton*>(QStringLiteral("revertButton"))->click();
+    w.waitIdle();
     QCOMPARE(w.workbench().stateHash(), base);
     QCOMPARE(w.historyModel()->rows()[0].status, QStringLiteral("reverted"));
     QCOMPARE(w.workbench().driftByLayer()[0], 0.0);

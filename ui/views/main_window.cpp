@@ -123,6 +123,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
     connect(open, &QPushButton::clicked, this, &MainWindow::openModelDialog);
     pl->addWidget(m_modelLabel);
     pl->addWidget(open);
+    m_panelLayout = pl;  // the built-in models add their buttons below
     pl->addStretch();
     dock->setWidget(panel);
     addDockWidget(Qt::LeftDockWidgetArea, dock);
@@ -234,6 +235,7 @@ QWidget* MainWindow::buildPromptView() {
         auto* t = new QTableWidget(0, 3, w);
         t->setObjectName(name);
         t->setHorizontalHeaderLabels({title, tr("probability"), QString()});
+        t->horizontalHeader()->setSectionResizeMode(0, QHeaderView::ResizeToContents);
         t->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
         t->verticalHeader()->hide();
         t->setEditTriggers(QAbstractItemView::NoEditTriggers);
@@ -398,13 +400,13 @@ void MainWindow::showDifference() {
     d.title = tr("After − before the last edit");
     d.xLabel = k == 0 ? tr("single restored layer") : tr("center of %1 restored layers").arg(m_trace.window);
     d.colorBarLabel = tr("Δ p(%1)").arg(m_trace.answer.trimmed());
+    d.answer = m_trace.answer.trimmed();
     m_diffMap->setData(d);
     m_diffMap->show();
 }
 
 void MainWindow::addDemoModel(const QString& title, const QString& dir) {
-    QAction* a = new QAction(title, this);
-    connect(a, &QAction::triggered, this, [this, dir] {
+    auto open = [this, dir] {
         if (m_busy) return;
         Workbench* bench = m_bench.get();
         runJob(tr("Opening %1").arg(dir), [bench, dir] { bench->openModel(dir); }, [this] {
@@ -417,8 +419,15 @@ void MainWindow::addDemoModel(const QString& title, const QString& dir) {
                 loadImages();
             }
         });
-    });
+    };
+    QAction* a = new QAction(title, this);
+    connect(a, &QAction::triggered, this, open);
     m_fileMenu->insertAction(m_fileMenu->actions().value(1), a);
+    // The same in the model panel, above its stretch.
+    auto* button = new QPushButton(title, m_panelLayout->parentWidget());
+    button->setToolTip(dir);
+    connect(button, &QPushButton::clicked, this, open);
+    m_panelLayout->insertWidget(m_panelLayout->count() - 1, button);
 }
 
 void MainWindow::setTraceRequest(const QString& prompt, const QString& subject, int samples) {
@@ -1136,36 +1145,36 @@ void MainWindow::pushActiveChange(const QString& text, const QVector<qint64>& be
                                       [this](const QString& message) { showError(tr("Undo/redo failed"), message); }));
 }
 
+// Both replay the touched tensors from the base, which takes a while on a large model: they run in
+// the worker like an edit, and go on the undo stack when they have finished.
 void MainWindow::rollbackToSelected() {
     if (m_busy) return;
-    try {
-        const qint64 id = selectedEditId();
-        const QVector<qint64> before = m_bench->activeIds();
-        m_bench->rollback(id);
-        pushActiveChange(id ? tr("roll back to edit %1").arg(id) : tr("roll back to the base model"), before);
-        refresh();
-        m_status->setText(id ? tr("Rolled back to edit %1").arg(id) : tr("Rolled back to the base model"));
-    } catch (const std::exception& e) {
-        showError(tr("Rollback failed"), QString::fromStdString(e.what()));
-    }
+    const qint64 id = selectedEditId();
+    const QVector<qint64> before = m_bench->activeIds();
+    Workbench* bench = m_bench.get();
+    runJob(id ? tr("Rolling back to edit %1").arg(id) : tr("Rolling back to the base model"), [bench, id] { bench->rollback(id); },
+           [this, id, before] {
+               pushActiveChange(id ? tr("roll back to edit %1").arg(id) : tr("roll back to the base model"), before);
+               refresh();
+               m_status->setText(id ? tr("Rolled back to edit %1").arg(id) : tr("Rolled back to the base model"));
+           });
 }
 
 void MainWindow::revertSelected() {
     if (m_busy) return;
     const qint64 id = selectedEditId();
     if (!id) return;
-    try {
-        const QVector<qint64> before = m_bench->activeIds();
-        const QVector<qint64> deps = m_bench->revert(id);
+    const QVector<qint64> before = m_bench->activeIds();
+    auto deps = std::make_shared<QVector<qint64>>();
+    Workbench* bench = m_bench.get();
+    runJob(tr("Reverting edit %1").arg(id), [bench, id, deps] { *deps = bench->revert(id); }, [this, id, before, deps] {
         pushActiveChange(tr("revert edit %1").arg(id), before);
         refresh();
         QStringList ds;
-        for (qint64 d : deps) ds << QString::number(d);
-        m_status->setText(deps.isEmpty() ? tr("Reverted edit %1").arg(id)
-                                         : tr("Reverted edit %1; edits %2 were computed on it and were replayed without it").arg(id).arg(ds.join(QStringLiteral(", "))));
-    } catch (const std::exception& e) {
-        showError(tr("Revert failed"), QString::fromStdString(e.what()));
-    }
+        for (qint64 d : *deps) ds << QString::number(d);
+        m_status->setText(deps->isEmpty() ? tr("Reverted edit %1").arg(id)
+                                          : tr("Reverted edit %1; edits %2 were computed on it and were replayed without it").arg(id).arg(ds.join(QStringLiteral(", "))));
+    });
 }
 
 void MainWindow::exportModelDialog() {

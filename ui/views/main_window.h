@@ -29,6 +29,7 @@ class QTableView;
 class QTableWidget;
 class QToolButton;
 class QUndoStack;
+class QVBoxLayout;
 
 namespace engram::ui {
 
@@ -216,6 +217,7 @@ private:
     bool m_fillingHeads = false;
     QMenu* m_fileMenu = nullptr;
     QMenu* m_recentMenu = nullptr;
+    QVBoxLayout* m_panelLayout = nullptr;
     QAction* m_undoAction = nullptr;
     QAction* m_redoAction = nullptr;
     QTableWidget* m_vitReport = nullptr;

@@ -88,13 +88,22 @@ HeatmapWidget::HeatmapWidget(QWidget* parent) : QWidget(parent) {
             m_plot->setToolTip(QString());
             return;
         }
-        const double v = cellValue(row, column);
-        m_plot->setToolTip(QStringLiteral("%1\nlayer %2\n%3 %4")
-                               .arg(rowLabel(row))
-                               .arg(column)
-                               .arg(m_data.answer.isEmpty() ? QStringLiteral("value") : QStringLiteral("p(%1)").arg(m_data.answer))
-                               .arg(std::isnan(v) ? QStringLiteral("—") : QString::number(v, 'f', 4)));
+        m_plot->setToolTip(toolTipAt(row, column));
     });
+}
+
+QString HeatmapWidget::toolTipAt(int row, int column) const {
+    const double v = cellValue(row, column);
+    QString text = QStringLiteral("%1\nlayer %2\n%3 %4")
+                       .arg(rowLabel(row))
+                       .arg(column)
+                       .arg(m_data.kind == HeatmapKind::Difference ? QStringLiteral("Δ p(%1)").arg(m_data.answer)
+                            : m_data.answer.isEmpty()               ? QStringLiteral("value")
+                                                                    : QStringLiteral("p(%1)").arg(m_data.answer))
+                       .arg(std::isnan(v) ? QStringLiteral("—") : QString::number(v, 'f', 4));
+    if (m_data.kind != HeatmapKind::Difference && !std::isnan(m_data.low) && !std::isnan(v))
+        text += QStringLiteral("\nindirect effect %1").arg(v - m_data.low, 0, 'f', 4);
+    return text;
 }
 
 QPoint HeatmapWidget::cellCenter(int row, int column) const {

@@ -53,6 +53,9 @@ public:
     double rangeLower() const;
     double rangeUpper() const;
     QString rowLabel(int row) const;  // with the subject mark
+    // What hovering over a cell shows: the token, the layer, the value and, for a trace map whose
+    // corrupted probability is known (low), the indirect effect value - low.
+    QString toolTipAt(int row, int column) const;
     QString titleText() const;
     QString xLabelText() const;
     QString colorBarText() const;
