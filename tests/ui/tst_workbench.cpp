@@ -175,6 +175,12 @@ void TestWorkbench::editUndoRedoReopen() {
     QCOMPARE(again.historyModel()->rows()[0].change, recorded[0].change);
     QCOMPARE(again.historyModel()->rows()[0].status, QStringLiteral("active"));
     QCOMPARE(again.workbench().stateHash(), editedHash);
+    // The reopened edits are on the undo stack: Ctrl+Z steps back as before the restart.
+    QCOMPARE(again.undoStack()->count(), 1);
+    again.undoStack()->undo();
+    QCOMPARE(again.workbench().stateHash(), baseHash);
+    again.undoStack()->redo();
+    QCOMPARE(again.workbench().stateHash(), editedHash);
 }
 
 void TestWorkbench::badRequestShowsError() {
@@ -377,8 +383,9 @@ void TestWorkbench::historyRollbackRevertChart() {
     QCOMPARE(w.workbench().stateHash(), base);
     QCOMPARE(w.historyModel()->rows()[0].status, QStringLiteral("reverted"));
     QCOMPARE(w.workbench().driftByLayer()[0], 0.0);
-    // Both are on the undo stack: undoing them brings back each earlier state, redoing them again.
-    QCOMPARE(w.undoStack()->count(), 2);
+    // Both are on the undo stack, above the two edits the reopened project put there: undoing them
+    // brings back each earlier state, redoing them again.
+    QCOMPARE(w.undoStack()->count(), 4);
     w.undoStack()->undo();
     QCOMPARE(w.workbench().stateHash(), afterFirst);
     w.undoStack()->undo();

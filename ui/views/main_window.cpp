@@ -63,9 +63,9 @@ namespace {
 // is reported and the command dropped from the stack.
 class ActiveSetCommand : public QUndoCommand {
 public:
-    ActiveSetCommand(Workbench& bench, const QString& text, QVector<qint64> before, std::function<void()> changed,
+    ActiveSetCommand(Workbench& bench, const QString& text, QVector<qint64> before, QVector<qint64> after, std::function<void()> changed,
                      std::function<void(const QString&)> failed)
-        : m_bench(bench), m_before(std::move(before)), m_after(bench.activeIds()), m_changed(std::move(changed)), m_failed(std::move(failed)) {
+        : m_bench(bench), m_before(std::move(before)), m_after(std::move(after)), m_changed(std::move(changed)), m_failed(std::move(failed)) {
         setText(text);
     }
     void undo() override { set(m_before); }
@@ -1141,7 +1141,7 @@ void MainWindow::updateNormChart() {
 }
 
 void MainWindow::pushActiveChange(const QString& text, const QVector<qint64>& before) {
-    m_undo->push(new ActiveSetCommand(*m_bench, text, before, [this] { refresh(); },
+    m_undo->push(new ActiveSetCommand(*m_bench, text, before, m_bench->activeIds(), [this] { refresh(); },
                                       [this](const QString& message) { showError(tr("Undo/redo failed"), message); }));
 }
 
@@ -1397,6 +1397,19 @@ void MainWindow::projectOpened(const QString& file) {
     m_imageList->clear();
     addRecentProject(file);
     refresh();
+    // The active edits of the reopened project go on the undo stack in their order, so that Ctrl+Z
+    // steps back through them as it did before the restart.
+    const QVector<qint64> active = m_bench->activeIds();
+    QVector<qint64> before;
+    for (qint64 id : active) {
+        QString text = tr("edit %1").arg(id);
+        for (const HistoryRow& r : m_history->rows())
+            if (r.id == id) text = QStringLiteral("%1: %2 %3").arg(r.method, r.subject, r.change);
+        const QVector<qint64> prior = before;
+        before.push_back(id);
+        m_undo->push(new ActiveSetCommand(*m_bench, text, prior, before, [this] { refresh(); },
+                                          [this](const QString& message) { showError(tr("Undo/redo failed"), message); }));
+    }
     restoreCachedTrace();
 }
 
