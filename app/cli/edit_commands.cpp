@@ -235,7 +235,7 @@ int cmd_edit(const Argv& argv) {
 int cmd_eval(const Argv& argv) {
     Args args(argv, {"blue", "quiet", "single", "distinct-subjects"},
               {"model", "dataset", "method", "edits", "batch", "json", "csv", "db", "hparams", "set", "corpus", "checkpoint-every",
-               "fluency-cases", "unedited-cases", "format", "zsre-target", "perplexity-file", "seed"});
+               "fluency-cases", "unedited-cases", "format", "zsre-target", "perplexity-file", "seed", "snippets", "tfidf"});
     std::unique_ptr<Model> model = load_model(args);
     const fs::path dataset_path = args.get("dataset").value_or((demo_resource_dir("factworld") / "counterfact.json").string());
     eval::DatasetOptions dopt;
@@ -260,6 +260,18 @@ int cmd_eval(const Argv& argv) {
     if (auto p = args.get("perplexity-file")) so.perplexity_file = *p;
     so.restore_between = args.flag("single");
     so.distinct_subjects = args.flag("distinct-subjects");
+    // Consistency (RS): ROME's attribute_snippets.json and tfidf files when given; the Fact World
+    // demo model brings its own (its world's snippets, a TF-IDF fitted on its corpus).
+    if (args.get("snippets") || args.get("tfidf")) {
+        if (!args.get("snippets") || !args.get("tfidf"))
+            throw Error(ErrorKind::Argument, "consistency needs both --snippets FILE (attribute_snippets.json) and --tfidf DIR (idf.npy, tfidf_vocab.json)");
+        so.snippets = std::make_shared<eval::AttributeSnippets>(eval::AttributeSnippets::load(*args.get("snippets")));
+        so.tfidf = std::make_shared<eval::Tfidf>(eval::Tfidf::load(*args.get("tfidf")));
+    } else {
+        auto snippets = std::make_shared<eval::AttributeSnippets>();
+        auto tfidf = std::make_shared<eval::Tfidf>();
+        if (eval::demo_consistency_refs(model->dir(), snippets.get(), tfidf.get())) so.snippets = snippets, so.tfidf = tfidf;
+    }
     std::vector<std::string> methods;
     {
         std::stringstream ss(args.require("method"));
@@ -338,19 +350,19 @@ int cmd_eval(const Argv& argv) {
         std::cout << " (distinct subjects: " << results.front().skipped_same_subject << " later cases of an already chosen subject skipped)";
     std::cout << "\n";
     std::cout << std::left << std::setw(18) << "method" << std::right << std::setw(7) << "ES" << std::setw(7) << "PS" << std::setw(7) << "NS"
-              << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(10)
+              << std::setw(7) << "S" << std::setw(7) << "EM" << std::setw(7) << "PM" << std::setw(7) << "NM" << std::setw(8) << "Flu" << std::setw(6) << "RS" << std::setw(10)
               << "PPL" << std::setw(8) << "Unedit" << std::setw(7) << "Rel" << std::setw(7) << "Gen" << std::setw(7) << "Loc" << std::setw(9)
               << "edit s" << "\n";
     auto row = [&](const std::string& name, const eval::Summary& s, double secs) {
         std::cout << std::left << std::setw(18) << name << std::right << std::setw(7) << cell(s.es) << std::setw(7) << cell(s.ps) << std::setw(7)
                   << cell(s.ns) << std::setw(7) << cell(s.score) << std::setw(7) << cell(s.em) << std::setw(7) << cell(s.pm) << std::setw(7)
-                  << cell(s.nm) << std::setw(8) << opt(s.fluency) << std::setw(10) << opt(s.perplexity, 2) << std::setw(8)
+                  << cell(s.nm) << std::setw(8) << opt(s.fluency) << std::setw(6) << opt(s.consistency) << std::setw(10) << opt(s.perplexity, 2) << std::setw(8)
                   << opt(s.unedited_accuracy) << std::setw(7) << cell(s.reliability) << std::setw(7) << cell(s.generalization) << std::setw(7)
                   << cell(s.locality) << std::setw(9) << (secs > 0 ? cell(secs, 1) : std::string("-")) << "\n";
     };
     if (!results.empty()) row("pre-edit", results.front().pre, 0);
     for (const auto& r : results) row(r.method, r.post, r.edit_seconds);
-    std::cout << "ES/PS/NS/S: ROME/MEMIT probability metrics (x100); EM/PM/NM their magnitudes; Flu: n-gram entropy x100; PPL: held-out "
+    std::cout << "ES/PS/NS/S: ROME/MEMIT probability metrics (x100); EM/PM/NM their magnitudes; Flu: n-gram entropy x100; RS: consistency (TF-IDF cosine x100); PPL: held-out "
                  "perplexity; Unedit: top-1 on facts outside the edited set; Rel/Gen/Loc: EasyEdit token metrics.\n";
     if (auto f = args.get("json")) {
         json all = json::array();
@@ -363,12 +375,12 @@ int cmd_eval(const Argv& argv) {
     if (auto f = args.get("csv")) {
         std::ofstream out(*f);
         if (!out) throw Error(ErrorKind::Io, "cannot write " + *f);
-        out << "method,edits,es,ps,ns,score,em,pm,nm,fluency,perplexity,unedited_accuracy,reliability,generalization,locality,portability\n";
+        out << "method,edits,es,ps,ns,score,em,pm,nm,fluency,consistency,perplexity,unedited_accuracy,reliability,generalization,locality,portability\n";
         auto line = [&](const std::string& name, int64_t edits, const eval::Summary& s) {
             auto o = [](const std::optional<double>& v) { return v ? std::to_string(*v) : std::string(); };
             auto d = [](double v) { return std::isnan(v) ? std::string() : std::to_string(v); };
             out << name << "," << edits << "," << d(s.es) << "," << d(s.ps) << "," << d(s.ns) << "," << d(s.score) << "," << d(s.em) << ","
-                << d(s.pm) << "," << d(s.nm) << "," << o(s.fluency) << "," << o(s.perplexity) << "," << o(s.unedited_accuracy) << ","
+                << d(s.pm) << "," << d(s.nm) << "," << o(s.fluency) << "," << o(s.consistency) << "," << o(s.perplexity) << "," << o(s.unedited_accuracy) << ","
                 << d(s.reliability) << "," << d(s.generalization) << "," << d(s.locality) << "," << d(s.portability) << "\n";
         };
         if (!results.empty()) line("pre-edit", 0, results.front().pre);

@@ -36,7 +36,7 @@ editing (locate-then-edit; without --model the Fact World demo model):
   edit      --method rome|memit|memit_seq|alphaedit|pmet|ft [--blue] --prompt "{} was born in" --subject S --target T
             [--target-true T] [--requests FILE] [--db F] [--model DIR] [--hparams FILE] [--set key=value]... [--corpus FILE] [--json]
             prints p(new) and p(old) before and after; with --db the edit is recorded (F is created if needed)
-  eval      --method M[,M...] [--blue] [--dataset FILE] [--edits T] [--batch B] [--checkpoint-every K] [--single] [--distinct-subjects] [--fluency-cases N]
+  eval      --method M[,M...] [--blue] [--dataset FILE] [--edits T] [--batch B] [--checkpoint-every K] [--single] [--distinct-subjects] [--fluency-cases N] [--snippets F --tfidf DIR]
             [--json OUT] [--csv OUT] [--db F] [--hparams FILE] [--set key=value]... [--corpus FILE] [--format F] [--zsre-target answer|alt]
             the sequential batch protocol: T cases edited in batches of B, evaluated after all edits; one row per method
             (--single: the weights are restored after each batch, whose cases are scored right after their edit;

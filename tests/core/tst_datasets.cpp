@@ -48,6 +48,11 @@ private Q_SLOTS:
     void repetitiveTextScoresLower();
     void meanNGramEntropy();
     void harmonicMean();
+    void tfidfTokens();
+    void tfidfMatchesScikitLearnFormula();
+    void tfidfFilesRoundTripAndRefusals();
+    void attributeSnippets();
+    void counterfactTargetIds();
 };
 
 namespace {
@@ -596,6 +601,110 @@ void TestDatasets::harmonicMean() {
     QVERIFY(std::abs(eval::harmonic_mean({0.9, 0.6, 0.3}) - 3.0 / (1 / 0.9 + 1 / 0.6 + 1 / 0.3)) < 1e-15);
     QCOMPARE(eval::harmonic_mean({0.9, 0.0, 0.7}), 0.0);
     QCOMPARE(eval::harmonic_mean({}), 0.0);
+}
+
+void TestDatasets::tfidfTokens() {
+    // scikit-learn's default token_pattern (?u)\b\w\w+\b with lowercase: one-character tokens and
+    // punctuation are dropped, '_' and digits are word characters.
+    QCOMPARE(tfidf_tokens("The CAT, a b_c ab9 x!"), (std::vector<std::string>{"the", "cat", "b_c", "ab9"}));
+    QVERIFY(tfidf_tokens(" . , a").empty());
+}
+
+void TestDatasets::tfidfMatchesScikitLearnFormula() {
+    // Three documents: df(the) = 3, df(cat) = df(sat) = 2, df(dog) = df(ran) = 1, so with smooth idf
+    // ln((1 + 3) / (1 + df)) + 1: the 1, cat and sat 1 + ln(4/3), dog and ran 1 + ln 2.
+    const Tfidf t = Tfidf::fit({"the cat sat", "the dog sat", "The cat ran."});
+    QCOMPARE(t.size(), size_t(5));
+    QCOMPARE(t.idf("the"), 1.0);
+    QVERIFY(std::abs(t.idf("cat") - (1 + std::log(4.0 / 3.0))) < 1e-15);
+    QVERIFY(std::abs(t.idf("ran") - (1 + std::log(2.0))) < 1e-15);
+    QVERIFY(std::isnan(t.idf("bird")));
+    // Cosines of l2-normalised raw-count x idf vectors, worked by hand:
+    //   "cat sat" . "cat ran" = ic^2 / (sqrt(2) ic * sqrt(ic^2 + ir^2)) = 0.42804603506311845
+    //   "the cat sat" . "the dog sat" = (1 + ic^2) / (sqrt(1 + 2 ic^2) sqrt(1 + ir^2 + ic^2)) = 0.5443283851010368
+    QVERIFY(std::abs(t.similarity("cat sat", "cat ran") - 0.42804603506311845) < 1e-12);
+    QVERIFY(std::abs(t.similarity("the cat sat", "The dog, sat!") - 0.5443283851010368) < 1e-12);
+    QVERIFY(std::abs(t.similarity("cat cat sat", "cat cat sat") - 1.0) < 1e-12);  // counts, then normalised
+    QCOMPARE(t.similarity("bird", "cat"), 0.0);  // no known token on one side
+    QCOMPARE(t.similarity("cat", "dog"), 0.0);   // nothing shared
+}
+
+namespace {
+
+// A .npy file (format 1.0) holding a little-endian float64 vector.
+void write_npy(const fs::path& file, const std::vector<double>& v, const std::string& descr = "<f8") {
+    std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + std::to_string(v.size()) + ",), }";
+    while ((10 + header.size() + 1) % 64) header += ' ';
+    header += '\n';
+    std::ofstream out(file, std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    const uint16_t len = uint16_t(header.size());
+    out.put(char(len & 0xff));
+    out.put(char(len >> 8));
+    out << header;
+    out.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(double)));
+}
+
+}  // namespace
+
+void TestDatasets::tfidfFilesRoundTripAndRefusals() {
+    QTemporaryDir tmp;
+    const fs::path dir = tmp.path().toStdString();
+    const Tfidf fitted = Tfidf::fit({"the cat sat", "the dog sat", "the cat ran"});
+    const std::vector<std::string> tokens = {"the", "cat", "sat", "dog", "ran"};
+    std::vector<double> idf;
+    std::ofstream(dir / "tfidf_vocab.json") << R"({"the": 0, "cat": 1, "sat": 2, "dog": 3, "ran": 4})";
+    for (const auto& tok : tokens) idf.push_back(fitted.idf(tok));
+    write_npy(dir / "idf.npy", idf);
+    const Tfidf loaded = Tfidf::load(dir);
+    QCOMPARE(loaded.size(), size_t(5));
+    for (const auto& tok : tokens) QCOMPARE(loaded.idf(tok), fitted.idf(tok));
+    QCOMPARE(loaded.similarity("the cat sat", "the dog sat"), fitted.similarity("the cat sat", "the dog sat"));
+    auto refused = [&](const char* needle) {
+        try {
+            Tfidf::load(dir);
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find(needle) != std::string::npos, e.what());
+            return;
+        }
+        QFAIL("a bad TF-IDF folder was accepted");
+    };
+    std::ofstream(dir / "tfidf_vocab.json") << R"({"the": 0, "owl": 9})";
+    refused("outside idf.npy");
+    std::ofstream(dir / "tfidf_vocab.json") << R"({"the": 0})";
+    write_npy(dir / "idf.npy", idf, "<i8");
+    refused("float64 or float32");
+    std::ofstream(dir / "idf.npy") << "not numpy";
+    refused("not a NumPy .npy file");
+    fs::remove(dir / "idf.npy");
+    refused("cannot read the idf vector");
+}
+
+void TestDatasets::attributeSnippets() {
+    QTemporaryDir tmp;
+    const fs::path file = fs::path(tmp.path().toStdString()) / "attribute_snippets.json";
+    std::ofstream(file) << R"([{"name": "x", "relation_id": "P641", "target_id": "E9", "samples": [{"name": "A", "text": "A plays golf ."},
+                                                                                             {"name": "B", "text": "B plays golf ."}]},
+                               {"relation_id": "P19", "target_id": "E2", "samples": []}])";
+    const AttributeSnippets s = AttributeSnippets::load(file);
+    QVERIFY(s.find("P641", "E9") && s.find("P641", "E9")->size() == 2);
+    QCOMPARE(s.find("P641", "E9")->at(1), std::string("B plays golf ."));
+    QVERIFY(!s.find("P19", "E2"));   // no texts: nothing to compare with
+    QVERIFY(!s.find("P641", "E1"));
+    std::ofstream(file) << R"([{"relation_id": "P641", "samples": []}])";
+    try {
+        AttributeSnippets::load(file);
+        QFAIL("a record without target_id was accepted");
+    } catch (const Error& e) {
+        QVERIFY2(std::string(e.what()).find("record 0") != std::string::npos, e.what());
+    }
+}
+
+void TestDatasets::counterfactTargetIds() {
+    // ROME's nested layout carries target ids; they key the attribute snippets.
+    const Dataset ds = load_dataset(sample("factworld-counterfact.sample.json"));
+    QCOMPARE(ds.cases[0].rewrites[0].target_new_id, std::string("E99"));
+    QCOMPARE(ds.cases[0].rewrites[0].relation_id, std::string("P641"));
 }
 
 QTEST_APPLESS_MAIN(TestDatasets)

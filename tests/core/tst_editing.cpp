@@ -278,6 +278,33 @@ private Q_SLOTS:
         QVERIFY(memit.post.ps > memit.pre.ps + 40);
     }
 
+    void demoConsistencyReferences() {
+        // The Fact World brings its own RS references: snippets of every (relation, object) and a
+        // TF-IDF fitted on its corpus. A sentence stating the new fact is closer to the new
+        // target's snippets than one stating the old fact.
+        eval::AttributeSnippets snippets;
+        eval::Tfidf tfidf;
+        QVERIFY(eval::demo_consistency_refs(demo_dir(), &snippets, &tfidf));
+        QVERIFY(tfidf.size() > 100);
+        eval::DatasetOptions o;
+        o.limit = 5;
+        const eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        for (const auto& c : ds.cases) {
+            const eval::Rewrite& r = c.rewrites[0];
+            const std::vector<std::string>* refs = snippets.find(r.relation_id, r.target_new_id);
+            QVERIFY2(refs && !refs->empty(), r.target_new_id.c_str());
+            std::string joined;
+            for (const auto& t : *refs) {
+                QVERIFY2(t.find(r.target_new) != std::string::npos, t.c_str());
+                joined += t + " ";
+            }
+            QVERIFY(tfidf.similarity(r.prompt_text() + " " + r.target_new + " .", joined) >
+                    tfidf.similarity(r.prompt_text() + " " + r.target_true + " .", joined));
+        }
+        // Not the demo model: no references (the CLI then needs --snippets and --tfidf).
+        QVERIFY(!eval::demo_consistency_refs(fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / "shapes", &snippets, &tfidf));
+    }
+
     void distinctSubjectsSkipsRepeats() {
         // MCF-style selection: a case whose subject was already chosen is passed over, counted, and
         // the next case takes its place; too few distinct subjects is a clear error.

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <map>
 #include <string>
+#include <unordered_map>
 #include <string_view>
 #include <vector>
 
@@ -45,6 +47,7 @@ struct Rewrite {
     std::string subject;
     std::string relation_id;   // "" where the layout has none
     std::string target_new;
+    std::string target_new_id;  // CounterFact's target_new.id ("" where the layout has none): keys the attribute snippets
     std::string target_true;   // "" where the layout has none (zsRE Answer convention)
     std::string question;      // MQuAKE: the rewrite as a question; "" otherwise
     std::string prompt_text() const;  // prompt with the subject substituted
@@ -107,5 +110,39 @@ double n_gram_entropy(std::string_view text);
 double mean_n_gram_entropy(const std::vector<std::string>& texts);
 // Harmonic mean of positive values; 0 if any is 0 (score S).
 double harmonic_mean(const std::vector<double>& values);
+
+// ---------------------------------------------------------------------------------------------
+// Consistency (RS, spec §7.1 item 7): the TF-IDF cosine between a case's generations and the
+// reference snippets about its new target, as ROME's tfidf_similarity with scikit-learn's
+// TfidfVectorizer at its defaults: lowercase, tokens of two or more word characters, raw counts
+// times idf, l2 norm. Word characters are ASCII letters, digits and '_' plus every byte >= 0x80
+// (Python's \w also knows which non-ASCII letters are letters; lowercasing is ASCII only).
+std::vector<std::string> tfidf_tokens(std::string_view text);
+
+class Tfidf {
+public:
+    // idf = ln((1 + n) / (1 + df)) + 1 over the documents (scikit-learn's smooth idf).
+    static Tfidf fit(const std::vector<std::string>& documents);
+    // ROME's files in `dir`: tfidf_vocab.json (token -> column) and idf.npy (float64 or float32).
+    static Tfidf load(const std::filesystem::path& dir);
+    // Cosine of the two texts' tf-idf vectors; 0 when either has no known token.
+    double similarity(std::string_view a, std::string_view b) const;
+    size_t size() const { return idf_.size(); }
+    double idf(const std::string& token) const;  // NaN for a token outside the vocabulary
+
+private:
+    std::unordered_map<std::string, int64_t> vocab_;
+    std::vector<double> idf_;
+};
+
+// ROME's attribute_snippets.json: a list of {relation_id, target_id, samples: [{name, text}]}, read
+// as relation -> target -> texts.
+struct AttributeSnippets {
+    std::map<std::string, std::map<std::string, std::vector<std::string>>> texts;
+    static AttributeSnippets load(const std::filesystem::path& file);
+    // nullptr when there are none for that relation and target.
+    const std::vector<std::string>* find(const std::string& relation_id, const std::string& target_id) const;
+    bool empty() const { return texts.empty(); }
+};
 
 }  // namespace engram::eval

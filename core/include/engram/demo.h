@@ -121,6 +121,10 @@ nlohmann::json counterfact_dataset(const FactWorld& world, uint64_t seed, int re
 nlohmann::json zsre_dataset(const FactWorld& world, uint64_t seed, int records);
 nlohmann::json mquake_dataset(const FactWorld& world, uint64_t seed, int records);
 nlohmann::json compositional_dataset(const FactWorld& world, uint64_t seed, int records);
+// ROME's attribute_snippets.json layout for the world: for each (relation, object), the sentences
+// of every fact with that relation and object in every template (ROME's are Wikipedia texts about
+// the subjects that have the attribute). Consistency (RS) compares generations with these.
+nlohmann::json attribute_snippets(const FactWorld& world);
 
 // The world as JSON (entities, relations with templates, facts), and every generated file beside
 // a checkpoint: world.json, corpus.txt, held_out.txt, counterfact.json, zsre.json, mquake.json,

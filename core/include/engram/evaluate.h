@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -60,6 +61,7 @@ struct Summary {
     double em = 0, pm = 0, nm = 0;             // x100
     double reliability = 0, generalization = 0, locality = 0, portability = 0;  // x100
     std::optional<double> fluency;             // mean n-gram entropy x100
+    std::optional<double> consistency;         // RS: mean TF-IDF cosine of generations and target snippets x100
     std::optional<double> perplexity;          // held-out
     std::optional<double> unedited_accuracy;   // x100: top-1 on facts outside the edited set
     nlohmann::json to_json() const;
@@ -69,6 +71,17 @@ Summary summarize(const std::vector<CaseMetrics>& metrics);
 // Fluency: each case's generation prompts completed with top-k 5 sampling to min(100, n_ctx)
 // tokens, scored by n-gram entropy (x100).
 double fluency(const Model& model, const std::vector<EditCase>& cases, uint64_t seed);
+// The completions behind fluency, per case ([case][generation prompt]), same sampling and seeds.
+std::vector<std::vector<std::string>> generations(const Model& model, const std::vector<EditCase>& cases, uint64_t seed);
+double fluency_of(const std::vector<std::vector<std::string>>& generations);  // x100; NaN with no text
+// Consistency RS (x100): per case, the TF-IDF cosine of its joined generations and the joined
+// snippets about its new target (relation_id, target_new_id), averaged over the cases that have
+// snippets; NaN when none has.
+double consistency(const std::vector<EditCase>& cases, const std::vector<std::vector<std::string>>& generations,
+                   const AttributeSnippets& snippets, const Tfidf& tfidf);
+// The references for the Fact World demo model in `model_dir` (world.json of the generated world
+// beside it): its attribute snippets, and a TF-IDF fitted on its corpus.txt. false elsewhere.
+bool demo_consistency_refs(const std::filesystem::path& model_dir, AttributeSnippets* snippets, Tfidf* tfidf);
 // exp(mean next-token NLL) over the lines of a text file (each line one document, truncated to
 // the context).
 double text_perplexity(const Model& model, const std::filesystem::path& file, int64_t max_lines = 0);
@@ -99,6 +112,9 @@ struct SequentialOptions {
     // MEMIT's key depends only on the subject, so two requests on one subject in a batch ask one key
     // for two values. Off by default: the first T cases, as the reference scripts take them.
     bool distinct_subjects = false;
+    // Consistency (RS) is measured with the fluency generations when both are given.
+    std::shared_ptr<const AttributeSnippets> snippets;
+    std::shared_ptr<const Tfidf> tfidf;
 };
 
 struct EvalProgress {

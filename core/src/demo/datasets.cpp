@@ -2,6 +2,7 @@
 // public data: CounterFact (ROME's nested records), zsRE (MEND/EasyEdit), MQuAKE, and a
 // multi-answer compositional set (the A3E "MAC" setting) over the multi-valued `speaks` relation.
 #include <algorithm>
+#include <map>
 #include <fstream>
 
 #include "engram/demo.h"
@@ -36,6 +37,22 @@ std::vector<const Fact*> single_valued_facts(const FactWorld& w) {
 }
 
 }  // namespace
+
+nlohmann::json attribute_snippets(const FactWorld& w) {
+    std::map<std::pair<int, int>, nlohmann::json> samples;  // (relation, object) -> [{name, text}]
+    for (const Fact& f : w.facts) {
+        const Relation& r = w.relations[f.relation];
+        const std::string& subject = w.entities[f.subject].name;
+        for (int o : f.objects) {
+            nlohmann::json& list = samples[{f.relation, o}];
+            for (const std::string& t : r.templates) list.push_back({{"name", subject}, {"text", fill(t, subject) + " " + w.entities[o].name + " ."}});
+        }
+    }
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& [key, list] : samples)
+        out.push_back({{"relation_id", w.relations[key.first].id}, {"target_id", entity_id(key.second)}, {"samples", std::move(list)}});
+    return out;
+}
 
 nlohmann::json counterfact_dataset(const FactWorld& w, uint64_t seed, int records) {
     Rng rng(seed);

@@ -133,6 +133,8 @@ Rewrite read_rewrite(const Where& w, const json& rr, const std::string& prefix) 
     check_template(w, field_name(prefix, "prompt"), r.prompt);
     r.relation_id = optional_string(w, rr, prefix, "relation_id").value_or("");
     r.target_new = target_field(w, rr, prefix, "target_new");
+    if (const json* t = find(rr, "target_new"); t && t->is_object())
+        if (const json* id = find(*t, "id"); id && id->is_string()) r.target_new_id = id->get<std::string>();
     r.target_true = target_field(w, rr, prefix, "target_true");
     r.question = optional_string(w, rr, prefix, "question").value_or("");
     return r;

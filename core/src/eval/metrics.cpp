@@ -1,5 +1,6 @@
 // Edit metrics on a model: teacher-forced target scoring, the ROME/MEMIT probability metrics and the
 // EasyEdit token metrics (specs/locate_then_edit.md §7.1-§7.3), fluency, perplexity.
+#include "engram/demo.h"
 #include "engram/evaluate.h"
 
 #include <ATen/ATen.h>
@@ -242,17 +243,19 @@ nlohmann::json Summary::to_json() const {
                         {"reliability", num(reliability)}, {"generalization", num(generalization)},
                         {"locality", num(locality)},       {"portability", num(portability)}};
     if (fluency) j["fluency"] = *fluency;
+    if (consistency) j["consistency"] = *consistency;
     if (perplexity) j["perplexity"] = *perplexity;
     if (unedited_accuracy) j["unedited_accuracy"] = *unedited_accuracy;
     return j;
 }
 
-double fluency(const Model& model, const std::vector<EditCase>& cases, uint64_t seed) {
+std::vector<std::vector<std::string>> generations(const Model& model, const std::vector<EditCase>& cases, uint64_t seed) {
     const Tokenizer& tok = tokenizer_of(model);
     const int64_t total = std::min<int64_t>(100, model.hparams().n_ctx);
-    std::vector<std::string> texts;
+    std::vector<std::vector<std::string>> out;
     uint64_t k = 0;
-    for (const auto& c : cases)
+    for (const auto& c : cases) {
+        out.emplace_back();
         for (const auto& p : c.generation_prompts) {
             std::vector<int64_t> ids = tok.encode(p, /*add_special_tokens=*/true).ids;
             if (ids.empty() || static_cast<int64_t>(ids.size()) >= total) continue;
@@ -260,10 +263,59 @@ double fluency(const Model& model, const std::vector<EditCase>& cases, uint64_t 
             g.max_new_tokens = total - static_cast<int64_t>(ids.size());
             g.top_k = 5;
             g.seed = seed * 1000003ull + k++;
-            texts.push_back(tok.decode(generate(model, ids, g), /*skip_special_tokens=*/true));
+            out.back().push_back(tok.decode(generate(model, ids, g), /*skip_special_tokens=*/true));
         }
+    }
+    return out;
+}
+
+double fluency_of(const std::vector<std::vector<std::string>>& gens) {
+    std::vector<std::string> texts;
+    for (const auto& g : gens) texts.insert(texts.end(), g.begin(), g.end());
     if (texts.empty()) return kNaN;
     return 100.0 * mean_n_gram_entropy(texts);
+}
+
+double fluency(const Model& model, const std::vector<EditCase>& cases, uint64_t seed) { return fluency_of(generations(model, cases, seed)); }
+
+double consistency(const std::vector<EditCase>& cases, const std::vector<std::vector<std::string>>& gens, const AttributeSnippets& snippets,
+                   const Tfidf& tfidf) {
+    auto join = [](const std::vector<std::string>& texts) {
+        std::string s;
+        for (const auto& t : texts) s += (s.empty() ? "" : " ") + t;
+        return s;
+    };
+    double sum = 0;
+    int64_t n = 0;
+    for (size_t i = 0; i < cases.size() && i < gens.size(); ++i) {
+        if (cases[i].rewrites.empty() || gens[i].empty()) continue;
+        const Rewrite& r = cases[i].rewrites[0];
+        const std::vector<std::string>* refs = snippets.find(r.relation_id, r.target_new_id);
+        if (!refs) continue;
+        sum += tfidf.similarity(join(gens[i]), join(*refs));
+        ++n;
+    }
+    return n ? 100.0 * sum / double(n) : kNaN;
+}
+
+bool demo_consistency_refs(const std::filesystem::path& dir, AttributeSnippets* snippets, Tfidf* tfidf) {
+    const auto world_file = dir / "world.json", corpus_file = dir / "corpus.txt";
+    if (!std::filesystem::exists(world_file) || !std::filesystem::exists(corpus_file)) return false;
+    std::ifstream in(world_file);
+    const nlohmann::json recorded = nlohmann::json::parse(in, nullptr, false);
+    const demo::FactWorld world = demo::generate_fact_world();
+    if (recorded.is_discarded() || !recorded.is_object() || recorded.value("hash", std::string()) != world.hash()) return false;
+    const nlohmann::json list = demo::attribute_snippets(world);
+    snippets->texts.clear();
+    for (const auto& el : list)
+        for (const auto& sample : el["samples"])
+            snippets->texts[el["relation_id"].get<std::string>()][el["target_id"].get<std::string>()].push_back(sample["text"].get<std::string>());
+    std::ifstream corpus(corpus_file);
+    std::vector<std::string> docs;
+    for (std::string line; std::getline(corpus, line);)
+        if (!line.empty()) docs.push_back(line);
+    *tfidf = Tfidf::fit(docs);
+    return true;
 }
 
 double text_perplexity(const Model& model, const std::filesystem::path& file, int64_t max_lines) {

@@ -70,7 +70,15 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
     res.method = std::string(edit_method_name(hparams.method)) + (hparams.blue ? "+blue" : "");
     res.skipped_same_subject = skipped;
     auto general = [&](Summary& s) {
-        if (!flu_cases.empty()) s.fluency = fluency(model, flu_cases, o.seed);
+        if (!flu_cases.empty()) {
+            const auto gens = generations(model, flu_cases, o.seed);
+            const double f = fluency_of(gens);
+            if (!std::isnan(f)) s.fluency = f;
+            if (o.snippets && o.tfidf) {
+                const double rs = consistency(flu_cases, gens, *o.snippets, *o.tfidf);
+                if (!std::isnan(rs)) s.consistency = rs;
+            }
+        }
         if (!ppl_file.empty()) s.perplexity = text_perplexity(model, ppl_file);
         if (!unedited.empty()) {
             const double a = fact_accuracy(model, unedited);
