@@ -287,6 +287,7 @@ QWidget* MainWindow::buildEditView() {
     m_hparams = new QTableWidget(0, 2, w);
     m_hparams->setObjectName(QStringLiteral("hparamTable"));
     m_hparams->setHorizontalHeaderLabels({tr("hyperparameter"), tr("value")});
+    m_hparams->horizontalHeader()->setSectionResizeMode(0, QHeaderView::ResizeToContents);
     m_hparams->horizontalHeader()->setSectionResizeMode(1, QHeaderView::Stretch);
     m_hparams->verticalHeader()->hide();
     m_hparams->setMaximumHeight(170);
@@ -303,6 +304,7 @@ QWidget* MainWindow::buildEditView() {
     m_result = new QTableWidget(0, 5, w);
     m_result->setObjectName(QStringLiteral("resultTable"));
     m_result->setHorizontalHeaderLabels({tr("kind"), tr("prompt"), tr("p(new): before → after"), tr("p(old): before → after"), QString()});
+    for (int c : {0, 2, 3, 4}) m_result->horizontalHeader()->setSectionResizeMode(c, QHeaderView::ResizeToContents);
     m_result->horizontalHeader()->setSectionResizeMode(1, QHeaderView::Stretch);
     m_result->verticalHeader()->hide();
     m_result->setEditTriggers(QAbstractItemView::NoEditTriggers);
