@@ -305,6 +305,43 @@ private Q_SLOTS:
         QVERIFY(!eval::demo_consistency_refs(fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / "shapes", &snippets, &tfidf));
     }
 
+    void mergeSameSubjectSharesOneTarget() {
+        // Two rewrites of one subject in one MEMIT batch: with merge_same_subject they get one target,
+        // optimised on both prompts (MEMIT-Merge), and both edits take.
+        auto m = load();
+        eval::DatasetOptions o;
+        o.limit = 200;
+        const eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        std::vector<EditRequest> pair;
+        for (size_t i = 0; i < ds.cases.size() && pair.empty(); ++i)
+            for (size_t j = i + 1; j < ds.cases.size(); ++j)
+                if (ds.cases[i].rewrites[0].subject == ds.cases[j].rewrites[0].subject &&
+                    ds.cases[i].rewrites[0].relation_id != ds.cases[j].rewrites[0].relation_id) {
+                    pair = {eval::requests_of(ds.cases[i]).at(0), eval::requests_of(ds.cases[j]).at(0)};
+                    break;
+                }
+        QVERIFY2(pair.size() == 2, "no subject with two rewrites among the first 200 records");
+        EditHParams hp = hparams(*m, EditMethod::Memit);
+        hp.merge_same_subject = true;
+        EditSession session(*m, hp);
+        const Edit e = session.compute(pair);
+        const auto& targets = e.metrics.at("targets");
+        QCOMPARE(targets.size(), size_t(2));
+        for (const auto& t : targets) QCOMPARE(t.at("merged").get<int>(), 2);
+        QCOMPARE(targets[0].at("delta_norm").get<double>(), targets[1].at("delta_norm").get<double>());  // one target
+        QCOMPARE(e.hparams.at("merge_same_subject").get<bool>(), true);  // stored with the edit
+        apply_edit(*m, e);
+        for (const EditRequest& r : pair) {
+            const auto s = eval::score_targets(*m, {{r.prompt_text(), r.target_new}, {r.prompt_text(), r.target_true}});
+            QVERIFY2(s[0].nll < s[1].nll, (r.subject + ": " + r.target_new + " is not ahead of " + r.target_true).c_str());
+        }
+        // Off (the reference behaviour): one target per request.
+        m->restore_all_base();
+        hp.merge_same_subject = false;
+        EditSession plain(*m, hp);
+        for (const auto& t : plain.compute(pair).metrics.at("targets")) QCOMPARE(t.at("merged").get<int>(), 1);
+    }
+
     void distinctSubjectsSkipsRepeats() {
         // MCF-style selection: a case whose subject was already chosen is passed over, counted, and
         // the next case takes its place; too few distinct subjects is a clear error.

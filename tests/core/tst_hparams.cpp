@@ -90,6 +90,7 @@ void compare_all(const EditHParams& a, const EditHParams& b) {
     QCOMPARE(a.context_template_length_params, b.context_template_length_params);
     QCOMPARE(a.context_templates, b.context_templates);
     QCOMPARE(a.seed, b.seed);
+    QCOMPARE(a.merge_same_subject, b.merge_same_subject);
     QCOMPARE(a.nullspace_threshold, b.nullspace_threshold);
     QCOMPARE(a.L2, b.L2);
     QCOMPARE(a.nll_loss_factor, b.nll_loss_factor);
@@ -613,6 +614,7 @@ void TestHParams::jsonRoundTrip() {
     hp.context_template_length_params = {{3, 4}};
     hp.context_templates = {{"{}"}, {"Once. {}", "Twice \"quoted\". {}"}};
     hp.seed = 0xFFFFFFFFFFFFFFF0ull;
+    hp.merge_same_subject = true;
     hp.nullspace_threshold = 3e-3;
     hp.L2 = 95;
     hp.nll_loss_factor = 0.1;
@@ -625,7 +627,7 @@ void TestHParams::jsonRoundTrip() {
     const std::vector<std::string> keys = {
         "method", "blue", "layers", "fact_token", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay",
         "clamp_norm_factor", "kl_factor", "mom2_adjustment", "mom2_update_weight", "mom2_n_samples", "mom2_dataset",
-        "rrome_fix", "context_template_length_params", "context_templates", "seed", "nullspace_threshold", "L2",
+        "rrome_fix", "context_template_length_params", "context_templates", "seed", "merge_same_subject", "nullspace_threshold", "L2",
         "nll_loss_factor", "ft_lr", "ft_steps", "ft_norm_constraint"};
     QCOMPARE(j.size(), keys.size());
     for (const auto& k : keys) QVERIFY2(j.contains(k), k.c_str());

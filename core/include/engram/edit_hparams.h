@@ -58,6 +58,11 @@ struct EditHParams {
     std::vector<std::vector<std::string>> context_templates;  // each holds "{}"; ROME uses them flattened
     uint64_t seed = 0;              // sampling of generated templates
 
+    // MEMIT family: requests on the same subject share one key, so they get one target, optimised on
+    // all their prompts together (MEMIT-Merge, Dong et al. 2025). Off: one target per request, as the
+    // reference code does, and same-subject requests in a batch then conflict.
+    bool merge_same_subject = false;
+
     // AlphaEdit.
     double nullspace_threshold = 2e-2;
     double L2 = 10.0;

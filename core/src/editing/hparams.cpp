@@ -111,6 +111,7 @@ const Field kFields[] = {
     {"context_template_length_params", &EditHParams::context_template_length_params},
     {"context_templates", &EditHParams::context_templates},
     {"seed", &EditHParams::seed},
+    {"merge_same_subject", &EditHParams::merge_same_subject},
     {"nullspace_threshold", &EditHParams::nullspace_threshold},
     {"L2", &EditHParams::L2},
     {"nll_loss_factor", &EditHParams::nll_loss_factor},

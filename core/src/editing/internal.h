@@ -51,5 +51,9 @@ struct SiteTargets {
 };
 SiteTargets optimize_targets(const Model& model, const EditRequest& request, int layer, const std::vector<Site>& sites,
                              const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
+// One target for several requests on the same subject (MEMIT-Merge): the rewriting rows of every
+// request in one loss, each row's NLL averaged over its own target's tokens.
+SiteTargets optimize_targets(const Model& model, const std::vector<EditRequest>& requests, int layer, const std::vector<Site>& sites,
+                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
 
 }  // namespace engram::editing

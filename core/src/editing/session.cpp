@@ -2,6 +2,8 @@
 // BLUE as a switch (§4-§6b), and FT-L. Every weight change is applied through apply_delta from the
 // factors that are stored, so the bits seen while computing are the bits a replay gives.
 #include <ATen/ATen.h>
+
+#include <map>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
@@ -232,16 +234,37 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
     auto batch_keys = [&](int layer) { return mean_keys(model_, requests, layer, groups, true, hp_); };
 
     nlohmann::json z_info = nlohmann::json::array();
-    auto compute_zs = [&](int z_layer) {
-        std::vector<at::Tensor> zs;
+    // merge_same_subject: the requests on one subject (first occurrence order) share one target.
+    std::vector<std::vector<int64_t>> target_groups;
+    {
+        std::map<std::string, size_t> group_of;
         for (int64_t i = 0; i < n; ++i) {
+            const std::string& subject = requests[static_cast<size_t>(i)].subject;
+            auto it = hp_.merge_same_subject ? group_of.find(subject) : group_of.end();
+            if (it == group_of.end()) {
+                if (hp_.merge_same_subject) group_of[subject] = target_groups.size();
+                target_groups.push_back({i});
+            } else {
+                target_groups[it->second].push_back(i);
+            }
+        }
+    }
+    auto compute_zs = [&](int z_layer) {
+        std::vector<at::Tensor> zs(static_cast<size_t>(n));
+        int64_t done = 0;
+        for (const auto& group : target_groups) {
             check_cancel();
-            report("target", i, n);
-            editing::SiteTargets t = editing::optimize_targets(model_, requests[static_cast<size_t>(i)], z_layer, z_sites, flat, hp_, pmet);
-            zs.push_back(t.target.back().to(at::kDouble));  // the block output, or PMET's MLP output
-            z_info.push_back({{"request", i}, {"layer", z_layer}, {"target_prob_before", t.summary.prob_first},
-                              {"target_prob_optimised", t.summary.prob_last}, {"steps", t.summary.steps},
-                              {"delta_norm", (t.target.back() - t.init.back()).norm().item<double>()}});
+            report("target", done, n);
+            std::vector<EditRequest> reqs;
+            for (int64_t i : group) reqs.push_back(requests[static_cast<size_t>(i)]);
+            editing::SiteTargets t = editing::optimize_targets(model_, reqs, z_layer, z_sites, flat, hp_, pmet);
+            for (int64_t i : group) {
+                zs[static_cast<size_t>(i)] = t.target.back().to(at::kDouble);  // the block output, or PMET's MLP output
+                z_info.push_back({{"request", i}, {"layer", z_layer}, {"target_prob_before", t.summary.prob_first},
+                                  {"target_prob_optimised", t.summary.prob_last}, {"steps", t.summary.steps},
+                                  {"delta_norm", (t.target.back() - t.init.back()).norm().item<double>()}, {"merged", group.size()}});
+            }
+            done += static_cast<int64_t>(group.size());
         }
         return at::stack(zs, 1);  // [n_embd, n]
     };

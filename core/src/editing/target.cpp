@@ -91,21 +91,34 @@ at::Tensor read_at_lookup(const Model& model, const std::vector<Row>& rows, Site
 
 SiteTargets optimize_targets(const Model& model, const EditRequest& request, int layer, const std::vector<Site>& sites,
                              const std::vector<std::string>& templates, const EditHParams& hp, bool pmet) {
-    const Tokenizer& tok = *model.tokenizer();
-    const std::vector<int64_t> target = target_ids(tok, request.target_new);
-    const int64_t n = static_cast<int64_t>(target.size());
+    return optimize_targets(model, std::vector<EditRequest>{request}, layer, sites, templates, hp, pmet);
+}
 
-    // Rewriting rows: template(prompt) + target[:-1] (teacher forcing), then one KL row "{} is a".
+SiteTargets optimize_targets(const Model& model, const std::vector<EditRequest>& requests, int layer, const std::vector<Site>& sites,
+                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet) {
+    const Tokenizer& tok = *model.tokenizer();
+    if (requests.empty()) throw Error(ErrorKind::Argument, "target optimisation needs a request");
+    for (const EditRequest& r : requests)
+        if (r.subject != requests[0].subject)
+            throw Error(ErrorKind::Internal, "one target for several requests needs one subject, got \"" + requests[0].subject + "\" and \"" + r.subject + "\"");
+
+    // Rewriting rows: template(prompt) + target[:-1] (teacher forcing) for each request, then one
+    // KL row "{} is a". Each row's NLL is averaged over its own target's tokens.
     std::vector<Row> rows;
-    for (const std::string& t : templates) {
-        LocatedPrompt p = locate_subject(tok, t, request.prompt, request.subject);
-        Row row{p.ids, lookup_index(p, hp.fact_token)};
-        row.ids.insert(row.ids.end(), target.begin(), target.end() - 1);
-        rows.push_back(std::move(row));
+    std::vector<std::vector<int64_t>> row_target;
+    for (const EditRequest& request : requests) {
+        const std::vector<int64_t> target = target_ids(tok, request.target_new);
+        for (const std::string& t : templates) {
+            LocatedPrompt p = locate_subject(tok, t, request.prompt, request.subject);
+            Row row{p.ids, lookup_index(p, hp.fact_token)};
+            row.ids.insert(row.ids.end(), target.begin(), target.end() - 1);
+            rows.push_back(std::move(row));
+            row_target.push_back(target);
+        }
     }
     const int64_t n_rewrite = static_cast<int64_t>(rows.size());
     {
-        LocatedPrompt p = locate_subject(tok, "{}", "{} is a", request.subject);
+        LocatedPrompt p = locate_subject(tok, "{}", "{} is a", requests[0].subject);
         rows.push_back({p.ids, lookup_index(p, hp.fact_token)});
     }
     for (const Row& r : rows)
@@ -118,8 +131,12 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
 
     // Targets at positions [len - n, len) of each rewriting row (the logit at p scores token p + 1).
     at::Tensor tgt = at::zeros({n_rewrite, T}, at::kLong), tmask = at::zeros({n_rewrite, T}, at::kFloat);
+    at::Tensor tlen = at::zeros({n_rewrite}, at::kFloat);
     for (int64_t i = 0; i < n_rewrite; ++i) {
         const int64_t len = b.lengths[static_cast<size_t>(i)];
+        const std::vector<int64_t>& target = row_target[static_cast<size_t>(i)];
+        const int64_t n = static_cast<int64_t>(target.size());
+        tlen[i] = float(n);
         for (int64_t j = 0; j < n; ++j) {
             tgt[i][len - n + j] = target[static_cast<size_t>(j)];
             tmask[i][len - n + j] = 1.0f;
@@ -127,6 +144,7 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
     }
     tgt = tgt.to(dev);
     tmask = tmask.to(dev);
+    tlen = tlen.to(dev);
     at::Tensor lookup_mask = at::zeros({B, T, 1}, at::kFloat);
     for (int64_t i = 0; i < B; ++i) lookup_mask[i][rows[static_cast<size_t>(i)].lookup][0] = 1.0f;
     lookup_mask = lookup_mask.to(dev);
@@ -159,7 +177,7 @@ SiteTargets optimize_targets(const Model& model, const EditRequest& request, int
         at::Tensor logits = model.forward(in, &hooks).logits;  // [B, T, n_vocab]
         at::Tensor log_probs = at::log_softmax(logits.slice(0, 0, n_rewrite), 2);
         at::Tensor picked = log_probs.gather(2, tgt.unsqueeze(2)).squeeze(2);  // [n_rewrite, T]
-        at::Tensor nll_each = -(picked * tmask).sum(1) / static_cast<double>(n);
+        at::Tensor nll_each = -(picked * tmask).sum(1) / tlen;
         at::Tensor nll = nll_each.mean();
         at::Tensor kl_logp = at::log_softmax(logits.index({kl_row, kl_pos}), 0);  // [n_vocab]
         if (!kl_init.defined()) kl_init = kl_logp.detach().clone();
