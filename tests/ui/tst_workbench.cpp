@@ -9,6 +9,8 @@
 #include <QCheckBox>
 #include <QComboBox>
 #include <QTimer>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QLineEdit>
 #include <QElapsedTimer>
 #include <QLabel>
@@ -417,6 +419,15 @@ void TestWorkbench::evaluateOverlaysRuns() {
     QCOMPARE(curve.back().edits, 10);
     QVERIFY(curve.back().es > w.evaluationRuns()[0].pre.es);  // the edits took
     QCOMPARE(w.workbench().stateHash(), hash);  // the model is back as it was
+    // Distinct subjects: the 23rd record repeats a subject, so 23 distinct cases skip one.
+    engram::ui::EvalForm form;
+    form.method = QStringLiteral("memit");
+    form.edits = form.batch = 23;
+    form.distinctSubjects = true;
+    const engram::ui::EvalRun run = w.workbench().evaluate(form, {});
+    QCOMPARE(run.name, QStringLiteral("memit (distinct subjects)"));
+    QCOMPARE(QJsonDocument::fromJson(run.json.toUtf8()).object().value(QStringLiteral("skipped_same_subject")).toInt(), 1);
+    QCOMPARE(w.workbench().stateHash(), hash);
 }
 
 void TestWorkbench::retraceShowsDifference() {

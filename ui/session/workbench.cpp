@@ -551,6 +551,7 @@ EvalRun Workbench::evaluate(const EvalForm& form, const EvalProgressFn& progress
     so.edits = form.edits;
     so.batch = form.batch;
     so.checkpoint_every = form.checkpointEvery;
+    so.distinct_subjects = form.distinctSubjects;
     so.fluency_cases = 0;  // generation is the slow part; the CLI measures it
     const EditHParams hp = default_edit_hparams(model_shape(*m_model), *method, form.blue);
     const std::string before = state_hash(*m_model);
@@ -571,7 +572,7 @@ EvalRun Workbench::evaluate(const EvalForm& form, const EvalProgressFn& progress
     if (m_project) m_project->replay(*m_model);
     if (state_hash(*m_model) != before) throw Error(ErrorKind::Internal, "the model did not return to its state after the evaluation");
     EvalRun out;
-    out.name = q(r.method);
+    out.name = q(r.method) + (form.distinctSubjects ? QStringLiteral(" (distinct subjects)") : QString());
     out.pre = point_of(0, r.pre);
     for (const auto& p : r.curve) out.curve.push_back(point_of(p.edits, p.summary));
     if (out.curve.isEmpty() || out.curve.back().edits != int(r.post.cases)) out.curve.push_back(point_of(r.post.cases, r.post));

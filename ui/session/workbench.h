@@ -118,6 +118,7 @@ struct EvalForm {
     QString dataset;             // empty: counterfact.json beside the model (the demo worlds have one)
     QString method = QStringLiteral("memit");
     bool blue = false;
+    bool distinctSubjects = false;  // the first cases with pairwise distinct subjects (MEMIT's multi_counterfact)
     int edits = 100, batch = 10, checkpointEvery = 1;
 };
 

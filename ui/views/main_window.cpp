@@ -931,6 +931,9 @@ QWidget* MainWindow::buildEvaluateView() {
     m_evalMethod->setObjectName(QStringLiteral("evalMethod"));
     for (const char* m : {"memit", "alphaedit", "pmet", "memit_seq", "rome", "ft"}) m_evalMethod->addItem(QString::fromLatin1(m));
     m_evalBlue = new QCheckBox(tr("BLUE"), w);
+    m_evalDistinct = new QCheckBox(tr("distinct subjects"), w);
+    m_evalDistinct->setObjectName(QStringLiteral("evalDistinct"));
+    m_evalDistinct->setToolTip(tr("The first cases whose subjects are pairwise distinct, as MEMIT's multi_counterfact"));
     m_evalEdits = new QSpinBox(w);
     m_evalEdits->setRange(1, 100000);
     m_evalEdits->setValue(100);
@@ -952,7 +955,7 @@ QWidget* MainWindow::buildEvaluateView() {
     m_evalFamily = new QComboBox(w);
     m_evalFamily->addItems({tr("ES / PS / NS"), tr("reliability / generalization / locality")});
     connect(m_evalFamily, &QComboBox::currentIndexChanged, this, [this] { drawCurves(); });
-    for (QWidget* x : std::initializer_list<QWidget*>{m_evalMethod, m_evalBlue, m_evalEdits, m_evalBatch}) row->addWidget(x);
+    for (QWidget* x : std::initializer_list<QWidget*>{m_evalMethod, m_evalBlue, m_evalDistinct, m_evalEdits, m_evalBatch}) row->addWidget(x);
     row->addWidget(m_evalDataset, 1);
     row->addWidget(browse);
     row->addWidget(m_evalRun);
@@ -996,6 +999,7 @@ void MainWindow::runEvaluation() {
     form.dataset = m_evalDataset->text().trimmed();
     form.method = m_evalMethod->currentText();
     form.blue = m_evalBlue->isChecked();
+    form.distinctSubjects = m_evalDistinct->isChecked();
     form.edits = m_evalEdits->value();
     form.batch = m_evalBatch->value();
     auto run = std::make_shared<EvalRun>();

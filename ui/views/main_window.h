@@ -179,6 +179,7 @@ private:
     QCustomPlot* m_normPlot = nullptr;
     QComboBox* m_evalMethod = nullptr;
     QCheckBox* m_evalBlue = nullptr;
+    QCheckBox* m_evalDistinct = nullptr;
     QSpinBox* m_evalEdits = nullptr;
     QSpinBox* m_evalBatch = nullptr;
     QComboBox* m_evalFamily = nullptr;
