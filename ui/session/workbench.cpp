@@ -60,6 +60,9 @@ void Workbench::openModel(const QString& dir) {
     LoadOptions lo;
     lo.device = c10::Device(s(m_device));
     auto model = Model::load(s(dir), lo);
+    // The fingerprint (SHA-256 over every weight on a first open; cached after) is computed here, in
+    // the worker, rather than on the GUI thread when the model panel first shows it.
+    model->fingerprint();
     m_project.reset();
     m_model = std::move(model);
     m_images.clear();
