@@ -5,13 +5,12 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <unordered_set>
 
 #include "engram/datasets.h"
 #include "engram/error.h"
+#include "engram/file.h"
 
 namespace engram::eval {
 namespace {
@@ -22,17 +21,10 @@ bool word_byte(unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
 }
 
-std::string read_file(const std::filesystem::path& file, const char* what) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot read the " + what);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 // A one-dimensional float64 or float32 .npy array (format 1.0 or 2.0, little-endian, C order).
 std::vector<double> read_npy_vector(const std::filesystem::path& file) {
-    const std::string data = read_file(file, "idf vector");
+    const std::string data = read_file(file, "the idf vector");
     const std::string where = file.string() + ": ";
     if (data.size() < 10 || std::memcmp(data.data(), "\x93NUMPY", 6) != 0) throw Error(ErrorKind::Format, where + "not a NumPy .npy file");
     const int major = static_cast<unsigned char>(data[6]);
@@ -125,7 +117,7 @@ Tfidf Tfidf::load(const std::filesystem::path& dir) {
     const std::filesystem::path vocab_file = dir / "tfidf_vocab.json", idf_file = dir / "idf.npy";
     Tfidf t;
     t.idf_ = read_npy_vector(idf_file);
-    const json vocab = json::parse(read_file(vocab_file, "TF-IDF vocabulary"), nullptr, false);
+    const json vocab = json::parse(read_file(vocab_file, "the TF-IDF vocabulary"), nullptr, false);
     if (vocab.is_discarded() || !vocab.is_object()) throw Error(ErrorKind::Format, vocab_file.string() + ": expected a JSON object token -> column");
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         if (!it.value().is_number_integer()) throw Error(ErrorKind::Format, vocab_file.string() + ": the column of \"" + it.key() + "\" is not an integer");
@@ -162,7 +154,7 @@ double Tfidf::similarity(std::string_view a, std::string_view b) const {
 }
 
 AttributeSnippets AttributeSnippets::load(const std::filesystem::path& file) {
-    const json j = json::parse(read_file(file, "attribute snippets"), nullptr, false);
+    const json j = json::parse(read_file(file, "the attribute snippets"), nullptr, false);
     if (j.is_discarded() || !j.is_array()) throw Error(ErrorKind::Format, file.string() + ": expected a JSON array of {relation_id, target_id, samples}");
     AttributeSnippets out;
     for (size_t i = 0; i < j.size(); ++i) {

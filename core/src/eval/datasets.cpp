@@ -6,11 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <iterator>
 #include <sstream>
 
 #include "engram/error.h"
+#include "engram/file.h"
 
 namespace engram::eval {
 namespace {
@@ -263,14 +263,6 @@ DatasetFormat detect_format(const Where& w, const json& record) {
            "zsRE (src, answers) or flat CounterFact (prompt, subject, target_new, ground_truth)");
 }
 
-std::string read_file(const std::filesystem::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error(ErrorKind::Io, "cannot open dataset " + file.string());
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (in.bad()) throw Error(ErrorKind::Io, "cannot read dataset " + file.string());
-    return std::move(text).str();
-}
 
 // A JSON array of records, or JSON Lines (one record per line) when the file does not open with '['.
 json parse_records(const std::string& text, const std::string& name) {
@@ -346,7 +338,7 @@ std::string Rewrite::prompt_text() const { return fill_placeholder(prompt, subje
 
 Dataset load_dataset(const std::filesystem::path& file, const DatasetOptions& options) {
     const std::string name = file.filename().string();
-    const json records = parse_records(read_file(file), name);
+    const json records = parse_records(read_file(file, "dataset"), name);
     if (!records.is_array())
         throw Error(ErrorKind::Format, name + ": expected a JSON array of records, got " + records.type_name());
 

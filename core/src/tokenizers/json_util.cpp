@@ -2,11 +2,6 @@
 
 #include "tokenizers/unicode.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
 namespace engram::tok {
 
 namespace {
@@ -114,13 +109,5 @@ std::string char_field(const Json& obj, std::string_view key, const Where& where
     return s;
 }
 
-std::string read_file(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(ErrorKind::Io, "cannot open " + path.string() + ": " + std::strerror(errno));
-    std::ostringstream buffer;
-    buffer << in.rdbuf();
-    if (in.bad()) throw Error(ErrorKind::Io, "cannot read " + path.string());
-    return std::move(buffer).str();
-}
 
 }  // namespace engram::tok

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "engram/error.h"
+#include "engram/file.h"
 
 namespace engram::tok {
 
@@ -48,7 +49,7 @@ std::string as_string(const Json& value, const Where& where);
 const Json& as_object(const Json& value, const Where& where);
 const Json& as_array(const Json& value, const Where& where);
 
-// The whole file; throws engram::Error(Io) naming it.
-std::string read_file(const std::filesystem::path& path);
+// The whole file (engram/file.h); throws engram::Error(Io) naming it.
+using engram::read_file;
 
 }  // namespace engram::tok
