@@ -12,13 +12,15 @@
 //   - MQuAKE: {case_id, requested_rewrite: [...], questions, answer, new_answer, ...}
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <filesystem>
-#include <optional>
 #include <map>
+#include <optional>
 #include <string>
-#include <unordered_map>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace engram::eval {
@@ -140,9 +142,10 @@ private:
 struct AttributeSnippets {
     std::map<std::string, std::map<std::string, std::vector<std::string>>> texts;
     static AttributeSnippets load(const std::filesystem::path& file);
+    // The file's JSON already parsed; `where` names its source in errors.
+    static AttributeSnippets from_json(const nlohmann::json& list, const std::string& where);
     // nullptr when there are none for that relation and target.
     const std::vector<std::string>* find(const std::string& relation_id, const std::string& target_id) const;
-    bool empty() const { return texts.empty(); }
 };
 
 }  // namespace engram::eval

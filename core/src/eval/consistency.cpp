@@ -155,11 +155,16 @@ double Tfidf::similarity(std::string_view a, std::string_view b) const {
 
 AttributeSnippets AttributeSnippets::load(const std::filesystem::path& file) {
     const json j = json::parse(read_file(file, "the attribute snippets"), nullptr, false);
-    if (j.is_discarded() || !j.is_array()) throw Error(ErrorKind::Format, file.string() + ": expected a JSON array of {relation_id, target_id, samples}");
+    if (j.is_discarded()) throw Error(ErrorKind::Format, file.string() + ": not JSON");
+    return from_json(j, file.string());
+}
+
+AttributeSnippets AttributeSnippets::from_json(const json& j, const std::string& source) {
+    if (!j.is_array()) throw Error(ErrorKind::Format, source + ": expected a JSON array of {relation_id, target_id, samples}");
     AttributeSnippets out;
     for (size_t i = 0; i < j.size(); ++i) {
         const json& el = j[i];
-        const std::string where = file.string() + ": record " + std::to_string(i);
+        const std::string where = source + ": record " + std::to_string(i);
         if (!el.is_object() || !el.contains("relation_id") || !el.contains("target_id") || !el.contains("samples") || !el["relation_id"].is_string() ||
             !el["target_id"].is_string() || !el["samples"].is_array())
             throw Error(ErrorKind::Format, where + ": expected {relation_id, target_id, samples: [...]}");

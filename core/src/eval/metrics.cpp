@@ -305,11 +305,7 @@ bool demo_consistency_refs(const std::filesystem::path& dir, AttributeSnippets* 
     const nlohmann::json recorded = nlohmann::json::parse(in, nullptr, false);
     const demo::FactWorld world = demo::generate_fact_world();
     if (recorded.is_discarded() || !recorded.is_object() || recorded.value("hash", std::string()) != world.hash()) return false;
-    const nlohmann::json list = demo::attribute_snippets(world);
-    snippets->texts.clear();
-    for (const auto& el : list)
-        for (const auto& sample : el["samples"])
-            snippets->texts[el["relation_id"].get<std::string>()][el["target_id"].get<std::string>()].push_back(sample["text"].get<std::string>());
+    *snippets = AttributeSnippets::from_json(demo::attribute_snippets(world), "the Fact World's attribute snippets");
     std::ifstream corpus(corpus_file);
     std::vector<std::string> docs;
     for (std::string line; std::getline(corpus, line);)
