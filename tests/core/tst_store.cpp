@@ -516,7 +516,10 @@ void TestStore::tracesAndEvaluations() {
     // A summary is stored beside the parameters, listed newest first, and is not part of the key.
     const nlohmann::json params2 = {{"prompt", "w2 w1"}, {"subject", "w1"}, {"noise", 0.1}};
     f.project->put_trace(hash, params2, scores * 2, {{"answer", " w3"}, {"clean_prob", 0.5}});
-    QVERIFY(f.project->find_trace(hash, params2) && at::equal(*f.project->find_trace(hash, params2), scores * 2));
+    nlohmann::json summary;
+    const auto got2 = f.project->find_trace(hash, params2, &summary);
+    QVERIFY(got2 && at::equal(*got2, scores * 2));
+    QCOMPARE(summary["clean_prob"].get<double>(), 0.5);  // read back with the result
     const auto listed = f.project->traces();
     QCOMPARE(listed.size(), size_t(2));
     QCOMPARE(listed[0].params, params2);

@@ -273,17 +273,17 @@ TraceSummary Workbench::trace(const QString& prompt, const QString& subject, con
     const std::string text = eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject));
     const nlohmann::json params = trace_params(text, s(subject), samples, s(answer));
     const std::string hash = m_project ? state_hash(*m_model) : std::string();
-    if (m_project)
-        for (const Project::TraceEntry& e : m_project->traces()) {
-            if (e.state_hash != hash || e.params != params) continue;
-            StoredTrace st;
-            const auto scores = m_project->find_trace(hash, params);
-            if (!scores || !stored_trace(e.summary, *scores, &st)) break;  // unreadable: compute it again
+    if (m_project) {
+        nlohmann::json summary;
+        StoredTrace st;
+        const auto scores = m_project->find_trace(hash, params, &summary);
+        if (scores && stored_trace(summary, *scores, &st)) {  // else (none, or unreadable): compute it
             if (onRow)
                 for (int k = 0; k < 3; ++k)
                     for (int t = 0; t < st.scores[k].size(); ++t) onRow(k, t, st.scores[k][t]);
             return st.summary;
         }
+    }
     const TraceInput input = make_trace_input(*m_model, text, s(subject));
     TraceOptions o;
     o.samples = samples;

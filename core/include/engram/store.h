@@ -135,7 +135,8 @@ public:
     // the parameters but is not part of the key.
     void put_trace(const std::string& state_hash, const nlohmann::json& params, const at::Tensor& result,
                    const nlohmann::json& summary = nlohmann::json::object());
-    std::optional<at::Tensor> find_trace(const std::string& state_hash, const nlohmann::json& params) const;
+    // `summary`, when given, receives the summary stored with the trace.
+    std::optional<at::Tensor> find_trace(const std::string& state_hash, const nlohmann::json& params, nlohmann::json* summary = nullptr) const;
     struct TraceEntry {
         std::string state_hash, created_at;
         nlohmann::json params, summary;

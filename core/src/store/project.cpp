@@ -1099,14 +1099,32 @@ void Project::put_trace(const std::string& state_hash_value, const json& params,
     tx.commit();
 }
 
-std::optional<at::Tensor> Project::find_trace(const std::string& state_hash_value, const json& params) const {
+namespace {
+
+// The stored trace parameters hold the summary under "summary" (see put_trace): split it off.
+json split_trace_summary(json& stored) {
+    json summary = json::object();
+    if (stored.is_object() && stored.contains("summary")) {
+        summary = std::move(stored["summary"]);
+        stored.erase("summary");
+    }
+    return summary;
+}
+
+}  // namespace
+
+std::optional<at::Tensor> Project::find_trace(const std::string& state_hash_value, const json& params, json* summary) const {
     const std::string key = trace_key(state_hash_value, params);
-    sql::Statement st(impl_->db, "SELECT dtype, shape, checksum, blob FROM traces WHERE key = ?");
+    sql::Statement st(impl_->db, "SELECT dtype, shape, checksum, blob, params FROM traces WHERE key = ?");
     st.bind(1, key);
     if (!st.step()) return std::nullopt;
     const std::string what = impl_->where() + ": cached trace";
     const std::vector<uint8_t> blob = st.column_blob(3);
     verify_checksum(blob, st.column_text(2), what);
+    if (summary) {
+        json stored = parse_json(st.column_text(4), "trace parameters");
+        *summary = split_trace_summary(stored);
+    }
     return tensor_from_blob(parse_dtype(st.column_text(0), what), parse_shape(st.column_text(1), what), blob.data(), blob.size(), what);
 }
 
@@ -1118,12 +1136,7 @@ std::vector<Project::TraceEntry> Project::traces() const {
         e.state_hash = st.column_text(0);
         e.created_at = st.column_text(1);
         e.params = parse_json(st.column_text(2), "trace parameters");
-        if (e.params.is_object() && e.params.contains("summary")) {
-            e.summary = e.params["summary"];
-            e.params.erase("summary");
-        } else {
-            e.summary = json::object();
-        }
+        e.summary = split_trace_summary(e.params);
         out.push_back(std::move(e));
     }
     return out;
