@@ -56,6 +56,31 @@ namespace engram::ui {
 
 namespace {
 
+const QColor kWarningRed(0xb0, 0x20, 0x20);  // a failing image, a regressed neighbour
+
+// A table the user reads but does not edit: one column per header and no row numbers. With
+// `stretch` >= 0 that column takes the spare width and the others fit their contents.
+QTableWidget* readOnlyTable(QWidget* parent, const QString& name, const QStringList& headers, int stretch) {
+    auto* t = new QTableWidget(0, int(headers.size()), parent);
+    t->setObjectName(name);
+    t->setHorizontalHeaderLabels(headers);
+    if (stretch >= 0)
+        for (int c = 0; c < headers.size(); ++c)
+            t->horizontalHeader()->setSectionResizeMode(c, c == stretch ? QHeaderView::Stretch : QHeaderView::ResizeToContents);
+    t->verticalHeader()->hide();
+    t->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    return t;
+}
+
+// Fills row `row` with one text item per cell (in `color` when it is valid).
+void setRowTexts(QTableWidget* table, int row, const QStringList& cells, const QColor& color = QColor()) {
+    for (int c = 0; c < cells.size(); ++c) {
+        auto* item = new QTableWidgetItem(cells[c]);
+        if (color.isValid()) item->setForeground(color);
+        table->setItem(row, c, item);
+    }
+}
+
 // A change of the project's active edits on the undo stack: an applied edit, a rollback or a
 // revert. It is done (computed, recorded) before it is pushed, so the first redo() (QUndoStack::push
 // calls it) does nothing. Undo and redo restore the exact active sets seen before and after, so
@@ -232,13 +257,7 @@ QWidget* MainWindow::buildPromptView() {
     // The current model beside the base model (shown when edits are active).
     auto* tables = new QHBoxLayout;
     auto makeTable = [&](const QString& name, const QString& title) {
-        auto* t = new QTableWidget(0, 3, w);
-        t->setObjectName(name);
-        t->setHorizontalHeaderLabels({title, tr("probability"), QString()});
-        t->horizontalHeader()->setSectionResizeMode(0, QHeaderView::ResizeToContents);
-        t->horizontalHeader()->setSectionResizeMode(2, QHeaderView::Stretch);
-        t->verticalHeader()->hide();
-        t->setEditTriggers(QAbstractItemView::NoEditTriggers);
+        auto* t = readOnlyTable(w, name, {title, tr("probability"), QString()}, 2);
         tables->addWidget(t, 1);
         return t;
     };
@@ -301,13 +320,8 @@ QWidget* MainWindow::buildEditView() {
     m_apply->setObjectName(QStringLiteral("applyButton"));
     connect(m_apply, &QPushButton::clicked, this, &MainWindow::applyEdit);
     l->addWidget(m_apply, 0, Qt::AlignLeft);
-    m_result = new QTableWidget(0, 5, w);
-    m_result->setObjectName(QStringLiteral("resultTable"));
-    m_result->setHorizontalHeaderLabels({tr("kind"), tr("prompt"), tr("p(new): before → after"), tr("p(old): before → after"), QString()});
-    for (int c : {0, 2, 3, 4}) m_result->horizontalHeader()->setSectionResizeMode(c, QHeaderView::ResizeToContents);
-    m_result->horizontalHeader()->setSectionResizeMode(1, QHeaderView::Stretch);
-    m_result->verticalHeader()->hide();
-    m_result->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_result = readOnlyTable(w, QStringLiteral("resultTable"),
+                             {tr("kind"), tr("prompt"), tr("p(new): before → after"), tr("p(old): before → after"), QString()}, 1);
     l->addWidget(m_result, 1);
     return w;
 }
@@ -708,11 +722,7 @@ QWidget* MainWindow::buildVisionView() {
         m_vitSide->setCurrentIndex(0);
     });
     connect(m_headTable, &QTableWidget::currentCellChanged, this, [this](int row, int column) { showPatchMapOf(row, column); });
-    m_vitPredictions = new QTableWidget(0, 3, right);
-    m_vitPredictions->setObjectName(QStringLiteral("vitPredictions"));
-    m_vitPredictions->setHorizontalHeaderLabels({tr("class"), tr("probability"), tr("logit")});
-    m_vitPredictions->verticalHeader()->hide();
-    m_vitPredictions->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_vitPredictions = readOnlyTable(right, QStringLiteral("vitPredictions"), {tr("class"), tr("probability"), tr("logit")}, -1);
     // Beside the head grid: the predictions (watch them change as heads are toggled) and, after a
     // head-level edit, its before/after report.
     m_vitSide = new QTabWidget(right);
@@ -732,13 +742,7 @@ QWidget* MainWindow::buildVisionView() {
     editRow->addStretch();
     rl->addLayout(editRow);
     // After a head-level edit: success, generalization, locality and accuracy over the listed images.
-    m_vitReport = new QTableWidget(0, 4, right);
-    m_vitReport->setObjectName(QStringLiteral("vitReport"));
-    m_vitReport->setHorizontalHeaderLabels({tr("metric"), tr("images"), tr("before → after (%)"), tr("set")});
-    for (int c = 0; c < 3; ++c) m_vitReport->horizontalHeader()->setSectionResizeMode(c, QHeaderView::ResizeToContents);
-    m_vitReport->horizontalHeader()->setSectionResizeMode(3, QHeaderView::Stretch);
-    m_vitReport->verticalHeader()->hide();
-    m_vitReport->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_vitReport = readOnlyTable(right, QStringLiteral("vitReport"), {tr("metric"), tr("images"), tr("before → after (%)"), tr("set")}, 3);
     m_vitReport->setWordWrap(true);
     m_vitSide->addTab(m_vitReport, tr("Edit report"));
     m_vitSide->setTabEnabled(1, false);  // until there is an edit to report
@@ -794,7 +798,7 @@ void MainWindow::updateImageListPredictions() {
         const int pred = predicted.value(i, -1);
         QListWidgetItem* item = m_imageList->item(i);
         item->setText(QStringLiteral("%1: %2 → %3").arg(img.name, img.label >= 0 ? labels.value(img.label) : QStringLiteral("?"), labels.value(pred)));
-        item->setForeground(img.label >= 0 && img.label != pred ? QBrush(QColor(0xb0, 0x20, 0x20)) : QBrush());
+        item->setForeground(img.label >= 0 && img.label != pred ? QBrush(kWarningRed) : QBrush());
     }
 }
 
@@ -803,8 +807,7 @@ void MainWindow::showVitReport(const QVector<VitMetricRow>& rows) {
     for (int i = 0; i < rows.size(); ++i) {
         const VitMetricRow& r = rows[i];
         const QString figures = r.count ? QStringLiteral("%1 → %2").arg(r.before, 0, 'f', 1).arg(r.after, 0, 'f', 1) : QStringLiteral("—");
-        const QString cells[4] = {r.name, QString::number(r.count), figures, r.what};
-        for (int c = 0; c < 4; ++c) m_vitReport->setItem(i, c, new QTableWidgetItem(cells[c]));
+        setRowTexts(m_vitReport, i, {r.name, QString::number(r.count), figures, r.what});
     }
     m_vitSide->setTabEnabled(1, !rows.isEmpty());
     if (!rows.isEmpty()) m_vitSide->setCurrentIndex(1);
@@ -891,9 +894,8 @@ void MainWindow::updateVisionPredictions() {
     m_vitPredictions->setRowCount(shown);
     for (int i = 0; i < shown; ++i) {
         const int k = order[i];
-        m_vitPredictions->setItem(i, 0, new QTableWidgetItem(m_bench->labels().value(k)));
-        m_vitPredictions->setItem(i, 1, new QTableWidgetItem(QString::number(std::exp(m_vitLogits[k] - mx) / z, 'f', 4)));
-        m_vitPredictions->setItem(i, 2, new QTableWidgetItem(QString::number(m_vitLogits[k], 'f', 4)));
+        setRowTexts(m_vitPredictions, i,
+                    {m_bench->labels().value(k), QString::number(std::exp(m_vitLogits[k] - mx) / z, 'f', 4), QString::number(m_vitLogits[k], 'f', 4)});
     }
     m_status->setText(removed.isEmpty() ? QString() : tr("%n head(s) removed", nullptr, int(removed.size())));
 }
@@ -978,10 +980,8 @@ QWidget* MainWindow::buildEvaluateView() {
     m_curves->legend->setBorderPen(Qt::NoPen);
     l->addWidget(m_curves, 3);
     addExportMenu(m_curves, -3);
-    m_evalTable = new QTableWidget(0, 7, w);
-    m_evalTable->setHorizontalHeaderLabels({tr("run"), QStringLiteral("ES"), QStringLiteral("PS"), QStringLiteral("NS"), QStringLiteral("S"), tr("perplexity"), tr("time")});
-    m_evalTable->verticalHeader()->hide();
-    m_evalTable->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_evalTable = readOnlyTable(w, QStringLiteral("evalTable"),
+                                {tr("run"), QStringLiteral("ES"), QStringLiteral("PS"), QStringLiteral("NS"), QStringLiteral("S"), tr("perplexity"), tr("time")}, -1);
     l->addWidget(m_evalTable, 1);
     return w;
 }
@@ -1019,11 +1019,11 @@ void MainWindow::runEvaluation() {
                const EvalPoint& p = run->curve.isEmpty() ? run->pre : run->curve.back();
                const int r = m_evalTable->rowCount();
                m_evalTable->setRowCount(r + 1);
-               const QString cells[7] = {QStringLiteral("%1 (%2 edits)").arg(run->name).arg(p.edits), QString::number(p.es, 'f', 1),
-                                         QString::number(p.ps, 'f', 1), QString::number(p.ns, 'f', 1), QString::number(p.score, 'f', 1),
-                                         run->perplexity < 0 ? QStringLiteral("—") : QString::number(run->perplexity, 'f', 2),
-                                         QStringLiteral("%1 s").arg(run->seconds, 0, 'f', 1)};
-               for (int c = 0; c < 7; ++c) m_evalTable->setItem(r, c, new QTableWidgetItem(cells[c]));
+               setRowTexts(m_evalTable, r,
+                           {QStringLiteral("%1 (%2 edits)").arg(run->name).arg(p.edits), QString::number(p.es, 'f', 1), QString::number(p.ps, 'f', 1),
+                            QString::number(p.ns, 'f', 1), QString::number(p.score, 'f', 1),
+                            run->perplexity < 0 ? QStringLiteral("—") : QString::number(run->perplexity, 'f', 2),
+                            QStringLiteral("%1 s").arg(run->seconds, 0, 'f', 1)});
                drawCurves();
                m_status->setText(tr("Evaluated %1; the model is back as it was").arg(run->name));
            });
@@ -1300,14 +1300,11 @@ void MainWindow::applyEdit() {
             m_result->setRowCount(int(computed->blast.size()));
             for (int r = 0; r < computed->blast.size(); ++r) {
                 const BlastRow& b = computed->blast[r];
-                const QString cells[6] = {b.kind, b.prompt, QString::number(b.newBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.newAfter, 'f', 4),
-                                          QString::number(b.oldBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.oldAfter, 'f', 4),
-                                          b.regression ? tr("regression") : QString(), QString()};
-                for (int c = 0; c < 5; ++c) {
-                    auto* item = new QTableWidgetItem(cells[c]);
-                    if (b.regression) item->setForeground(QColor(0xb0, 0x20, 0x20));
-                    m_result->setItem(r, c, item);
-                }
+                setRowTexts(m_result, r,
+                            {b.kind, b.prompt, QString::number(b.newBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.newAfter, 'f', 4),
+                             QString::number(b.oldBefore, 'f', 4) + QStringLiteral(" → ") + QString::number(b.oldAfter, 'f', 4),
+                             b.regression ? tr("regression") : QString()},
+                            b.regression ? kWarningRed : QColor());
             }
             m_prompt->setText(computed->promptText);
             refresh();
