@@ -453,6 +453,12 @@ int cmd_eval_vit(const Argv& argv) {
     std::cout << "Shapes World protocol on " << model->dir().string() << " (seed " << po.seed << ")\n";
     json rows = json::array(), groups = json::array();
     std::map<std::pair<std::string, std::string>, std::vector<vit::VitEditMetrics>> per_method;
+    // One table row: method, swept value, heads (or groups), then the metrics; the caller ends the line.
+    auto print_row = [&](const std::string& method, const std::string& value, const std::string& count, const vit::VitEditMetrics& met) {
+        std::cout << "    " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << count << std::setw(8)
+                  << fixed(met.success, 1) << "%" << std::setw(8) << fixed(met.generalization, 1) << "%" << std::setw(9) << fixed(met.locality, 1)
+                  << "%" << std::setw(9) << fixed(met.accuracy_before, 1) << "->" << std::setw(4) << fixed(met.accuracy_after, 1);
+    };
     bool diagnosed = false;
     for (int64_t cls : classes) {
         po.target_class = cls;
@@ -515,10 +521,8 @@ int cmd_eval_vit(const Argv& argv) {
                 const std::string hash = state_hash(*model);
                 model->restore_all_base();
                 per_method[{method, value}].push_back(met);
-                std::cout << "    " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << heads
-                          << std::setw(8) << fixed(met.success, 1) << "%" << std::setw(8) << fixed(met.generalization, 1) << "%" << std::setw(9)
-                          << fixed(met.locality, 1) << "%" << std::setw(9) << fixed(met.accuracy_before, 1) << "->" << std::setw(4)
-                          << fixed(met.accuracy_after, 1) << std::setw(8) << fixed(edit.duration_s, 1) << "s\n";
+                print_row(method, value, heads, met);
+                std::cout << std::setw(8) << fixed(edit.duration_s, 1) << "s\n";
                 json row = {{"class", labels[size_t(sets.target_class)]}, {"method", method}, {"edit_method", edit.method},
                             {"hparams", edit.hparams}, {"metrics", met.to_json()}, {"edit_metrics", edit.metrics}, {"seconds", edit.duration_s}};
                 if (!sweep_key.empty()) row["sweep"] = {{sweep_key, value}};
@@ -550,10 +554,8 @@ int cmd_eval_vit(const Argv& argv) {
                     mean.accuracy_before += m.accuracy_before / double(ms.size());
                     mean.accuracy_after += m.accuracy_after / double(ms.size());
                 }
-                std::cout << "    " << std::left << std::setw(16) << method << std::setw(10) << value << std::right << std::setw(7) << ms.size()
-                          << std::setw(8) << fixed(mean.success, 1) << "%" << std::setw(8) << fixed(mean.generalization, 1) << "%" << std::setw(9)
-                          << fixed(mean.locality, 1) << "%" << std::setw(9) << fixed(mean.accuracy_before, 1) << "->" << std::setw(4)
-                          << fixed(mean.accuracy_after, 1) << "\n";
+                print_row(method, value, std::to_string(ms.size()), mean);
+                std::cout << "\n";
                 json row = {{"class", "mean"}, {"method", method}, {"groups", ms.size()}, {"metrics", mean.to_json()}};
                 if (!sweep_key.empty()) row["sweep"] = {{sweep_key, value}};
                 rows.push_back(row);

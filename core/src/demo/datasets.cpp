@@ -2,8 +2,8 @@
 // public data: CounterFact (ROME's nested records), zsRE (MEND/EasyEdit), MQuAKE, and a
 // multi-answer compositional set (the A3E "MAC" setting) over the multi-valued `speaks` relation.
 #include <algorithm>
-#include <map>
 #include <fstream>
+#include <map>
 
 #include "engram/demo.h"
 #include "engram/error.h"

@@ -2,12 +2,11 @@
 // BLUE as a switch (§4-§6b), and FT-L. Every weight change is applied through apply_delta from the
 // factors that are stored, so the bits seen while computing are the bits a replay gives.
 #include <ATen/ATen.h>
-
-#include <map>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "editing/internal.h"
 #include "engram/error.h"

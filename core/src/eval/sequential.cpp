@@ -3,8 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
-#include <set>
 #include <cmath>
+#include <set>
 
 #include "engram/error.h"
 #include "engram/evaluate.h"
