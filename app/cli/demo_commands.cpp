@@ -86,6 +86,7 @@ int demo_train(const Args& args) {
     if (world_name != "facts") throw Error(ErrorKind::Argument, "--world must be facts or shapes");
     demo::FactWorldOptions wo;
     wo.seed = static_cast<uint64_t>(args.integer("seed", 1234, 0));
+    wo.surnames = static_cast<int>(args.integer("surnames", wo.surnames, 0));
     demo::FactWorld world = demo::generate_fact_world(wo);
     demo::LmTrainOptions o;
     o.seed = wo.seed;
@@ -144,7 +145,7 @@ int demo_info(const Args&) {
 }  // namespace
 
 int cmd_demo(const Argv& argv) {
-    Args args(argv, {"quick", "json"}, {"world", "out", "seed", "steps", "split", "n"});
+    Args args(argv, {"quick", "json"}, {"world", "out", "seed", "surnames", "steps", "split", "n"});
     const auto& pos = args.positional();
     if (pos.size() != 1) throw Error(ErrorKind::Argument, "usage: engram-cli demo train|info|data ...");
     if (pos[0] == "train") return demo_train(args);

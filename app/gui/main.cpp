@@ -69,11 +69,11 @@ int main(int argc, char** argv) {
         ok = good;
         loop.quit();
     });
-    window.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    window.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"));
     window.runTrace();
     loop.exec();
     const bool traced = ok;
-    window.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    window.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     window.applyEdit();
     loop.exec();
     ok = ok && traced;

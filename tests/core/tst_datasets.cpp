@@ -213,29 +213,29 @@ void TestDatasets::factworldCounterfact() {
     QCOMPARE(c.case_id, int64_t(0));
     const Rewrite& r = c.rewrites.at(0);
     QCOMPARE(q(r.prompt), QString("{} competes in"));
-    QCOMPARE(q(r.subject), QString("Gaglik Pidea"));
+    QCOMPARE(q(r.subject), QString("Peanaim Fosha"));
     QCOMPARE(q(r.relation_id), QString("P641"));
     QCOMPARE(q(r.target_new), QString("Zuluball"));
-    QCOMPARE(q(r.target_true), QString("Bravriball"));
+    QCOMPARE(q(r.target_true), QString("Loraifelball"));
     QCOMPARE(q(r.question), QString());
-    QCOMPARE(q(r.prompt_text()), QString("Gaglik Pidea competes in"));
+    QCOMPARE(q(r.prompt_text()), QString("Peanaim Fosha competes in"));
     QCOMPARE(q(c.paraphrase_prompts),
-             (QStringList{"Gaglik Pidea plays the sport of", "Gaglik Pidea is a professional player of"}));
+             (QStringList{"Peanaim Fosha plays the sport of", "Peanaim Fosha is a professional player of"}));
     QCOMPARE(c.neighborhood_prompts.size(), size_t(10));
     QCOMPARE(c.attribute_prompts.size(), size_t(10));
     QCOMPARE(c.generation_prompts.size(), size_t(5));
-    QCOMPARE(q(c.generation_prompts.back()), QString("Gaglik Pidea natively speaks"));
+    QCOMPARE(q(c.generation_prompts.back()), QString("Peanaim Fosha natively speaks"));
 
     // The neighborhood prompts are the locality probes, expected to keep the true object.
     QCOMPARE(c.locality.size(), size_t(10));
-    QCOMPARE(q(c.locality[0].prompt), QString("Sheavro Shidoukril plays the sport of"));
+    QCOMPARE(q(c.locality[0].prompt), QString("Statai Pidea plays the sport of"));
     for (const Probe& p : c.locality) {
-        QCOMPARE(q(p.answer), QString("Bravriball"));
+        QCOMPARE(q(p.answer), QString("Loraifelball"));
         QCOMPARE(q(p.kind), QString("neighborhood"));
     }
     QCOMPARE(q(c.locality[9].prompt), q(c.neighborhood_prompts[9]));
 
-    QCOMPARE(ds.cases[1].attribute_prompts.size(), size_t(4));
+    QCOMPARE(ds.cases[1].attribute_prompts.size(), size_t(3));
     QCOMPARE(q(ds.cases[1].rewrites[0].target_new), QString("Brupan Springs"));
     QCOMPARE(q(ds.cases[2].rewrites[0].relation_id), QString("P103"));
     QCOMPARE(ds.cases[2].case_id, int64_t(2));
@@ -247,11 +247,11 @@ void TestDatasets::factworldZsre() {
     QCOMPARE(ds.cases.size(), size_t(4));
     const EditCase& c = ds.cases[2];
     QCOMPARE(q(c.rewrites[0].prompt), QString("Which instrument does {} play?"));
-    QCOMPARE(q(c.rewrites[0].target_new), QString("Dreaduhorn"));
-    QCOMPARE(q(c.rewrites[0].prompt_text()), QString("Which instrument does Veabrin Drerer Zashizin play?"));
-    QCOMPARE(q(c.paraphrase_prompts), QStringList{"Veabrin Drerer Zashizin practises the"});
-    QCOMPARE(q(c.locality.at(0).prompt), QString("nq question: Mearous Brimuseas was born in"));
-    QCOMPARE(q(c.locality.at(0).answer), QString("Feadil Heights"));
+    QCOMPARE(q(c.rewrites[0].target_new), QString("Kreatoulhorn"));
+    QCOMPARE(q(c.rewrites[0].prompt_text()), QString("Which instrument does Nupa Koudrur play?"));
+    QCOMPARE(q(c.paraphrase_prompts), QStringList{"Nupa Koudrur practises the"});
+    QCOMPARE(q(c.locality.at(0).prompt), QString("nq question: Bupith Pifom was born in"));
+    QCOMPARE(q(c.locality.at(0).answer), QString("Deavre Heights"));
 }
 
 void TestDatasets::factworldMquake() {
@@ -263,34 +263,34 @@ void TestDatasets::factworldMquake() {
     QCOMPARE(c.rewrites.size(), size_t(1));
     const Rewrite& r = c.rewrites[0];
     QCOMPARE(q(r.prompt), QString("{} was born in"));
-    QCOMPARE(q(r.subject), QString("Zouste Puglakreath"));
+    QCOMPARE(q(r.subject), QString("Gileth Sheavro Lebas"));
     QCOMPARE(q(r.relation_id), QString("P19"));
-    QCOMPARE(q(r.question), QString("Where was Zouste Puglakreath born?"));
+    QCOMPARE(q(r.question), QString("Where was Gileth Sheavro Lebas born?"));
     QCOMPARE(q(r.target_new), QString("Thaipu Bay"));
-    QCOMPARE(q(r.target_true), QString("Stiduthak Bay"));
-    QCOMPARE(q(c.answer_before), QString("Stiduthak Bay"));
+    QCOMPARE(q(r.target_true), QString("Moureakru Bay"));
+    QCOMPARE(q(c.answer_before), QString("Koulou Ford"));
     QVERIFY(c.answer_aliases.empty());
     QVERIFY(c.new_answer_aliases.empty());
     QVERIFY(c.locality.empty());
 
     // 3 multi-hop questions, then 3 single hops and 3 new single hops (probed by their cloze).
     QCOMPARE(c.portability.size(), size_t(9));
-    QCOMPARE(q(c.portability[0].prompt), QString("What is the capital of the country where Zouste Puglakreath was born?"));
+    QCOMPARE(q(c.portability[0].prompt), QString("What is the capital of the country where Gileth Sheavro Lebas was born?"));
     QCOMPARE(q(c.portability[0].answer), QString("Thaipu Bay"));
     QCOMPARE(q(c.portability[0].kind), QString("multi_hop"));
     QCOMPARE(q(c.portability[2].kind), QString("multi_hop"));
-    QCOMPARE(q(c.portability[3].prompt), QString("Zouste Puglakreath was born in"));
-    QCOMPARE(q(c.portability[3].answer), QString("Stiduthak Bay"));
+    QCOMPARE(q(c.portability[3].prompt), QString("Gileth Sheavro Lebas was born in"));
+    QCOMPARE(q(c.portability[3].answer), QString("Moureakru Bay"));
     QCOMPARE(q(c.portability[3].kind), QString("single_hop"));
-    QCOMPARE(q(c.portability[4].answer), QString("Droudrafa Kingdom"));
+    QCOMPARE(q(c.portability[4].answer), QString("Staipinak Kingdom"));
     QCOMPARE(q(c.portability[7].prompt), QString("Thaipu Bay is located in"));
     QCOMPARE(q(c.portability[7].answer), QString("Vretha Kingdom"));
     QCOMPARE(q(c.portability[7].kind), QString("new_single_hop"));
 
     QCOMPARE(ds.cases[1].case_id, int64_t(1));
-    QCOMPARE(q(ds.cases[1].rewrites[0].subject), QString("Geazoukail Crossing"));
-    QCOMPARE(q(ds.cases[1].answer_before), QString("Shikeshar Hills"));
-    QCOMPARE(q(ds.cases[1].portability[0].answer), QString("Feadil Heights"));
+    QCOMPARE(q(ds.cases[1].rewrites[0].subject), QString("Febos Heights"));
+    QCOMPARE(q(ds.cases[1].answer_before), QString("Febos Heights"));
+    QCOMPARE(q(ds.cases[1].portability[0].answer), QString("Podron Harbor"));
 }
 
 void TestDatasets::mquakeSeveralRewrites() {

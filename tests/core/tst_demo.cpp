@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "engram/demo.h"
+#include "engram/error.h"
 #include "engram/model.h"
 #include "engram/tokenizer.h"
 #include "test_util.h"
@@ -66,15 +67,35 @@ void TestDemo::factWorldHasTheRequiredShape() {
         multi = multi || r.multi_valued;
     }
     QVERIFY(multi);
-    std::set<std::string> first_words;
+    std::set<std::string> first_words, surnames;
     for (const auto& e : w.entities) {
         if (e.type == demo::EntityType::Person) {
             QVERIFY2(words(e.name) >= 2 && words(e.name) <= 3, e.name.c_str());
+            // Every person has a surname of their own: the subject's last token names one person.
+            QVERIFY2(surnames.insert(e.name.substr(e.name.rfind(' ') + 1)).second, ("surname used twice: " + e.name).c_str());
         } else {
             const std::string first = e.name.substr(0, e.name.find(' '));
             QVERIFY2(first_words.insert(first).second, ("object first word used twice: " + first).c_str());
         }
     }
+    QCOMPARE(surnames.size(), size_t(250));
+    // A shared pool (as the world drew before) makes people share surnames; a negative size is refused.
+    demo::FactWorldOptions pooled;
+    pooled.surnames = 83;
+    std::set<std::string> pooled_surnames;
+    for (const auto& e : demo::generate_fact_world(pooled).entities)
+        if (e.type == demo::EntityType::Person) pooled_surnames.insert(e.name.substr(e.name.rfind(' ') + 1));
+    QVERIFY(pooled_surnames.size() <= 83);  // 250 people, at most 83 surnames between them
+    auto refused = [](const demo::FactWorldOptions& o, const char* expected) {
+        try {
+            demo::generate_fact_world(o);
+        } catch (const Error& e) {
+            return e.kind() == ErrorKind::Argument && std::string(e.what()).find(expected) != std::string::npos;
+        }
+        return false;
+    };
+    pooled.surnames = -1;
+    QVERIFY(refused(pooled, "surnames must be 0"));
     // Multi-hop chains close: person -> birth city -> country -> capital.
     const demo::Fact* born = w.find(w.relation_index("born_in"), w.entities_of(demo::EntityType::Person)[0]);
     const demo::Fact* country = w.find(w.relation_index("city_country"), born->objects[0]);

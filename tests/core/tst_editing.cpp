@@ -75,11 +75,11 @@ private Q_SLOTS:
 
     void subjectLocatedByOffsets() {
         auto m = load();
-        LocatedPrompt p = locate_subject(*m->tokenizer(), "The Gaglik Pidea . {}", "{} competes in", "Gaglik Pidea");
-        // The subject's span is where "{}" stood: the second "Gaglik Pidea", not the first.
+        LocatedPrompt p = locate_subject(*m->tokenizer(), "The Peanaim Fosha . {}", "{} competes in", "Peanaim Fosha");
+        // The subject's span is where "{}" stood: the second "Peanaim Fosha", not the first.
         const auto& tok = *m->tokenizer();
-        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_first)]}), std::string("Gaglik"));
-        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_last)]}), std::string("Pidea"));
+        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_first)]}), std::string("Peanaim"));
+        QCOMPARE(tok.decode({p.ids[static_cast<size_t>(p.subject_last)]}), std::string("Fosha"));
         QVERIFY(p.subject_first > 3);
         QCOMPARE(p.subject_last, p.subject_first + 1);
     }
@@ -388,7 +388,7 @@ private Q_SLOTS:
         const fs::path db = tmp.path / "facts.engram";
         Run base = cli({"hash", "--model", q(demo_dir())});
         QVERIFY2(base.code == 0, base.err.constData());
-        Run r = cli({"edit", "--method", "rome", "--prompt", "Gaglik Pidea competes in", "--subject", "Gaglik Pidea", "--target", "Zuluball",
+        Run r = cli({"edit", "--method", "rome", "--prompt", "Peanaim Fosha competes in", "--subject", "Peanaim Fosha", "--target", "Zuluball",
                      "--db", q(db), "--json"});
         QVERIFY2(r.code == 0, r.err.constData());
         const QJsonObject o = QJsonDocument::fromJson(r.out).object();
@@ -404,7 +404,7 @@ private Q_SLOTS:
         Run after_undo = cli({"hash", "--db", q(db)});
         QCOMPARE(after_undo.out.trimmed().split('\n').last(), base.out.trimmed().split('\n').last());
         // Refusals: one line, non-zero, nothing recorded.
-        const QStringList common = {"--db", q(db), "--subject", "Gaglik Pidea"};
+        const QStringList common = {"--db", q(db), "--subject", "Peanaim Fosha"};
         const std::vector<std::pair<QStringList, const char*>> bad = {
             {{"edit", "--method", "rome", "--prompt", "Somebody competes in", "--target", "Zuluball"}, "not in the prompt"},
             {{"edit", "--method", "rome", "--prompt", "{} competes in", "--target", ""}, "target is empty"},
@@ -422,8 +422,8 @@ private Q_SLOTS:
         // A malformed dataset record is named by its index.
         {
             std::ofstream f(tmp.path / "bad.json");
-            f << R"([{"case_id": 0, "requested_rewrite": {"prompt": "{} competes in", "subject": "Gaglik Pidea", "relation_id": "P641",
-                     "target_new": {"str": "Zuluball"}, "target_true": {"str": "Bravriball"}}},
+            f << R"([{"case_id": 0, "requested_rewrite": {"prompt": "{} competes in", "subject": "Peanaim Fosha", "relation_id": "P641",
+                     "target_new": {"str": "Zuluball"}, "target_true": {"str": "Loraifelball"}}},
                     {"case_id": 1, "requested_rewrite": {"prompt": "{} competes in", "relation_id": "P641"}}])";
         }
         Run e = cli({"eval", "--method", "rome", "--dataset", q(tmp.path / "bad.json"), "--edits", "1"});
@@ -467,7 +467,7 @@ private Q_SLOTS:
             }
         };
         EditRequest q = r;
-        q.prompt = "Gaglik Pidea competes in";  // no "{}"
+        q.prompt = "Peanaim Fosha competes in";  // no "{}"
         expect(q, "exactly one \"{}\"");
         q = r;
         q.target_new = "  ";

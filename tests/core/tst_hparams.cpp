@@ -238,7 +238,7 @@ void TestHParams::demoDefaults() {
     QCOMPARE(rome.layers, std::vector<int>{0});
     QCOMPARE(rome.clamp_norm_factor, 4.0);
     QCOMPARE(rome.v_num_grad_steps, 40);
-    QCOMPARE(rome.v_lr, 1.0);
+    QCOMPARE(rome.v_lr, 2.0);
     QCOMPARE(rome.v_loss_layer, 5);
     QCOMPARE(rome.mom2_n_samples, int64_t(100000));
     for (EditMethod m : {EditMethod::Memit, EditMethod::MemitSeq, EditMethod::AlphaEdit, EditMethod::Pmet}) {
@@ -246,7 +246,7 @@ void TestHParams::demoDefaults() {
         QCOMPARE(hp.layers, (std::vector<int>{0, 1, 2}));
         QCOMPARE(hp.clamp_norm_factor, 4.0);
         QCOMPARE(hp.v_num_grad_steps, 40);
-        QCOMPARE(hp.v_lr, 0.5);
+        QCOMPARE(hp.v_lr, m == EditMethod::Pmet ? 0.5 : 1.0);  // PMET keeps 0.5 (not re-tuned on the current world)
         QCOMPARE(hp.mom2_update_weight, 50.0);
         QCOMPARE(hp.L2, 3.0);
         QCOMPARE(hp.nullspace_threshold, 2e-2);

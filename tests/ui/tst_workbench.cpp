@@ -125,13 +125,13 @@ void TestWorkbench::editUndoRedoReopen() {
         w.workbench().createProject(file);
         baseHash = w.workbench().stateHash();
         auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("promptEdit"));
-        prompt->setText(QStringLiteral("Gaglik Pidea competes in"));
+        prompt->setText(QStringLiteral("Peanaim Fosha competes in"));
         w.predict();
         const QString before = topToken(w);
-        QCOMPARE(before, QStringLiteral("Bravriball"));
+        QCOMPARE(before, QStringLiteral("Loraifelball"));
 
         w.findChild<QLineEdit*>(QStringLiteral("editPrompt"))->setText(QStringLiteral("{} competes in"));
-        w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->setText(QStringLiteral("Gaglik Pidea"));
+        w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->setText(QStringLiteral("Peanaim Fosha"));
         w.findChild<QLineEdit*>(QStringLiteral("editTarget"))->setText(QStringLiteral("Zuluball"));
         w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->setCurrentText(QStringLiteral("rome"));
         QSignalSpy applied(&w, &MainWindow::editApplied);
@@ -140,7 +140,7 @@ void TestWorkbench::editUndoRedoReopen() {
         QVERIFY(applied.wait(120000));
         QCOMPARE(w.historyModel()->rowCount(), 1);
         QCOMPARE(w.historyModel()->rows()[0].method, QStringLiteral("rome"));
-        QCOMPARE(w.historyModel()->rows()[0].change, QStringLiteral("Bravriball → Zuluball"));
+        QCOMPARE(w.historyModel()->rows()[0].change, QStringLiteral("Loraifelball → Zuluball"));
         QVERIFY(w.historyModel()->rows()[0].norm > 0);
         editedHash = w.workbench().stateHash();
         QVERIFY(editedHash != baseHash);
@@ -188,7 +188,7 @@ void TestWorkbench::editUndoRedoReopen() {
 void TestWorkbench::badRequestShowsError() {
     MainWindow w;
     w.openModelNow(demo());
-    w.fillEditForm(QStringLiteral("Someone else competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    w.fillEditForm(QStringLiteral("Someone else competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     QSignalSpy errors(&w, &MainWindow::errorShown);
     QSignalSpy finished(&w, &MainWindow::jobFinished);
     w.applyEdit();
@@ -208,9 +208,9 @@ void TestWorkbench::traceCellFillsEditForm() {
     w.tabs()->setCurrentIndex(1);
     // Selecting the subject in the prompt fills the subject field.
     auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("tracePrompt"));
-    prompt->setText(QStringLiteral("Gaglik Pidea competes in"));
-    prompt->setSelection(0, 12);
-    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    prompt->setText(QStringLiteral("Peanaim Fosha competes in"));
+    prompt->setSelection(0, 13);
+    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Peanaim Fosha"));
     QSignalSpy finished(&w, &MainWindow::jobFinished);
     QTest::mouseClick(w.findChild<QPushButton*>(QStringLiteral("traceButton")), Qt::LeftButton);
     QVERIFY(finished.wait(120000));
@@ -223,13 +223,13 @@ void TestWorkbench::traceCellFillsEditForm() {
     // Hovering names the token and layer and gives p and the indirect effect (p - corrupted).
     const int row = w.lastTrace().subjectEnd - 1;
     const QString tip = mlp->toolTipAt(row, 2);
-    QVERIFY2(tip.contains(QStringLiteral("Pidea")) && tip.contains(QStringLiteral("layer 2")), qPrintable(tip));
+    QVERIFY2(tip.contains(QStringLiteral("Fosha")) && tip.contains(QStringLiteral("layer 2")), qPrintable(tip));
     QVERIFY2(tip.contains(QStringLiteral("indirect effect %1").arg(mlp->cellValue(row, 2) - w.lastTrace().corruptedProb, 0, 'f', 4)), qPrintable(tip));
     // Clicking the MLP cell (last subject token, layer 2) prepares a ROME edit at layer 2.
     QTest::mouseClick(mlp->plot(), Qt::LeftButton, {}, mlp->plot()->mapFrom(mlp, mlp->cellCenter(row, 2)));
     QCOMPARE(w.tabs()->currentIndex(), 2);
     QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editPrompt"))->text(), QStringLiteral("{} competes in"));
-    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->text(), QStringLiteral("Peanaim Fosha"));
     QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->currentText(), QStringLiteral("rome"));
     QCOMPARE(w.findChild<QSpinBox*>(QStringLiteral("layerSpin"))->value(), 2);
 }
@@ -293,7 +293,7 @@ void TestWorkbench::cancelTraceKeepsRows() {
     w.openModelNow(demo());
     // Many noise samples make the trace long enough to cancel in the middle (each step between
     // cancel checks stays short, so the 1 s bound holds on a loaded 2-core machine).
-    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"), 1500);
+    w.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"), 1500);
     QSignalSpy finished(&w, &MainWindow::jobFinished);
     w.runTrace();
     engram::ui::HeatmapWidget* hidden = w.heatmap(0);
@@ -318,7 +318,7 @@ void TestWorkbench::exportsAndPresentation() {
     QTemporaryDir tmp;
     MainWindow w;
     w.openModelNow(demo());
-    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    w.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"));
     QSignalSpy finished(&w, &MainWindow::jobFinished);
     w.runTrace();
     QVERIFY(finished.wait(120000));
@@ -351,11 +351,11 @@ void TestWorkbench::historyRollbackRevertChart() {
     const QString base = w.workbench().stateHash();
     engram::ui::EditForm f;
     f.prompt = QStringLiteral("{} competes in");
-    f.subject = QStringLiteral("Gaglik Pidea");
+    f.subject = QStringLiteral("Peanaim Fosha");
     f.target = QStringLiteral("Zuluball");
     w.workbench().record(w.workbench().computeEdit(f));
     const QString afterFirst = w.workbench().stateHash();
-    f.subject = QStringLiteral("Gaglik Gladith");
+    f.subject = QStringLiteral("Vrokaith Rodeadouk");
     f.prompt = QStringLiteral("The sport played by {} is");
     w.workbench().record(w.workbench().computeEdit(f));
     const QString afterSecond = w.workbench().stateHash();
@@ -433,12 +433,12 @@ void TestWorkbench::evaluateOverlaysRuns() {
 void TestWorkbench::retraceShowsDifference() {
     MainWindow w;
     w.openModelNow(demo());
-    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+    w.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"));
     QSignalSpy finished(&w, &MainWindow::jobFinished);
     w.runTrace();
     QVERIFY(finished.wait(120000));
     const QString answer = w.lastTrace().answer;
-    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     w.applyEdit();
     QVERIFY(finished.wait(120000));  // the edit
     QVERIFY(finished.wait(120000));  // the automatic re-trace
@@ -460,7 +460,7 @@ void TestWorkbench::retraceShowsDifference() {
 void TestWorkbench::hparamOverridesAndBaseSideBySide() {
     MainWindow w;
     w.openModelNow(demo());
-    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     QTableWidget* hp = w.hparamTable();
     int layersRow = -1;
     for (int r = 0; r < hp->rowCount(); ++r)
@@ -474,10 +474,10 @@ void TestWorkbench::hparamOverridesAndBaseSideBySide() {
     QCOMPARE(w.historyModel()->rows()[0].layers, QStringLiteral("2"));  // the override reached the method
     // The prompt view now shows the base model beside the edited one.
     auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("promptEdit"));
-    QCOMPARE(prompt->text(), QStringLiteral("Gaglik Pidea competes in"));
+    QCOMPARE(prompt->text(), QStringLiteral("Peanaim Fosha competes in"));
     auto* base = w.findChild<QTableWidget*>(QStringLiteral("baseTable"));
     QVERIFY(!base->isHidden());
-    QCOMPARE(base->item(0, 0)->text().trimmed(), QStringLiteral("Bravriball"));
+    QCOMPARE(base->item(0, 0)->text().trimmed(), QStringLiteral("Loraifelball"));
     // (ROME at layer 2 need not flip this fact on the demo model; its default is layer 0.) The two
     // tables show different models: some probability moved.
     auto* current = w.findChild<QTableWidget*>(QStringLiteral("topTable"));
@@ -485,7 +485,7 @@ void TestWorkbench::hparamOverridesAndBaseSideBySide() {
     for (int r = 0; r < current->rowCount(); ++r)
         differs = differs || current->item(r, 0)->text() != base->item(r, 0)->text() || current->item(r, 1)->text() != base->item(r, 1)->text();
     QVERIFY(differs);
-    QVERIFY(w.findChild<QLabel*>(QStringLiteral("promptTokens"))->text().contains(QStringLiteral("Pidea")));
+    QVERIFY(w.findChild<QLabel*>(QStringLiteral("promptTokens"))->text().contains(QStringLiteral("Fosha")));
     // Reset brings the default back.
     w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->setCurrentText(QStringLiteral("memit"));
     w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->setCurrentText(QStringLiteral("rome"));
@@ -516,10 +516,10 @@ void TestWorkbench::saveAsRecentAndCachedTrace() {
         w.workbench().createProject(file);
         engram::ui::EditForm f;
         f.prompt = QStringLiteral("{} competes in");
-        f.subject = QStringLiteral("Gaglik Pidea");
+        f.subject = QStringLiteral("Peanaim Fosha");
         f.target = QStringLiteral("Zuluball");
         w.workbench().record(w.workbench().computeEdit(f));
-        w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"));
+        w.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"));
         QSignalSpy finished(&w, &MainWindow::jobFinished);
         w.runTrace();
         QVERIFY(finished.wait(120000));
@@ -547,7 +547,7 @@ void TestWorkbench::saveAsRecentAndCachedTrace() {
     QCOMPARE(again.traceScores(1), mlp);
     QCOMPARE(again.heatmap(1)->rowCount(), int(mlp.size()));
     QCOMPARE(again.heatmap(1)->cellValue(1, 2), mlp[1][2]);
-    QCOMPARE(again.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Gaglik Pidea"));
+    QCOMPARE(again.findChild<QLineEdit*>(QStringLiteral("traceSubject"))->text(), QStringLiteral("Peanaim Fosha"));
     QCOMPARE(again.recentProjects().value(0), QFileInfo(copy).absoluteFilePath());
     // The original file is untouched by the work in the copy and goes to the top of the list when opened.
     again.openProjectNow(file);
@@ -708,11 +708,11 @@ void TestWorkbench::responsivenessHeartbeat() {
         return done && ticks >= 3;
     };
     w.tabs()->setCurrentIndex(1);
-    w.setTraceRequest(QStringLiteral("Gaglik Pidea competes in"), QStringLiteral("Gaglik Pidea"), 1000);
+    w.setTraceRequest(QStringLiteral("Peanaim Fosha competes in"), QStringLiteral("Peanaim Fosha"), 1000);
     QVERIFY(measure("trace, 1000 samples (rows drawn as they stream)", [&] { w.runTrace(); }));
-    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Pidea"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("rome"), -1);
     QVERIFY(measure("ROME edit with its blast radius", [&] { w.applyEdit(); }));
-    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Gaglik Gladith"), QStringLiteral("Zuluball"), QStringLiteral("memit"), -1);
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Vrokaith Rodeadouk"), QStringLiteral("Zuluball"), QStringLiteral("memit"), -1);
     QVERIFY(measure("MEMIT edit", [&] { w.applyEdit(); }));
 }
 

@@ -239,7 +239,7 @@ QWidget* MainWindow::buildPromptView() {
     auto* row = new QHBoxLayout;
     m_prompt = new QLineEdit(w);
     m_prompt->setObjectName(QStringLiteral("promptEdit"));
-    m_prompt->setPlaceholderText(tr("A prompt, e.g. \"Gaglik Pidea was born in\""));
+    m_prompt->setPlaceholderText(tr("A prompt, e.g. \"Peanaim Fosha was born in\""));
     auto* go = new QPushButton(tr("Predict"), w);
     connect(go, &QPushButton::clicked, this, &MainWindow::predict);
     connect(m_prompt, &QLineEdit::returnPressed, this, &MainWindow::predict);

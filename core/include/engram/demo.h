@@ -87,6 +87,8 @@ struct FactWorld {
 struct FactWorldOptions {
     uint64_t seed = 1234;
     int people = 250;
+    // Size of the surname pool people draw from; 0: every person has a surname of their own.
+    int surnames = 0;
     int cities = 40, countries = 16, companies = 30, sports = 10, instruments = 10, languages = 12;
 };
 

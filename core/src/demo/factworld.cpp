@@ -3,7 +3,8 @@
 // Naming rule that keeps first-token accuracy meaningful: every entity that can be an object
 // (city, country, company, sport, instrument, language, continent) has a first word that no other
 // entity uses, so "the model's top-1 next word is the object's first word" identifies the object.
-// People are only subjects; their names have two or three words so a subject spans several tokens.
+// People are only subjects; their names have two or three words so a subject spans several tokens,
+// and each person has a surname of their own (see FactWorldOptions::surnames).
 #include "engram/demo.h"
 
 #include <algorithm>
@@ -223,10 +224,17 @@ FactWorld generate_fact_world(const FactWorldOptions& o) {
     // People: a first name from a shared pool, a surname, sometimes a middle name; full names unique.
     std::vector<std::string> first_names, surnames;
     for (int i = 0; i < std::max(20, o.people / 5); ++i) first_names.push_back(mint.unique(2, 2));
-    for (int i = 0; i < std::max(30, o.people / 3); ++i) surnames.push_back(mint.unique(2, 3));
+    // With a surname of one's own, the last word of a person's name identifies the person, as the last
+    // token of most real subjects does. A shared pool (the world before 2026-11-26 drew from people / 3)
+    // crowds the edit keys: a batch of MEMIT edits on people who share a surname interferes (README,
+    // "What the methods do on Fact World").
+    if (o.surnames < 0) throw Error(ErrorKind::Argument, "fact world: surnames must be 0 (one per person) or a pool size, not " + std::to_string(o.surnames));
+    const bool own_surnames = o.surnames == 0;
+    for (int i = 0; i < (own_surnames ? o.people : o.surnames); ++i) surnames.push_back(mint.unique(2, 3));
     std::set<std::string> person_names;
     while (static_cast<int>(people.size()) < o.people) {
-        std::string name = rng.pick(first_names) + " " + (rng.below(4) == 0 ? rng.pick(first_names) + " " : "") + rng.pick(surnames);
+        const std::string& surname = own_surnames ? surnames[people.size()] : rng.pick(surnames);
+        std::string name = rng.pick(first_names) + " " + (rng.below(4) == 0 ? rng.pick(first_names) + " " : "") + surname;
         if (person_names.insert(name).second) people.push_back(add(EntityType::Person, name));
     }
 
