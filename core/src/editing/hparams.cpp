@@ -431,10 +431,11 @@ const ShapeRow kShapes[] = {
     // layers 0-1 of the subject tokens. ROME at layer 0, 40 steps: v_lr 2.0 reached ES 99 / PS 91.5 /
     // NS 95.8 on 100 single edits, v_lr 1.0 96 / 74 / 97.8 (layer 1: PS 40 on 50). The MEMIT family
     // spreads over layers 0-2; MEMIT, MEMIT_seq and AlphaEdit use v_lr 1.0 (a MEMIT batch of 100 distinct
-    // subjects: ES 100 / PS 82.5 / NS 87.8; v_lr 0.5: PS 75.5), PMET keeps 0.5 (not re-tuned). lambda is tied to C's scale (eigenvalues up to ~5 here, far smaller than GPT-2
-    // XL's), so the reference 20000 makes no edit at all (ES 0) and 50 is used. AlphaEdit keeps the
-    // reference null-space threshold 2e-2; its L2 of 10 held the edits back (ES 60 on a batch of 50) and
-    // 1 damaged the model (perplexity 8.1): 3.
+    // subjects: ES 100 / PS 82.5 / NS 87.8; v_lr 0.5: PS 75.5), PMET keeps 0.5 (not re-tuned). lambda is
+    // tied to C's scale (eigenvalues up to ~5 here, far smaller than GPT-2 XL's), so the reference 20000
+    // makes no edit at all (ES 0) and 50 is used. AlphaEdit keeps the reference null-space threshold
+    // 2e-2; its L2 of 10 held the edits back (ES 60 on a batch of 50) and 1 damaged the model
+    // (perplexity 8.1): 3.
     {"gpt2", 6, 128,
      {0, 4.0, 40, 2.0, 0.5, true},
      {0, 2, 4.0, 40, 1.0, 0.5, 50},
