@@ -287,22 +287,28 @@ void TestTrace::streamsRowsAndCancels() {
         const TraceResult full = run(*m, in, o, naive);
         std::atomic<bool> cancel{false};
         std::vector<TraceRow> rows;
-        std::chrono::steady_clock::time_point cancelled_at;
         TraceOptions oc = o;
         oc.cancel = &cancel;
         oc.on_row = [&](const TraceRow& row) {
             rows.push_back(row);
             // Stop after the first row past the subject start.
-            if (row.token == 2 && !cancel) {
-                cancel = true;
-                cancelled_at = std::chrono::steady_clock::now();
-            }
+            if (row.token == 2 && !cancel) cancel = true;
         };
         const TraceResult part = run(*m, in, oc, naive);
-        const double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled_at).count();
         QVERIFY(part.cancelled);
-        QVERIFY2(latency < 1.0, qPrintable(QString::number(latency)));
         QVERIFY(!rows.empty());
+        // Prompt: no row after the one that set the flag, and (naive) no forward either. The naive
+        // trace runs one unrestored forward, then one forward per cell, each of the same cost, so
+        // its work counts the forwards exactly; the fast trace does less work than the full one.
+        QCOMPARE(rows.back().token, int64_t(2));
+        if (naive) {
+            const double per_forward = full.flops / double(1 + 3 * in.ids.size() * full.n_layer);
+            const double forwards = part.flops / per_forward;
+            const double expected = double(1 + rows.size() * size_t(full.n_layer));
+            QVERIFY2(std::abs(forwards - expected) < 1e-6 * expected, qPrintable(QString("%1 forwards, %2 expected").arg(forwards).arg(expected)));
+        } else {
+            QVERIFY(part.flops < full.flops);
+        }
         int done = 0;
         for (const auto& k : part.kinds)
             for (size_t t = 0; t < k.scores.size(); ++t) {
@@ -341,7 +347,20 @@ void TestTrace::cancelFromAnotherThreadIsPrompt() {
     const auto end = std::chrono::steady_clock::now();
     canceller.join();
     QVERIFY(r.cancelled);
-    QVERIFY(std::chrono::duration<double>(end - set_at).count() < 1.0);
+    // How long the stop took depends on the machine, so it is reported, not asserted; what is
+    // asserted is that the flag is read between forwards: set before the trace starts, nothing
+    // but the unrestored forward runs and no row is finished.
+    qInfo("cancelled %.3f s after the flag was set", std::chrono::duration<double>(end - set_at).count());
+    std::atomic<bool> already{true};
+    o.cancel = &already;
+    int rows = 0;
+    o.on_row = [&](const TraceRow&) { ++rows; };
+    const TraceResult none = causal_trace(*m, in, o);
+    QVERIFY(none.cancelled);
+    QCOMPARE(rows, 0);
+    // Every naive forward costs the same: the cancelled-at-once trace did one, the other a whole number.
+    const double forwards = r.flops / none.flops;
+    QVERIFY2(forwards >= 1.0 && std::abs(forwards - std::round(forwards)) < 1e-9, qPrintable(QString::number(forwards)));
 }
 
 void TestTrace::bucketsFollowTheNotebook() {

@@ -203,9 +203,23 @@ void TestVit::rolloutIsADistribution() {
     const double total = a.rollout.sum().item<double>();
     QVERIFY(a.rollout.min().item<double>() >= 0.0);
     QVERIFY(total > 0.0 && total < 1.0);  // the CLS row sums to 1 with CLS itself excluded
-    // Each head's CLS row over the patches: a share of a softmax row (CLS itself excluded), so in (0, 1).
-    const at::Tensor share = a.cls_attention.sum(-1);
-    QVERIFY(share.min().item<double>() > 0.0 && share.max().item<double>() < 1.0);
+    // Each head's CLS row over the patches is a softmax row with CLS itself left out: with the CLS
+    // self-weight read from an independent forward, the two sum to 1. In float32 the self-weight
+    // can underflow to 0, so the share lies in the closed [0, 1], not the open interval.
+    const at::Tensor share = a.cls_attention.sum(-1);  // [n_layer, n_head]
+    QVERIFY(share.min().item<double>() >= 0.0 && share.max().item<double>() <= 1.0 + 1e-6);
+    c10::InferenceMode guard;
+    Hooks hooks;
+    hooks.capture(Site::AttnProbs);
+    ForwardInput in;
+    in.pixel_values = shapes(1, demo::ShapesSplit::Test, 3);
+    m->forward(in, &hooks);
+    for (int l = 0; l < m->hparams().n_layer; ++l) {
+        const at::Tensor cls_row = hooks.captured(Site::AttnProbs, l)[0].select(1, 0).to(at::kDouble);  // [n_head, T]
+        const double worst_sum = (share[l] + cls_row.select(1, 0) - 1.0).abs().max().item<double>();
+        QVERIFY2(worst_sum < 1e-5, qPrintable(QString("layer %1: share + self-weight is off 1 by %2").arg(l).arg(worst_sum)));
+        QVERIFY(max_abs_diff(a.cls_attention[l], cls_row.narrow(1, 1, cls_row.size(1) - 1)) < 1e-6);
+    }
 }
 
 void TestVit::foldedProjectionEqualsFeatures() {
@@ -236,7 +250,21 @@ void TestVit::foldedProjectionEqualsFeatures() {
     const at::Tensor folded = m->forward(in).logits;
     QVERIFY2(max_abs_diff(folded, expect) < 1e-4, qPrintable(QString::number(max_abs_diff(folded, expect))));
     QCOMPARE(r.edit.method, std::string("vit_heads"));
-    QCOMPARE((folded.argmax(1) == 3).to(at::kDouble).mean().item<double>(), r.success);
+    // The reported success is the share of edit images predicted as the target. Folded and unfolded
+    // logits differ by rounding, so an image whose top two logits are within rounding of each other
+    // may go either way; every other image must agree.
+    const at::Tensor top2 = std::get<0>(expect.topk(2, 1));
+    int64_t near_ties = 0, correct = 0;
+    for (int64_t i = 0; i < expect.size(0); ++i) {
+        if ((top2[i][0] - top2[i][1]).item<double>() <= 1e-3) {
+            ++near_ties;
+            continue;
+        }
+        QCOMPARE(folded[i].argmax().item<int64_t>(), expect[i].argmax().item<int64_t>());
+        correct += expect[i].argmax().item<int64_t>() == 3;
+    }
+    const double n = double(expect.size(0));
+    QVERIFY(r.success >= double(correct) / n - 1e-12 && r.success <= double(correct + near_ties) / n + 1e-12);
 }
 
 void TestVit::meanAblationFoldsIntoBias() {
