@@ -64,17 +64,10 @@ std::vector<int64_t> encode_prompt(const Tokenizer& tok, const std::string& prom
     return ids;
 }
 
-const std::set<std::string> kModelOptions = {"model", "device", "tokenizer", "db"};
-
-std::set<std::string> with(std::set<std::string> base, std::initializer_list<const char*> more) {
-    for (const char* m : more) base.insert(m);
-    return base;
-}
-
 }  // namespace
 
 int cmd_info(const Argv& argv) {
-    Args args(argv, {"json"}, kModelOptions);
+    Args args(argv, command_spec("info"));
     auto model = open_model(args);
     const HParams& hp = model->hparams();
     json j = {
@@ -111,7 +104,7 @@ int cmd_info(const Argv& argv) {
 }
 
 int cmd_tokenize(const Argv& argv) {
-    Args args(argv, {"json", "add-special-tokens"}, {"model", "tokenizer", "text"});
+    Args args(argv, command_spec("tokenize"));
     std::unique_ptr<Tokenizer> tok;
     if (auto dir = args.get("tokenizer")) tok = load_tokenizer(*dir);
     else if (auto m = args.get("model")) tok = load_tokenizer(*m);
@@ -123,7 +116,7 @@ int cmd_tokenize(const Argv& argv) {
 }
 
 int cmd_forward(const Argv& argv) {
-    Args args(argv, {}, with(kModelOptions, {"inputs", "out"}));
+    Args args(argv, command_spec("forward"));
     auto model = open_model(args);
     const fs::path in_path = args.require("inputs"), out_path = args.require("out");
     Checkpoint inputs = Checkpoint::open_file(in_path);
@@ -161,7 +154,7 @@ int cmd_forward(const Argv& argv) {
 }
 
 int cmd_predict(const Argv& argv) {
-    Args args(argv, {"json"}, with(kModelOptions, {"prompt", "prompts-file", "top-k"}));
+    Args args(argv, command_spec("predict"));
     const int64_t k = args.integer("top-k", 5, 1);  // arguments are checked before the model loads
     auto model = open_model(args);
     const Tokenizer& tok = need_tokenizer(*model);
@@ -199,7 +192,7 @@ int cmd_predict(const Argv& argv) {
 }
 
 int cmd_generate(const Argv& argv) {
-    Args args(argv, {"json"}, with(kModelOptions, {"prompt", "max-new-tokens", "top-k", "seed"}));
+    Args args(argv, command_spec("generate"));
     const std::string prompt = args.require("prompt");
     GenerateOptions opts;
     opts.max_new_tokens = args.integer("max-new-tokens", 20, 0);
@@ -220,7 +213,7 @@ int cmd_generate(const Argv& argv) {
 }
 
 int cmd_classify(const Argv& argv) {
-    Args args(argv, {"json"}, with(kModelOptions, {"image", "top-k"}));
+    Args args(argv, command_spec("classify"));
     const auto& images = args.all("image");
     if (images.empty()) throw Error(ErrorKind::Argument, "classify needs --image FILE");
     const int64_t k = args.integer("top-k", 5, 1);
@@ -252,8 +245,9 @@ int cmd_classify(const Argv& argv) {
 int cmd_bench(const Argv& argv) {
     if (!argv.empty() && argv[0] == "trace") return cmd_bench_trace(Argv(argv.begin() + 1, argv.end()));
     if (!argv.empty() && argv[0] == "edit") return cmd_bench_edit(Argv(argv.begin() + 1, argv.end()));
-    Args args(argv, {}, {"batch", "seq", "iters", "device"});
+    Args args(argv, command_spec("bench"));
     if (args.positional().size() == 1 && args.positional()[0] == "load") {
+        args.refuse({"batch", "seq", "iters", "device"}, "applies to bench forward only");
         const fs::path dir = fs::temp_directory_path() / ("engram-bench-load-" + std::to_string(::getpid()));
         std::cout << "bench load: a random GPT-2-small-shaped F32 checkpoint written to " << dir.string() << "\n";
         LoadBenchResult r = bench_load(dir.string());

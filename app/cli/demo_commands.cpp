@@ -17,14 +17,16 @@ namespace engram::cli {
 namespace fs = std::filesystem;
 
 fs::path demo_resource_dir(const std::string& world) {
-    // Installed next to the binary (../share/engram/demo), or the source tree's resources/.
+    // $ENGRAM_RESOURCES, then installed next to the binary (../share/engram/demo); the source tree's
+    // resources/ only for a binary running from the build tree, so an installed one never reads it.
     std::error_code ec;
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     std::vector<fs::path> candidates;
     if (const char* env = std::getenv("ENGRAM_RESOURCES"); env && *env) candidates.push_back(fs::path(env) / "demo" / world);
     if (!ec) candidates.push_back(exe.parent_path().parent_path() / "share" / "engram" / "demo" / world);
-#ifdef ENGRAM_SOURCE_RESOURCES
-    candidates.push_back(fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / world);
+#if defined(ENGRAM_SOURCE_RESOURCES) && defined(ENGRAM_BUILD_DIR)
+    if (!ec && exe.lexically_normal().string().rfind(fs::path(ENGRAM_BUILD_DIR).lexically_normal().string(), 0) == 0)
+        candidates.push_back(fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / world);
 #endif
     for (const auto& c : candidates)
         if (fs::exists(c / "config.json")) return c;
@@ -82,7 +84,10 @@ int demo_data(const Args& args) {
 int demo_train(const Args& args) {
     const std::string world_name = args.require("world");
     const bool quick = args.flag("quick");
-    if (world_name == "shapes") return demo_train_shapes(args);
+    if (world_name == "shapes") {
+        args.refuse({"surnames"}, "applies to --world facts only");
+        return demo_train_shapes(args);
+    }
     if (world_name != "facts") throw Error(ErrorKind::Argument, "--world must be facts or shapes");
     demo::FactWorldOptions wo;
     wo.seed = static_cast<uint64_t>(args.integer("seed", 1234, 0));
@@ -145,12 +150,21 @@ int demo_info(const Args&) {
 }  // namespace
 
 int cmd_demo(const Argv& argv) {
-    Args args(argv, {"quick", "json"}, {"world", "out", "seed", "surnames", "steps", "split", "n"});
+    Args args(argv, command_spec("demo"));
     const auto& pos = args.positional();
     if (pos.size() != 1) throw Error(ErrorKind::Argument, "usage: engram-cli demo train|info|data ...");
-    if (pos[0] == "train") return demo_train(args);
-    if (pos[0] == "info") return demo_info(args);
-    if (pos[0] == "data") return demo_data(args);
+    if (pos[0] == "train") {
+        args.refuse({"split", "n"}, "applies to demo data only");
+        return demo_train(args);
+    }
+    if (pos[0] == "info") {
+        args.refuse({"world", "quick", "out", "seed", "surnames", "steps", "split", "n"}, "does not apply to demo info");
+        return demo_info(args);
+    }
+    if (pos[0] == "data") {
+        args.refuse({"quick", "surnames", "steps"}, "applies to demo train only");
+        return demo_data(args);
+    }
     throw Error(ErrorKind::Argument, "unknown demo command '" + pos[0] + "' (train, info, data)");
 }
 

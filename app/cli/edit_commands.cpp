@@ -131,7 +131,8 @@ std::string fmt_prob(double nll) {
 int cmd_edit(const Argv& argv) {
     for (size_t i = 0; i + 1 < argv.size(); ++i)
         if (argv[i] == "--method" && argv[i + 1] == "synthetic") return cmd_edit_synthetic(argv);
-    Args args(argv, {"json", "blue"}, {"db", "model", "method", "prompt", "subject", "target", "target-true", "requests", "hparams", "set", "corpus"});
+    Args args(argv, command_spec("edit"));
+    args.refuse({"layer", "rank", "seed", "scale", "artifact-kib"}, "applies to --method synthetic only");
     const auto [method, blue] = parse_method(args.require("method"), args.flag("blue"));
     std::unique_ptr<Project> project;
     std::unique_ptr<Model> model;
@@ -233,9 +234,7 @@ int cmd_edit(const Argv& argv) {
 }
 
 int cmd_eval(const Argv& argv) {
-    Args args(argv, {"blue", "quiet", "single", "distinct-subjects"},
-              {"model", "dataset", "method", "edits", "batch", "json", "csv", "db", "hparams", "set", "corpus", "checkpoint-every",
-               "fluency-cases", "unedited-cases", "format", "zsre-target", "perplexity-file", "seed", "snippets", "tfidf"});
+    Args args(argv, command_spec("eval"));
     std::unique_ptr<Model> model = load_model(args);
     const fs::path dataset_path = args.get("dataset").value_or((demo_resource_dir("factworld") / "counterfact.json").string());
     eval::DatasetOptions dopt;
@@ -398,7 +397,7 @@ int cmd_eval(const Argv& argv) {
 }
 
 int cmd_stats(const Argv& argv) {
-    Args args(argv, {}, {"model", "layers", "corpus", "samples"});
+    Args args(argv, command_spec("stats"));
     std::unique_ptr<Model> model = load_model(args);
     std::vector<int> layers;
     for (const std::string& v : args.all("layers")) {
@@ -441,7 +440,7 @@ int cmd_stats(const Argv& argv) {
 }
 
 int cmd_bench_edit(const Argv& argv) {
-    Args args(argv, {}, {"rome-edits", "memit-batch", "layers"});
+    Args args(argv, command_spec("bench edit"));
     const int64_t n_rome = args.integer("rome-edits", 3, 1), n_memit = args.integer("memit-batch", 100, 1);
     // A random-weight model of GPT-2-small shape reading the Fact World vocabulary (so requests
     // tokenize), with C computed from the demo corpus before timing starts.

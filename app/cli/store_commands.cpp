@@ -151,7 +151,8 @@ int64_t record_edit(const std::optional<fs::path>& db, std::unique_ptr<Project>&
 }
 
 int cmd_edit_synthetic(const Argv& argv) {
-    Args args(argv, {"json"}, {"db", "model", "method", "layer", "rank", "seed", "scale", "artifact-kib"});
+    Args args(argv, command_spec("edit"));
+    args.refuse({"blue", "prompt", "subject", "target", "target-true", "requests", "hparams", "set", "corpus"}, "does not apply to --method synthetic");
     const fs::path db = args.require("db");
     const std::string method = args.require("method");
     if (method != "synthetic")
@@ -237,7 +238,7 @@ int show_edit(const Project& project, int64_t id, bool as_json) {
 }
 
 int cmd_history(const Argv& argv) {
-    Args args(argv, {"json", "verify"}, {"db", "model", "edit"});
+    Args args(argv, command_spec("history"));
     ProjectOptions po;
     po.read_only = true;
     auto project = Project::open(args.require("db"), po);
@@ -291,7 +292,7 @@ int cmd_history(const Argv& argv) {
 }
 
 int cmd_undo(const Argv& argv) {
-    Args args(argv, {}, {"db", "model"});
+    Args args(argv, command_spec("undo"));
     Opened o = open_project(args, false);
     auto id = o.project->undo(*o.model);
     if (!id) throw Error(ErrorKind::Argument, "nothing to undo: no edit is active");
@@ -301,7 +302,7 @@ int cmd_undo(const Argv& argv) {
 }
 
 int cmd_redo(const Argv& argv) {
-    Args args(argv, {}, {"db", "model"});
+    Args args(argv, command_spec("redo"));
     Opened o = open_project(args, false);
     auto id = o.project->redo(*o.model);
     if (!id) throw Error(ErrorKind::Argument, "nothing to redo");
@@ -311,7 +312,7 @@ int cmd_redo(const Argv& argv) {
 }
 
 int cmd_rollback(const Argv& argv) {
-    Args args(argv, {}, {"db", "model", "to"});
+    Args args(argv, command_spec("rollback"));
     const int64_t to = args.integer("to", 0, 0);
     if (!args.has("to")) throw Error(ErrorKind::Argument, "missing required option --to (an edit number, or 0 for the base)");
     Opened o = open_project(args, false);
@@ -322,7 +323,7 @@ int cmd_rollback(const Argv& argv) {
 }
 
 int cmd_revert(const Argv& argv) {
-    Args args(argv, {}, {"db", "model", "edit"});
+    Args args(argv, command_spec("revert"));
     if (!args.has("edit")) throw Error(ErrorKind::Argument, "missing required option --edit N");
     const int64_t id = args.integer("edit", 0, 1);
     Opened o = open_project(args, false);
@@ -336,7 +337,7 @@ int cmd_revert(const Argv& argv) {
 }
 
 int cmd_replay(const Argv& argv) {
-    Args args(argv, {"json"}, {"db", "model"});
+    Args args(argv, command_spec("replay"));
     ProjectOptions po;
     po.read_only = true;
     auto project = Project::open(args.require("db"), po);
@@ -363,7 +364,7 @@ int cmd_replay(const Argv& argv) {
 }
 
 int cmd_hash(const Argv& argv) {
-    Args args(argv, {}, {"db", "model"});
+    Args args(argv, command_spec("hash"));
     if (!args.has("db")) {
         auto model = Model::load(args.require("model"));
         std::cout << "model " << model->dir().string() << " (base, no project)\n" << state_hash(*model) << "\n";
@@ -378,7 +379,7 @@ int cmd_hash(const Argv& argv) {
 }
 
 int cmd_export_model(const Argv& argv) {
-    Args args(argv, {}, {"db", "model", "out", "dtype"});
+    Args args(argv, command_spec("export-model"));
     const fs::path out = args.require("out");
     const std::string dtype_text = args.get("dtype").value_or("F32");
     auto dtype = dtype_from_name(dtype_text);
@@ -399,7 +400,7 @@ int cmd_export_model(const Argv& argv) {
 }
 
 int cmd_export_history(const Argv& argv) {
-    Args args(argv, {}, {"db", "out"});
+    Args args(argv, command_spec("export-history"));
     ProjectOptions po;
     po.read_only = true;
     auto project = Project::open(args.require("db"), po);
@@ -419,7 +420,7 @@ int cmd_export_history(const Argv& argv) {
 }
 
 int cmd_import_history(const Argv& argv) {
-    Args args(argv, {}, {"db", "in", "model"});
+    Args args(argv, command_spec("import-history"));
     const fs::path db = args.require("db"), in = args.require("in");
     const json h = read_json_file(in);
     std::error_code ec;

@@ -159,7 +159,7 @@ bool tour_edit_history(Model& model, const fs::path& dir, int& step) {
 }  // namespace
 
 int cmd_tour(const Argv& argv) {
-    Args args(argv, {}, {"model"});
+    Args args(argv, command_spec("tour"));
     int step = 0;
     std::cout << "Engram tour: locating and editing what a transformer knows. Headless; every figure is measured now.\n";
 

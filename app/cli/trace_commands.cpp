@@ -433,10 +433,7 @@ int trace_dataset(const Args& args, const Model& model, const TraceOptions& base
 }  // namespace
 
 int cmd_trace(const Argv& argv) {
-    Args args(argv, {"naive", "replace", "quiet"},
-              {"model", "device", "tokenizer", "db", "prompt", "subject", "target", "kind", "samples", "noise", "window", "seed", "sever",
-               "subjects", "json", "csv", "png", "pdf", "svg", "dataset", "limit"});
-    if (!args.positional().empty()) throw Error(ErrorKind::Argument, "unexpected argument '" + args.positional()[0] + "'");
+    Args args(argv, command_spec("trace"));
 #ifndef ENGRAM_CLI_HAS_UI
     if (wants_images(args))
         throw Error(ErrorKind::Unsupported, "--png/--pdf/--svg need the Qt parts (this engram-cli was built with ENGRAM_BUILD_QT=OFF)");
@@ -529,7 +526,7 @@ void tour_causal_trace(int& step) {
 }
 
 int cmd_bench_trace(const Argv& argv) {
-    Args args(argv, {"json", "fast-only"}, {"seq", "samples", "layers", "threads"});
+    Args args(argv, command_spec("bench trace"));
     const int64_t seq = args.integer("seq", 11, 3), samples = args.integer("samples", 10, 1), layers = args.integer("layers", 12, 1);
     auto model = Model::random(Arch::Gpt2, gpt2_small_hparams(layers), 4);
     // "The Eiffel Tower is located in the city of" in GPT-2 ids: 11 tokens, the subject at [1, 5).

@@ -36,13 +36,6 @@ namespace engram::cli {
 
 namespace {
 
-const std::set<std::string> kVitModelOptions = {"model", "device", "db"};
-
-std::set<std::string> with(std::set<std::string> base, std::initializer_list<const char*> more) {
-    for (const char* m : more) base.insert(m);
-    return base;
-}
-
 std::unique_ptr<Model> open_vit(const Args& args) {
     LoadOptions opts;
     if (auto d = args.get("device")) opts.device = c10::Device(*d);
@@ -242,8 +235,7 @@ json matrix_json(const at::Tensor& t) {
 }  // namespace
 
 int cmd_attribute(const Argv& argv) {
-    Args args(argv, {"patch-maps", "attention", "no-ablation"},
-              with(kVitModelOptions, {"image", "class", "contrast", "ablation", "json", "png", "pdf", "svg"}));
+    Args args(argv, command_spec("attribute"));
     const fs::path image = args.require("image");
     auto model = open_vit(args);
     vit::AttributionOptions o;
@@ -316,7 +308,7 @@ int cmd_attribute(const Argv& argv) {
 }
 
 int cmd_vit_edit(const Argv& argv) {
-    Args args(argv, {"json"}, with(kVitModelOptions, {"edit-images", "target-class", "locality-images", "method", "set"}));
+    Args args(argv, command_spec("vit-edit"));
     const std::string method = args.get("method").value_or("heads");
     if (method != "heads" && method != "ft") throw Error(ErrorKind::Argument, "--method " + method + ": expected heads or ft");
     VitSettings s = settings_of(args);
@@ -389,9 +381,7 @@ int cmd_vit_edit(const Argv& argv) {
 }
 
 int cmd_eval_vit(const Argv& argv) {
-    Args args(argv, {"diagnostic"},
-              {"model", "device", "method", "failure-split", "class", "edit-images", "counter-images", "locality", "reference", "accuracy",
-               "seed", "sweep", "set", "json", "csv", "db"});
+    Args args(argv, command_spec("eval-vit"));
     if (auto split = args.get("failure-split"); split && *split != "counter")
         throw Error(ErrorKind::Argument, "--failure-split " + *split + ": the Shapes World protocol edits the counter split's failures");
     LoadOptions lo;

@@ -69,8 +69,12 @@ private Q_SLOTS:
     void predictMatchesCore();
     void generateExtendsPrompt();
     void classifyImages();
+    void classifyTakesSeveralImagesAfterOneOption();
     void errorsAreOneClearLine_data();
     void errorsAreOneClearLine();
+    void everyCommandHasHelp();
+    void strayArgumentsAreRefused();
+    void versionNamesTheCommit();
 };
 
 void TestCli::infoJson() {
@@ -191,6 +195,96 @@ void TestCli::classifyImages() {
     QCOMPARE(top[0].toObject()["id"].toInteger(), idx[0].item<int64_t>());
     QVERIFY(std::abs(top[0].toObject()["prob"].toDouble() - p[0].item<double>()) < 1e-5);
     QCOMPARE(top[0].toObject()["label"].toString().toStdString(), "LABEL_" + std::to_string(idx[0].item<int64_t>()));
+}
+
+// `--image a b c` (as the help shows) classifies all three, in order, exactly as three --image options do.
+void TestCli::classifyTakesSeveralImagesAfterOneOption() {
+    TempDir tmp("cli");
+    QStringList images;
+    for (int i = 0; i < 3; ++i) {
+        const fs::path p = tmp.path / ("img" + std::to_string(i) + ".png");
+        write_png(p, 32, 32, uint8_t(10 + i));
+        images << q(p);
+    }
+    const QString vit = q(reference_dir("vit-tiny"));
+    Run one = cli(QStringList{"classify", "--model", vit, "--json", "--image"} + images);
+    QVERIFY2(one.code == 0, one.err.constData());
+    QStringList repeated{"classify", "--model", vit, "--json"};
+    for (const QString& i : images) repeated << "--image" << i;
+    Run many = cli(repeated);
+    QVERIFY2(many.code == 0, many.err.constData());
+    const QList<QByteArray> lines = one.out.trimmed().split('\n');
+    QCOMPARE(lines.size(), 3);
+    for (int i = 0; i < 3; ++i) QCOMPARE(QJsonDocument::fromJson(lines[i]).object()["image"].toString(), images[i]);
+    QCOMPARE(one.out, many.out);
+    // An option after the images ends the list.
+    Run then_topk = cli(QStringList{"classify", "--model", vit, "--json", "--image"} + images + QStringList{"--top-k", "1"});
+    QCOMPARE(then_topk.code, 0);
+    QCOMPARE(then_topk.out.trimmed().split('\n').size(), 3);
+}
+
+// The commands engram-cli dispatches (its own table is not consulted, so a command without a help
+// entry or a stray-argument check shows up here).
+const QStringList kCommands{"info",   "tokenize", "forward",      "predict",      "generate",       "classify",       "bench",
+                            "tour",   "demo",     "trace",        "edit",         "history",        "undo",           "redo",
+                            "rollback", "revert", "replay",       "hash",         "export-model",   "export-history", "import-history",
+                            "eval",   "stats",    "attribute",    "vit-edit",     "eval-vit"};
+
+void TestCli::everyCommandHasHelp() {
+    QStringList names = kCommands;
+    names << "bench trace" << "bench edit";
+    for (const QString& name : names) {
+        QStringList args = name.split(' ');
+        args << "--help";
+        Run r = cli(args);
+        QVERIFY2(r.code == 0, qPrintable(name + ": " + QString::fromUtf8(r.err)));
+        const QString out = QString::fromUtf8(r.out);
+        QVERIFY2(out.startsWith("engram-cli " + name + ": "), qPrintable(name + ":\n" + out));
+        QVERIFY2(out.contains("\nusage: engram-cli " + name), qPrintable(out));
+        QVERIFY2(out.contains("\noptions:\n  --"), qPrintable(out));
+        QVERIFY2(out.contains("\nexample:\n  engram-cli " + name.split(' ')[0]), qPrintable(out));
+        QVERIFY2(r.err.isEmpty(), r.err.constData());
+    }
+    // -h anywhere after the command, too.
+    for (const QString& name : {QStringLiteral("classify"), QStringLiteral("bench trace")}) {
+        Run h = cli(QStringList(name.split(' ')) << "--model" << "x" << "-h");
+        QCOMPARE(h.code, 0);
+        QVERIFY(h.out.startsWith(("engram-cli " + name + ": ").toUtf8()));
+    }
+    // The top-level usage lists every command.
+    Run top = cli({"--help"});
+    QCOMPARE(top.code, 0);
+    for (const QString& name : kCommands) QVERIFY2(QString::fromUtf8(top.out).contains("\n  " + name + " "), qPrintable(name));
+}
+
+// A positional argument that a command does not take is refused with one line naming it, before any
+// model loads; nothing is silently dropped. Commands with positional words still take theirs.
+void TestCli::strayArgumentsAreRefused() {
+    for (const QString& name : kCommands) {
+        Run r = cli({name, "stray-word"});
+        QVERIFY2(r.code == 2, qPrintable(name + ": exit " + QString::number(r.code) + " " + QString::fromUtf8(r.err)));
+        const QString err = QString::fromUtf8(r.err).trimmed();
+        QVERIFY2(err.contains("unexpected argument 'stray-word'"), qPrintable(name + ": " + err));
+        QVERIFY2(!err.contains('\n'), qPrintable(err));
+        QVERIFY2(r.out.isEmpty(), r.out.constData());
+    }
+    // A second value after a one-value option names the option.
+    Run r = cli({"predict", "--model", q(reference_dir("gpt2-tiny")), "--top-k", "3", "4"});
+    QCOMPARE(r.code, 2);
+    QVERIFY2(r.err.contains("unexpected argument '4' (--top-k takes one value"), r.err.constData());
+    // A stray word after a command's own positional word, and options of another mode of a command.
+    QCOMPARE(cli({"bench", "load", "forward"}).code, 2);
+    QVERIFY(cli({"bench", "load", "--batch", "2"}).err.contains("--batch applies to bench forward only"));
+    QVERIFY(cli({"demo", "info", "--world", "facts"}).err.contains("--world does not apply to demo info"));
+    QVERIFY(cli({"edit", "--method", "rome", "--rank", "2"}).err.contains("--rank applies to --method synthetic only"));
+    QVERIFY(cli({"edit", "--method", "synthetic", "--prompt", "x"}).err.contains("--prompt does not apply to --method synthetic"));
+}
+
+void TestCli::versionNamesTheCommit() {
+    Run r = cli({"--version"});
+    QCOMPARE(r.code, 0);
+    const QString out = QString::fromUtf8(r.out).trimmed();
+    QVERIFY2(QRegularExpression("^engram-cli \\d+\\.\\d+\\.\\d+ \\(commit ([0-9a-f]{12}|unknown)\\)$").match(out).hasMatch(), qPrintable(out));
 }
 
 void TestCli::errorsAreOneClearLine_data() {
