@@ -2,14 +2,16 @@
 # runs the main job (`make run`) or the whole test suite through CTest (`make test`).
 #
 #   make run      the GUI on the built-in demo model, or a headless tour without a display
-#   make test     every test (labels: unit, reference, fuzz; slow suites at reduced size)
+#   make test     every test (labels: unit, reference, fuzz; slow suites at reduced size), then the
+#                 installed-package check
+#   make package  build/engram_<version>_amd64.deb
 
 BUILD      ?= build
 GENERATOR  ?= Ninja
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
-.PHONY: run test deps configure build fuzz clean
+.PHONY: run test deps configure build fuzz package test-installed clean
 
 deps:
 	./scripts/install-deps.sh
@@ -28,6 +30,15 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) fuzz
+	$(MAKE) test-installed
+
+package: build
+	cd $(BUILD) && cpack -G DEB
+
+# Installs the package, runs the tour, an edit and the GUI's screenshots from outside the source
+# tree, and removes it again.
+test-installed: build
+	./scripts/test-installed.sh $(BUILD)
 
 # libFuzzer targets need clang; they get their own build folder and run for a short time each.
 fuzz: deps

@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libssl-dev libstb-dev libsqlite3-dev libyaml-cpp-dev
   qt6-base-dev qt6-svg-dev libqcustomplot-dev
   clang libclang-rt-14-dev
+  dpkg-dev file desktop-file-utils appstream xvfb xauth
 )
 
 missing=()

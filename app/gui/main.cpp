@@ -1,5 +1,5 @@
 // engram: the workbench GUI. Without arguments it opens the Fact World demo model.
-//   engram [--model DIR] [--project FILE.engram] [--screenshot DIR]
+//   engram [--model DIR] [--project FILE.engram | FILE.engram] [--screenshot DIR] [--version]
 // --screenshot opens each main view after a trace, a prediction and an edit on the demo model, saves one
 // PNG per view into DIR and exits (for tests and for reviewing the interface).
 #include <QApplication>
@@ -12,15 +12,22 @@
 #include <QTimer>
 
 #include <algorithm>
+#include <cstring>
 #include <iostream>
 
 #include "views/main_window.h"
 
 namespace {
 
+// The installed demo worlds (<prefix>/share/engram/demo) come first; the source tree's resources/
+// is used only by a binary that runs from the build tree, so an installed engram never reads it.
 QString demo_dir(const QString& world) {
     const QString exe = QCoreApplication::applicationDirPath();
-    for (const QString& base : {QStringLiteral(ENGRAM_SOURCE_RESOURCES), exe + QStringLiteral("/../share/engram/resources")}) {
+    QStringList bases;
+    if (const QByteArray env = qgetenv("ENGRAM_RESOURCES"); !env.isEmpty()) bases << QString::fromLocal8Bit(env);
+    bases << exe + QStringLiteral("/../share/engram");
+    if (QDir::cleanPath(exe).startsWith(QDir::cleanPath(QStringLiteral(ENGRAM_BUILD_DIR)))) bases << QStringLiteral(ENGRAM_SOURCE_RESOURCES);
+    for (const QString& base : bases) {
         const QString d = base + QStringLiteral("/demo/") + world;
         if (QFileInfo::exists(d + QStringLiteral("/config.json"))) return d;
     }
@@ -30,12 +37,22 @@ QString demo_dir(const QString& world) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // --version answers without a display (QApplication would need one).
+    for (int i = 1; i < argc; ++i)
+        if (std::strcmp(argv[i], "--version") == 0 || std::strcmp(argv[i], "-v") == 0) {
+            std::cout << "engram " ENGRAM_VERSION " (commit " ENGRAM_GIT_COMMIT ")\n";
+            return 0;
+        }
     QApplication app(argc, argv);
     QCoreApplication::setOrganizationName(QStringLiteral("Engram"));
     QCoreApplication::setApplicationName(QStringLiteral("engram"));
     QCommandLineParser parser;
     parser.setApplicationDescription(QStringLiteral("Engram: locate, edit, verify and undo what a transformer knows"));
+    QCoreApplication::setApplicationVersion(QStringLiteral(ENGRAM_VERSION " (commit " ENGRAM_GIT_COMMIT ")"));
     parser.addHelpOption();
+    parser.addVersionOption();
+    parser.addPositionalArgument(QStringLiteral("project"), QStringLiteral("An Engram project (*.engram) to open, as --project does."),
+                                 QStringLiteral("[FILE.engram]"));
     QCommandLineOption model({QStringLiteral("model")}, QStringLiteral("A Hugging Face checkpoint folder."), QStringLiteral("DIR"));
     QCommandLineOption project({QStringLiteral("project")}, QStringLiteral("An Engram project to reopen."), QStringLiteral("FILE"));
     QCommandLineOption shots({QStringLiteral("screenshot")}, QStringLiteral("Save one PNG per view into DIR and exit."), QStringLiteral("DIR"));
@@ -43,13 +60,19 @@ int main(int argc, char** argv) {
     parser.addOption(project);
     parser.addOption(shots);
     parser.process(app);
+    if (parser.positionalArguments().size() > 1 || (parser.isSet(project) && !parser.positionalArguments().isEmpty())) {
+        std::cerr << "engram: one project at a time (got " << (parser.positionalArguments().size() + (parser.isSet(project) ? 1 : 0))
+                  << "); see engram --help\n";
+        return 2;
+    }
+    const QString project_file = parser.isSet(project) ? parser.value(project) : parser.positionalArguments().value(0);
 
     engram::ui::MainWindow window;
     if (const QString d = demo_dir(QStringLiteral("factworld")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Fact World model"), d);
     if (const QString d = demo_dir(QStringLiteral("shapes")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Shapes World ViT"), d);
     try {
-        if (parser.isSet(project)) {
-            window.openProjectNow(parser.value(project));
+        if (!project_file.isEmpty()) {
+            window.openProjectNow(project_file);
         } else {
             const QString dir = parser.isSet(model) ? parser.value(model) : demo_dir(QStringLiteral("factworld"));
             if (dir.isEmpty()) throw std::runtime_error("the Fact World demo model is not installed; pass --model DIR");

@@ -15,6 +15,10 @@
 #include <QElapsedTimer>
 #include <QLabel>
 #include <QListWidget>
+#include <QMenu>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QProcess>
 #include <QPushButton>
 #include <QTableView>
 #include <QSpinBox>
@@ -65,6 +69,7 @@ private Q_SLOTS:
     void settingsApply();
     void visionFilesHeadClickAndReport();
     void responsivenessHeartbeat();
+    void helpMenuAboutAndVersion();
 
 private:
     QTemporaryDir m_settings;  // QSettings go here, not into the user's configuration
@@ -714,6 +719,49 @@ void TestWorkbench::responsivenessHeartbeat() {
     QVERIFY(measure("ROME edit with its blast radius", [&] { w.applyEdit(); }));
     w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Vrokaith Rodeadouk"), QStringLiteral("Zuluball"), QStringLiteral("memit"), -1);
     QVERIFY(measure("MEMIT edit", [&] { w.applyEdit(); }));
+}
+
+// Help > About names the version and every library with its licence; Help > Documentation finds the
+// docs; the program's --version and its one-project rule.
+void TestWorkbench::helpMenuAboutAndVersion() {
+    MainWindow w;
+    QAction* about = nullptr;
+    QAction* docs = nullptr;
+    for (QAction* menu : w.menuBar()->actions()) {
+        if (menu->text() != QStringLiteral("&Help")) continue;
+        for (QAction* a : menu->menu()->actions()) {
+            if (a->text() == QStringLiteral("&About Engram")) about = a;
+            if (a->text() == QStringLiteral("&Documentation")) docs = a;
+        }
+    }
+    QVERIFY(about && docs);
+    QString text;
+    QTimer::singleShot(0, [&] {
+        auto* box = qobject_cast<QMessageBox*>(QApplication::activeModalWidget());
+        if (!box) return;
+        text = box->text();
+        box->accept();
+    });
+    QCoreApplication::setApplicationVersion(QStringLiteral("9.8.7 (commit abc)"));
+    about->trigger();
+    QVERIFY2(text.contains(QStringLiteral("Engram 9.8.7 (commit abc)")), qPrintable(text));
+    for (const char* lib : {"Qt", "QCustomPlot", "libtorch", "OpenBLAS", "SQLite", "OpenSSL", "yaml-cpp", "nlohmann-json", "stb_image", "SentencePiece"})
+        QVERIFY2(text.contains(QStringLiteral("<td>%1</td>").arg(QLatin1String(lib))), lib);
+    QVERIFY(text.contains(QStringLiteral("GPL-3.0-or-later")));
+    QVERIFY2(!text.contains(QStringLiteral("<td></td>")), qPrintable(text));  // every version and licence known
+
+    QProcess p;
+    p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--version")});
+    QVERIFY(p.waitForFinished(60000));
+    QCOMPARE(p.exitCode(), 0);
+    QVERIFY2(QRegularExpression(QStringLiteral("^engram \\d+\\.\\d+\\.\\d+ \\(commit ([0-9a-f]{12}|unknown)\\)$"))
+                 .match(QString::fromUtf8(p.readAllStandardOutput()).trimmed())
+                 .hasMatch(),
+             "engram --version");
+    p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("a.engram"), QStringLiteral("b.engram")});
+    QVERIFY(p.waitForFinished(60000));
+    QCOMPARE(p.exitCode(), 2);
+    QVERIFY(p.readAllStandardError().contains("one project at a time"));
 }
 
 QTEST_MAIN(TestWorkbench)

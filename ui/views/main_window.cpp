@@ -7,6 +7,7 @@
 #include <QComboBox>
 #include <QDialog>
 #include <QDialogButtonBox>
+#include <QDesktopServices>
 #include <QDir>
 #include <QDockWidget>
 #include <QEventLoop>
@@ -38,6 +39,7 @@
 #include <QThread>
 #include <QToolButton>
 #include <QUndoStack>
+#include <QUrl>
 #include <QVBoxLayout>
 
 #include <algorithm>
@@ -46,6 +48,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "engram/about.h"
 #include "models/history_model.h"
 #include "widgets/heatmap_widget.h"
 #include "widgets/plot_export.h"
@@ -231,6 +234,54 @@ void MainWindow::buildMenus() {
     present->setCheckable(true);
     present->setShortcut(QKeySequence(Qt::Key_F11));
     connect(present, &QAction::toggled, this, &MainWindow::setPresentationMode);
+
+    QMenu* help = menuBar()->addMenu(tr("&Help"));
+    QAction* docs = help->addAction(tr("&Documentation"), this, &MainWindow::openDocumentation);
+    docs->setShortcut(QKeySequence::HelpContents);
+    help->addAction(tr("&About Engram"), this, &MainWindow::showAbout);
+}
+
+// The installed documentation (<prefix>/share/doc/engram), else the source tree's docs/ for a
+// binary run from the build tree.
+QString MainWindow::documentationIndex() const {
+    const QString exe = QCoreApplication::applicationDirPath();
+    QStringList dirs{exe + QStringLiteral("/../share/doc/engram")};
+    if (QDir::cleanPath(exe).startsWith(QDir::cleanPath(QStringLiteral(ENGRAM_BUILD_DIR)))) dirs << QStringLiteral(ENGRAM_SOURCE_DOCS);
+    for (const QString& dir : dirs) {
+        const QString index = QDir::cleanPath(dir + QStringLiteral("/index.md"));
+        if (QFileInfo::exists(index)) return index;
+    }
+    return QString();
+}
+
+void MainWindow::openDocumentation() {
+    const QString index = documentationIndex();
+    if (index.isEmpty()) {
+        QMessageBox::information(this, tr("Documentation"), tr("The documentation is not installed. It is the docs/ folder of Engram's source."));
+        return;
+    }
+    if (!QDesktopServices::openUrl(QUrl::fromLocalFile(index)))
+        QMessageBox::information(this, tr("Documentation"), tr("Engram's documentation is in %1").arg(QFileInfo(index).absolutePath()));
+}
+
+void MainWindow::showAbout() {
+    QString rows;
+    auto row = [&rows](const QString& name, const QString& version, const QString& licence) {
+        rows += QStringLiteral("<tr><td>%1</td><td>%2</td><td>%3</td></tr>").arg(name.toHtmlEscaped(), version.toHtmlEscaped(), licence.toHtmlEscaped());
+    };
+    row(QStringLiteral("Qt"), QString::fromLatin1(qVersion()), QStringLiteral("LGPL-3.0-only"));
+    row(QStringLiteral("QCustomPlot"), QStringLiteral(QCUSTOMPLOT_VERSION_STR), QStringLiteral("GPL-3.0-or-later"));
+    for (const engram::LibraryInfo& lib : engram::core_libraries())
+        row(QString::fromStdString(lib.name), QString::fromStdString(lib.version), QString::fromStdString(lib.licence));
+    QMessageBox box(this);
+    box.setObjectName(QStringLiteral("aboutBox"));
+    box.setWindowTitle(tr("About Engram"));
+    box.setTextFormat(Qt::RichText);
+    box.setText(tr("<h3>Engram %1</h3><p>A workbench for model editing: locate, edit, verify and undo what a transformer knows.</p>"
+                   "<p>Built with:</p><table cellspacing=\"6\"><tr><th align=\"left\">Library</th><th align=\"left\">Version</th>"
+                   "<th align=\"left\">Licence</th></tr>%2</table>")
+                    .arg(QCoreApplication::applicationVersion().toHtmlEscaped(), rows));
+    box.exec();
 }
 
 QWidget* MainWindow::buildPromptView() {

@@ -130,6 +130,9 @@ private:
     void projectOpened(const QString& file);
     void showStoredTrace(const StoredTrace& trace);
     void buildMenus();
+    QString documentationIndex() const;
+    void openDocumentation();
+    void showAbout();
     QWidget* buildPromptView();
     void fillTopTable(QTableWidget* table, const QVector<TokenProb>& top);
     QWidget* buildEditView();

@@ -31,15 +31,16 @@ namespace {
 std::vector<std::string> module_candidates() {
     std::vector<std::string> out;
     if (const char* env = std::getenv("ENGRAM_SPM_MODULE"); env && *env) out.emplace_back(env);
-#ifdef ENGRAM_SPM_MODULE_BUILD_PATH
-    out.emplace_back(ENGRAM_SPM_MODULE_BUILD_PATH);
-#endif
-#ifdef ENGRAM_SPM_MODULE_INSTALL_PATH
-    out.emplace_back(ENGRAM_SPM_MODULE_INSTALL_PATH);
-#endif
+    // The module beside the running executable first, so an installed binary never loads the build tree's.
     std::error_code ec;
     auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (!ec) out.push_back((exe.parent_path().parent_path() / "lib" / "engram" / "libengram_spm.so").string());
+#ifdef ENGRAM_SPM_MODULE_INSTALL_PATH
+    out.emplace_back(ENGRAM_SPM_MODULE_INSTALL_PATH);
+#endif
+#ifdef ENGRAM_SPM_MODULE_BUILD_PATH
+    out.emplace_back(ENGRAM_SPM_MODULE_BUILD_PATH);
+#endif
     return out;
 }
 

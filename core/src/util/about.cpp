@@ -1,0 +1,42 @@
+#include "engram/about.h"
+
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
+#include <sqlite3.h>
+#include <torch/csrc/api/include/torch/version.h>
+
+#include <dlfcn.h>
+
+namespace engram {
+
+namespace {
+
+// OpenBLAS reports its build configuration ("OpenBLAS 0.3.21 DYNAMIC_ARCH ...") through
+// openblas_get_config when it is the BLAS in use; another BLAS leaves the entry as "not loaded".
+std::string openblas_version() {
+    using ConfigFn = const char* (*)();
+    auto fn = reinterpret_cast<ConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+    if (!fn) return "not loaded (another BLAS is in use)";
+    std::string config = fn();
+    return config.rfind("OpenBLAS ", 0) == 0 ? config.substr(9) : config;
+}
+
+}  // namespace
+
+std::vector<LibraryInfo> core_libraries() {
+    return {
+        {"libtorch", TORCH_VERSION, "BSD-3-Clause"},
+        {"OpenBLAS", openblas_version(), "BSD-3-Clause"},
+        {"SQLite", sqlite3_libversion(), "blessing (public domain)"},
+        {"OpenSSL", OpenSSL_version(OPENSSL_VERSION), "Apache-2.0"},
+        {"yaml-cpp", ENGRAM_YAML_CPP_VERSION, "MIT"},
+        {"nlohmann-json", std::to_string(NLOHMANN_JSON_VERSION_MAJOR) + "." + std::to_string(NLOHMANN_JSON_VERSION_MINOR) + "." +
+                              std::to_string(NLOHMANN_JSON_VERSION_PATCH),
+         "MIT"},
+        {"stb_image", ENGRAM_STB_IMAGE_VERSION, "MIT OR Unlicense"},
+        {"SentencePiece", ENGRAM_SENTENCEPIECE_VERSION, "Apache-2.0"},
+    };
+}
+
+}  // namespace engram
