@@ -81,10 +81,14 @@ std::vector<CommandSpec> build() {
                   {"fast-only", "", "time only the fast path"},
                   kJsonFlag},
                  "", "engram-cli bench trace --samples 4"});
-    s.push_back({"bench edit", "benchmarks", "ROME seconds per edit and MEMIT seconds per batch on a GPT-2-small shape", {},
-                 {{"rome-edits", "N", "ROME edits timed (default 3)"}, {"memit-batch", "N", "requests in the MEMIT batch (default 100)"}},
-                 "The model has random weights and reads the Fact World vocabulary; C is computed before timing starts.",
-                 "engram-cli bench edit --rome-edits 2 --memit-batch 10"});
+    s.push_back({"bench edit", "benchmarks", "ROME, MEMIT and AlphaEdit: the reference path against the default one, in the same run", {},
+                 {{"rome-edits", "N", "ROME edits timed (default 3)"},
+                  {"memit-batch", "N", "requests in the MEMIT and AlphaEdit batch timed on the default path (default 100)"},
+                  {"compare-batch", "N", "requests in the batch both paths run, 0 to skip the slow reference (default 10)"}},
+                 "The model has a GPT-2-small shape, random weights and the Fact World vocabulary; C, P and the templates are "
+                 "computed before timing starts. Prints old and new seconds side by side with the relative difference of the "
+                 "weight changes, then one ROME edit on the Fact World demo model (also with 1 and 2 intra-op threads).",
+                 "engram-cli bench edit --rome-edits 2 --memit-batch 10 --compare-batch 4"});
 
     // --- causal tracing ---
     s.push_back({"trace", "tracing", "causal tracing (ROME): where a fact is stored, as a heatmap over tokens and layers", {},

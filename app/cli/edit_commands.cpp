@@ -439,52 +439,147 @@ int cmd_stats(const Argv& argv) {
     return 0;
 }
 
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The largest Frobenius difference between the weight changes of two edits of the same tensors,
+// relative to the largest change (0 when there is none).
+double delta_difference(const Edit& a, const Edit& b) {
+    if (a.deltas.size() != b.deltas.size()) throw Error(ErrorKind::Internal, "bench edit: the two paths changed different tensors");
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < a.deltas.size(); ++i) {
+        const at::Tensor wa = a.deltas[i].u.mm(a.deltas[i].v.t()), wb = b.deltas[i].u.mm(b.deltas[i].v.t());
+        worst = std::max(worst, (wb - wa).norm().item<double>());
+        scale = std::max(scale, wa.norm().item<double>());
+    }
+    return scale > 0 ? worst / scale : worst;
+}
+
+struct PathTimes {
+    double old_s = 0, new_s = 0, diff = 0;
+};
+
+// The same requests through the reference path and the default path of two sessions that hold the
+// same C and templates (one session when the method keeps no sequential state).
+PathTimes compare_paths(EditSession& old_session, EditSession& new_session, const std::vector<EditRequest>& reqs) {
+    PathTimes t;
+    old_session.set_reference_path(true);
+    auto t0 = std::chrono::steady_clock::now();
+    const Edit a = old_session.compute(reqs);
+    t.old_s = seconds_since(t0);
+    old_session.set_reference_path(false);
+    new_session.set_reference_path(false);
+    t0 = std::chrono::steady_clock::now();
+    const Edit b = new_session.compute(reqs);
+    t.new_s = seconds_since(t0);
+    t.diff = delta_difference(a, b);
+    return t;
+}
+
+void print_compare(const std::string& label, const PathTimes& t, double per, const std::string& unit) {
+    std::cout << "  " << std::left << std::setw(30) << label << std::right << std::fixed << std::setprecision(2) << "old " << std::setw(8)
+              << t.old_s / per << " s" << unit << "   new " << std::setw(7) << t.new_s / per << " s" << unit << "   x" << std::setprecision(1)
+              << t.old_s / std::max(t.new_s, 1e-9) << "   dW relative difference " << std::scientific << std::setprecision(1) << t.diff
+              << std::fixed << "\n";
+}
+
+std::vector<EditRequest> first_requests(const eval::Dataset& ds, int64_t n) {
+    std::vector<EditRequest> reqs;
+    for (int64_t i = 0; i < n; ++i) reqs.push_back(eval::requests_of(ds.cases.at(static_cast<size_t>(i))).at(0));
+    return reqs;
+}
+
+}  // namespace
+
 int cmd_bench_edit(const Argv& argv) {
     Args args(argv, command_spec("bench edit"));
     const int64_t n_rome = args.integer("rome-edits", 3, 1), n_memit = args.integer("memit-batch", 100, 1);
+    const int64_t n_compare = args.integer("compare-batch", 10, 0);
     // A random-weight model of GPT-2-small shape reading the Fact World vocabulary (so requests
-    // tokenize), with C computed from the demo corpus before timing starts.
+    // tokenize), with C computed from the demo corpus before timing starts. "old" is the reference
+    // path (EditSession::set_reference_path), timed in the same run on the same requests; it is slow,
+    // so the batch methods compare on --compare-batch requests and time the new path alone on
+    // --memit-batch.
     const fs::path demo = demo_resource_dir("factworld");
     HParams hp = gpt2_small_hparams();
     auto model = Model::random(Arch::Gpt2, hp, 7);
     model->set_tokenizer(load_tokenizer(demo));
     eval::DatasetOptions dopt;
-    dopt.limit = std::max(n_rome, n_memit);
+    dopt.limit = std::max({n_rome, n_memit, n_compare});
     const eval::Dataset ds = eval::load_dataset(demo / "counterfact.json", dopt);
     std::cout << "bench edit: random GPT-2-small-shaped model (" << std::fixed << std::setprecision(1) << double(model->parameter_count()) / 1e6
-              << " M parameters), " << at::get_num_threads() << " threads\n";
+              << " M parameters), " << at::get_num_threads()
+              << " threads; old = per-request targets over the whole model and LU solves, new = the default path, same run\n";
     StatsOptions so;
     so.corpus = demo / "corpus.txt";
     so.n_samples = 2000;
     so.use_cache = false;
 
-    EditHParams rome = default_edit_hparams(model_shape(*model), EditMethod::Rome, false);
-    EditSession rs(*model, rome, so);
-    auto t0 = std::chrono::steady_clock::now();
-    rs.stats(rome.layers[0]);
-    rs.context_templates();
-    const double setup_rome = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::vector<EditRequest> reqs;
-    for (int64_t i = 0; i < n_rome; ++i) reqs.push_back(eval::requests_of(ds.cases[static_cast<size_t>(i)]).at(0));
-    t0 = std::chrono::steady_clock::now();
-    Edit e = rs.compute(reqs);
-    const double rome_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(n_rome);
-    std::cout << "  ROME  (layer " << rome.layers[0] << ")          " << std::setprecision(2) << rome_s << " s per edit (mean of " << n_rome
-              << "; C and templates beforehand: " << setup_rome << " s)\n";
+    {
+        EditHParams rome = default_edit_hparams(model_shape(*model), EditMethod::Rome, false);
+        EditSession rs(*model, rome, so);
+        const auto t0 = std::chrono::steady_clock::now();
+        rs.stats(rome.layers[0]);
+        rs.context_templates();
+        const double setup = seconds_since(t0);
+        const PathTimes t = compare_paths(rs, rs, first_requests(ds, n_rome));
+        print_compare("ROME (layer " + std::to_string(rome.layers[0]) + ")", t, double(n_rome), "/edit");
+        std::cout << "      mean of " << n_rome << " edits in sequence; C and templates beforehand: " << std::setprecision(2) << setup << " s\n";
+    }
+    for (EditMethod method : {EditMethod::Memit, EditMethod::AlphaEdit}) {
+        const EditHParams hpm = default_edit_hparams(model_shape(*model), method, false);
+        const std::string name = method == EditMethod::Memit ? "MEMIT" : "AlphaEdit";
+        const std::string layers = "layers " + std::to_string(hpm.layers.front()) + "-" + std::to_string(hpm.layers.back());
+        // AlphaEdit keeps sequential state, so its old and new paths each start from a fresh session.
+        EditSession s_new(*model, hpm, so);
+        std::unique_ptr<EditSession> s_old;
+        if (method == EditMethod::AlphaEdit) s_old = std::make_unique<EditSession>(*model, hpm, so);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (EditSession* s : {&s_new, s_old.get()}) {
+            if (!s) continue;
+            for (int l : hpm.layers) s->stats(l);
+            if (method == EditMethod::AlphaEdit)
+                for (int l : hpm.layers) s->null_space_projection(l);
+            s->context_templates();
+        }
+        const double setup = seconds_since(t0);
+        if (n_compare > 0) {
+            const PathTimes t = compare_paths(s_old ? *s_old : s_new, s_new, first_requests(ds, n_compare));
+            print_compare(name + " (" + layers + "), batch " + std::to_string(n_compare), t, 1.0, "");
+        }
+        const auto t1 = std::chrono::steady_clock::now();
+        s_new.compute(first_requests(ds, n_memit));
+        const double new_s = seconds_since(t1);
+        std::cout << "  " << std::left << std::setw(30) << (name + ", batch " + std::to_string(n_memit)) << std::right << "new " << std::setprecision(2)
+                  << new_s << " s (" << new_s / double(n_memit) << " s per edit; C" << (method == EditMethod::AlphaEdit ? ", P" : "")
+                  << " and templates beforehand: " << setup << " s)\n";
+    }
 
-    EditHParams memit = default_edit_hparams(model_shape(*model), EditMethod::Memit, false);
-    EditSession ms(*model, memit, so);
-    t0 = std::chrono::steady_clock::now();
-    for (int l : memit.layers) ms.stats(l);
-    ms.context_templates();
-    const double setup_memit = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    reqs.clear();
-    for (int64_t i = 0; i < n_memit; ++i) reqs.push_back(eval::requests_of(ds.cases[static_cast<size_t>(i)]).at(0));
-    t0 = std::chrono::steady_clock::now();
-    Edit me = ms.compute(reqs);
-    const double memit_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::cout << "  MEMIT (layers " << memit.layers.front() << "-" << memit.layers.back() << ")       " << memit_s << " s per batch of " << n_memit
-              << " (" << memit_s / double(n_memit) << " s per edit; C beforehand: " << setup_memit << " s)\n";
+    // The demo model, where op overhead rather than arithmetic sets the pace.
+    {
+        auto fw = Model::load(demo);
+        const EditHParams rome = default_edit_hparams(model_shape(*fw), EditMethod::Rome, false);
+        EditSession rs(*fw, rome);
+        rs.stats(rome.layers[0]);
+        rs.context_templates();
+        const std::vector<EditRequest> one = first_requests(ds, 1);
+        rs.compute(one);  // warm-up
+        const PathTimes t = compare_paths(rs, rs, one);
+        std::cout << "Fact World demo model (" << std::setprecision(2) << double(fw->parameter_count()) / 1e6 << " M parameters):\n";
+        print_compare("ROME (layer " + std::to_string(rome.layers[0]) + "), one edit", t, 1.0, "");
+        const int threads = at::get_num_threads();
+        for (int n : {1, 2}) {
+            at::set_num_threads(n);
+            const auto t0 = std::chrono::steady_clock::now();
+            rs.compute(one);
+            std::cout << "      new path with " << n << " intra-op thread" << (n > 1 ? "s" : " ") << ": " << std::setprecision(3) << seconds_since(t0)
+                      << " s\n";
+        }
+        at::set_num_threads(threads);
+    }
     return 0;
 }
 

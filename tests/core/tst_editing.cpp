@@ -196,6 +196,45 @@ private Q_SLOTS:
         QVERIFY2(wins >= 5, qPrintable(QString("AlphaEdit succeeded on %1 of 10").arg(wins)));
     }
 
+    void fastPathMatchesReference_data() {
+        QTest::addColumn<int>("method");
+        QTest::addColumn<bool>("blue");
+        QTest::addColumn<int>("n");
+        QTest::newRow("rome, two in sequence") << int(EditMethod::Rome) << false << 2;
+        QTest::newRow("memit") << int(EditMethod::Memit) << false << 6;
+        QTest::newRow("alphaedit") << int(EditMethod::AlphaEdit) << false << 6;
+        QTest::newRow("memit_seq") << int(EditMethod::MemitSeq) << false << 4;
+        QTest::newRow("pmet") << int(EditMethod::Pmet) << false << 4;
+        QTest::newRow("memit+blue") << int(EditMethod::Memit) << true << 4;
+    }
+    void fastPathMatchesReference() {
+        // The batched target optimisation and the Cholesky solves change where and how often the
+        // arithmetic runs, not the arithmetic: the same hparams, templates and C give the reference
+        // path's weight changes within float rounding.
+        QFETCH(int, method);
+        QFETCH(bool, blue);
+        QFETCH(int, n);
+        auto m = load();
+        const EditHParams hp = hparams(*m, EditMethod(method), blue);
+        const std::vector<EditRequest> reqs = requests(n, 20);
+        EditSession ref(*m, hp), fast(*m, hp);
+        ref.set_reference_path(true);
+        const Edit a = ref.compute(reqs), b = fast.compute(reqs);
+        QCOMPARE(b.deltas.size(), a.deltas.size());
+        // Relative to the edit's largest weight change: BLUE's second target can start satisfied,
+        // leaving a change at its layer that is float rounding itself.
+        double scale = 0;
+        for (const Delta& d : a.deltas) scale = std::max(scale, d.u.mm(d.v.t()).norm().item<double>());
+        QVERIFY(scale > 0);
+        for (size_t i = 0; i < a.deltas.size(); ++i) {
+            QCOMPARE(b.deltas[i].tensor, a.deltas[i].tensor);
+            const at::Tensor wa = a.deltas[i].u.mm(a.deltas[i].v.t()), wb = b.deltas[i].u.mm(b.deltas[i].v.t());
+            const double rel = (wb - wa).norm().item<double>() / scale;
+            qInfo("%s: delta %zu (|dW| %.3g) differs by %.3g of the largest", QTest::currentDataTag(), i, wa.norm().item<double>(), rel);
+            QVERIFY2(rel <= 1e-5, qPrintable(QString("delta %1 differs by %2").arg(i).arg(rel)));
+        }
+    }
+
     void blueTouchesExactlyTwoLayers_data() {
         QTest::addColumn<int>("method");
         QTest::newRow("memit") << int(EditMethod::Memit);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "engram/checkpoint.h"
+#include "engram/error.h"
 #include "engram/model.h"
 #include "test_util.h"
 
@@ -25,6 +26,8 @@ private Q_SLOTS:
     void kvCacheMatchesFullForward_data();
     void kvCacheMatchesFullForward();
     void lastLogitsOnlyMatchesFull();
+    void partialRunMatchesFull_data();
+    void partialRunMatchesFull();
     void hookReplacementIsCausal();
     void headOutFeedsAttnOut();
     void mlpKeyFeedsMlpOut();
@@ -42,6 +45,16 @@ struct Case {
     int n_layer;
 };
 const Case kDecoders[] = {{"gpt2-tiny", 3}, {"gpt2-tiny-bf16", 3}, {"gptj-tiny", 3}, {"llama-tiny", 3}, {"qwen2-tiny-fp16", 2}};
+}  // namespace
+
+namespace {
+// The fixture's right-padded batch: [2, 12] ids and their mask.
+ForwardInput padded_input(const Checkpoint& golden) {
+    ForwardInput in;
+    in.input_ids = golden.tensor("padded.input_ids").clone();
+    in.attention_mask = golden.tensor("padded.attention_mask").clone();
+    return in;
+}
 }  // namespace
 
 void TestModels::matchesReference_data() {
@@ -98,9 +111,7 @@ void TestModels::paddedBatchMatchesReference() {
     c10::InferenceMode guard;
     auto model = Model::load(reference_dir(dir.toStdString()));
     Checkpoint golden = Checkpoint::open_file(reference_dir(dir.toStdString()) / "golden.safetensors");
-    ForwardInput in;
-    in.input_ids = golden.tensor("padded.input_ids").clone();
-    in.attention_mask = golden.tensor("padded.attention_mask").clone();
+    ForwardInput in = padded_input(golden);
     at::Tensor logits = model->forward(in).logits;
     at::Tensor mask = in.attention_mask.to(at::kBool);
     QVERIFY(mask.sum().item<int64_t>() < mask.numel());  // the fixture really has padding
@@ -137,9 +148,7 @@ void TestModels::lastLogitsOnlyMatchesFull() {
     c10::InferenceMode guard;
     auto model = Model::load(reference_dir("llama-tiny"));
     Checkpoint golden = Checkpoint::open_file(reference_dir("llama-tiny") / "golden.safetensors");
-    ForwardInput in;
-    in.input_ids = golden.tensor("padded.input_ids").clone();
-    in.attention_mask = golden.tensor("padded.attention_mask").clone();
+    ForwardInput in = padded_input(golden);
     at::Tensor full = model->forward(in).logits;
     in.last_logits_only = true;
     at::Tensor last = model->forward(in).logits;  // [2, V]
@@ -148,6 +157,87 @@ void TestModels::lastLogitsOnlyMatchesFull() {
     QVERIFY(len1 < 12);
     QVERIFY(max_abs_diff(last[0], full[0][11]) <= 1e-6);
     QVERIFY(max_abs_diff(last[1], full[1][len1 - 1]) <= 1e-6);
+}
+
+void TestModels::partialRunMatchesFull_data() { paddedBatchMatchesReference_data(); }
+
+void TestModels::partialRunMatchesFull() {
+    // Stopping below a layer and resuming there from the captured residual, with logits at chosen
+    // positions only, gives the full pass's logits at those positions.
+    QFETCH(QString, dir);
+    c10::InferenceMode guard;
+    auto model = Model::load(reference_dir(dir.toStdString()));
+    Checkpoint golden = Checkpoint::open_file(reference_dir(dir.toStdString()) / "golden.safetensors");
+    ForwardInput in = padded_input(golden);
+    const at::Tensor full = model->forward(in).logits;  // [B, T, V]
+    const int64_t T = full.size(1), n_layer = model->hparams().n_layer;
+    const at::Tensor rows = at::tensor(std::vector<int64_t>{0, 1, 1}, at::kLong), pos = at::tensor(std::vector<int64_t>{T - 1, 0, 3}, at::kLong);
+    for (int64_t start = 0; start <= n_layer; ++start) {
+        Hooks below;
+        if (start == 0)
+            below.capture(Site::Embed, 0);
+        else
+            below.capture(Site::BlockOut, static_cast<int>(start - 1));
+        ForwardInput head = in;
+        head.stop_layer = static_cast<int>(start);
+        QVERIFY(!model->forward(head, &below).logits.defined() || start == n_layer);
+        ForwardInput tail = in;
+        tail.residual = start == 0 ? below.captured(Site::Embed, 0) : below.captured(Site::BlockOut, static_cast<int>(start - 1));
+        tail.start_layer = static_cast<int>(start);
+        tail.logit_index = rows * T + pos;
+        const at::Tensor part = model->forward(tail).logits;  // [3, V]
+        QCOMPARE(part.size(0), int64_t{3});
+        const double d = max_abs_diff(part, full.index({rows, pos}));
+        QVERIFY2(d <= 1e-5, qPrintable(QString("from layer %1: logits differ by %2").arg(start).arg(d)));
+    }
+    // Resuming each row at its own position after a prefix held in the cache (the editing methods'
+    // target optimisation): rows split at 3 and 5, the suffix positions given per row.
+    {
+        const int start = 1;
+        Hooks below;
+        below.capture(Site::BlockOut, start - 1);
+        ForwardInput head = in;
+        head.stop_layer = start;
+        model->forward(head, &below);
+        const at::Tensor residual = below.captured(Site::BlockOut, start - 1);  // [B, T, n_embd]
+        KvCache kv;
+        ForwardInput up = in;
+        up.residual = residual;
+        up.start_layer = start;
+        model->forward(up, nullptr, &kv);
+        const std::vector<int64_t> split = {3, 5};
+        const int64_t P = 5, W = T - 3, B = 2;
+        at::Tensor pos = at::zeros({B, W}, at::kLong), mask = at::zeros({B, P + W}, at::kLong);
+        for (int64_t r = 0; r < B; ++r) {
+            const int64_t len = in.attention_mask[r].sum().item<int64_t>();
+            for (int64_t t = 0; t < split[size_t(r)]; ++t) mask[r][t] = 1;
+            for (int64_t j = 0; j < W; ++j) {
+                pos[r][j] = std::min(split[size_t(r)] + j, T - 1);
+                mask[r][P + j] = split[size_t(r)] + j < len ? 1 : 0;
+            }
+        }
+        KvCache prefix;
+        prefix.k.resize(kv.k.size());
+        prefix.v.resize(kv.v.size());
+        for (size_t l = start; l < kv.k.size(); ++l) {
+            prefix.k[l] = kv.k[l].narrow(2, 0, P);
+            prefix.v[l] = kv.v[l].narrow(2, 0, P);
+        }
+        ForwardInput tail;
+        tail.input_ids = in.input_ids.gather(1, pos);
+        tail.attention_mask = mask;
+        tail.position_ids = pos;
+        tail.residual = residual.gather(1, pos.unsqueeze(2).expand({B, W, residual.size(2)}));
+        tail.start_layer = start;
+        const at::Tensor part = model->forward(tail, nullptr, &prefix).logits;  // [B, W, V]
+        const at::Tensor valid = mask.narrow(1, P, W).to(at::kBool);
+        const at::Tensor expected = full.index({at::arange(B).unsqueeze(1).expand({B, W}), pos});
+        const double d = max_abs_diff(part.index({valid}), expected.index({valid}));
+        QVERIFY2(d <= 1e-5, qPrintable(QString("resumed after per-row prefixes: logits differ by %1").arg(d)));
+    }
+    ForwardInput bad = in;
+    bad.start_layer = 1;
+    QVERIFY_THROWS_EXCEPTION(Error, model->forward(bad));  // a start layer needs its residual
 }
 
 void TestModels::hookReplacementIsCausal() {

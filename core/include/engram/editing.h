@@ -149,6 +149,10 @@ public:
     const EditHParams& hparams() const { return hp_; }
     void set_progress(std::function<void(const EditProgress&)> progress) { progress_ = std::move(progress); }
     void set_cancel_flag(const std::atomic<bool>* cancel) { cancel_ = cancel; }
+    // The reference computation: one target optimisation per request over the whole model with
+    // full-vocabulary logits, and LU solves. Slower; the same edit within float rounding. Kept so a
+    // test and `bench edit` can check and time the default path against it.
+    void set_reference_path(bool on) { reference_ = on; }
 
     // Computes one edit for a batch of requests (ROME: one request at a time, each on the model the
     // previous one left). The model is changed while computing and restored before returning, so
@@ -172,13 +176,17 @@ private:
     StatsOptions stats_options_;
     std::function<void(const EditProgress&)> progress_;
     const std::atomic<bool>* cancel_ = nullptr;
+    bool reference_ = false;
     std::optional<std::vector<std::vector<std::string>>> templates_;
     std::map<int, LayerStats> stats_;
     std::map<int, at::Tensor> projection_;  // [n_ff, n_ff] f64
     std::map<int, at::Tensor> cache_c_;     // [n_ff, n_ff] f64
+    std::map<int, at::Tensor> c_factor_;    // [n_ff, n_ff] f64: C's Cholesky factor (undefined where C is not positive definite)
+    std::map<int, at::Tensor> null_basis_;  // [n_ff, k] f64: AlphaEdit's P = U U^T
 
     void report(const std::string& stage, int64_t done, int64_t total) const;
     void check_cancel() const;
+    at::Tensor solve_c(int layer, const at::Tensor& rhs);  // C^-1 rhs
     Edit compute_rome(const std::vector<EditRequest>& requests);
     Edit compute_memit_family(const std::vector<EditRequest>& requests);
     Edit compute_ft(const std::vector<EditRequest>& requests);

@@ -89,16 +89,33 @@ struct ForwardInput {
     at::Tensor attention_mask;  // [B, T] or [B, n_past + T]; 1 = token, 0 = right padding. Optional.
     at::Tensor pixel_values;    // [B, C, H, W] float (ViT)
     bool last_logits_only = false;  // logits only at each row's last unmasked position: [B, n_vocab]
+    // Partial runs (the editing methods' target optimisation). With `residual` ([B, T, n_embd], the
+    // residual stream entering layer start_layer) the pass starts there instead of the embeddings
+    // (input_ids then only give the shape). A stop_layer in [0, n_layer) stops before that layer and
+    // returns no logits (the hooks of the layers run still fire). `logit_index` ([N] int64, flat
+    // row * T + position) computes the logits at those positions only: [N, n_vocab].
+    // `position_ids` ([B, T] int64) gives each new token's position where rows differ (rows resumed
+    // after prefixes of different lengths held in a KvCache); default n_past + t.
+    int start_layer = 0;
+    at::Tensor residual;
+    at::Tensor position_ids;
+    int stop_layer = -1;
+    at::Tensor logit_index;
 };
 
 struct ForwardOutput {
     at::Tensor logits;  // [B, T, n_vocab], or [B, n_vocab] with last_logits_only, or [B, n_labels] (ViT)
 };
 
-// Keys/values of earlier positions, per layer, for incremental decoding.
+// Keys/values of earlier positions, per layer, for incremental decoding (and for resuming at a
+// later layer: layers below it may be left undefined).
 struct KvCache {
     std::vector<at::Tensor> k, v;  // per layer: [B, n_head_kv, n_past, head_dim]
-    int64_t n_past() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+    int64_t n_past() const {
+        for (const at::Tensor& t : k)
+            if (t.defined()) return t.size(2);
+        return 0;
+    }
 };
 
 class Model {

@@ -32,6 +32,9 @@ struct Adam {
     at::Tensor m1, m2;  // shaped like the parameter
     int64_t steps = 0;
     void step(at::Tensor& param, double lr);  // uses param.grad(); call under NoGradGuard
+    // The same update for the rows `rows` of a [n, dim] parameter, each row at its `steps`-th step
+    // (the other rows and their moments are left as they are).
+    void step_rows(at::Tensor& param, const at::Tensor& rows, int64_t steps, double lr);
 };
 
 // Rows for every template (flattened) of a request, at fact_token.
@@ -44,16 +47,23 @@ at::Tensor read_at_lookup(const Model& model, const std::vector<Row>& rows, Site
 std::vector<std::string> flatten(const std::vector<std::vector<std::string>>& groups);
 
 // Target optimisation at one or more sites of one layer (compute_v / compute_z; PMET optimises the
-// attention and MLP outputs jointly). Returns one result per site; `pmet` switches on PMET's loss.
+// attention and MLP outputs jointly). `pmet` switches on PMET's loss. A unit is the requests that
+// share one target: one request, or MEMIT-Merge's requests on one subject (the rewriting rows of
+// every request in one loss, each row's NLL averaged over its own target's tokens).
 struct SiteTargets {
     std::vector<at::Tensor> target, init;  // per site: [n_embd] float32
     TargetResult summary;
 };
-SiteTargets optimize_targets(const Model& model, const EditRequest& request, int layer, const std::vector<Site>& sites,
-                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
-// One target for several requests on the same subject (MEMIT-Merge): the rewriting rows of every
-// request in one loss, each row's NLL averaged over its own target's tokens.
-SiteTargets optimize_targets(const Model& model, const std::vector<EditRequest>& requests, int layer, const std::vector<Site>& sites,
-                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
+// All units at once: one forward and backward per step over every unit's rows, run from the edited
+// layer up on the cached residual below it, with logits only where the loss reads them. Each unit
+// keeps its own delta, Adam state, clamp and early stop (a stopped unit is frozen and leaves the
+// batch). The arithmetic is the reference's; one result per unit.
+std::vector<SiteTargets> optimize_targets(const Model& model, const std::vector<std::vector<EditRequest>>& units, int layer,
+                                          const std::vector<Site>& sites, const std::vector<std::string>& templates,
+                                          const EditHParams& hp, bool pmet);
+// The reference: one unit over the whole model, full-vocabulary logits at every position. Kept as
+// the baseline the batched path is checked and timed against (EditSession::set_reference_path).
+SiteTargets optimize_targets_reference(const Model& model, const std::vector<EditRequest>& unit, int layer, const std::vector<Site>& sites,
+                                       const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
 
 }  // namespace engram::editing

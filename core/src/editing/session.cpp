@@ -48,6 +48,14 @@ Delta low_rank_delta(const Model& model, int layer, const at::Tensor& u, const a
     return d;
 }
 
+// Solves A X = B for a symmetric positive definite A by Cholesky (half the work of LU); an A that
+// is not numerically positive definite is solved by LU as before.
+at::Tensor spd_solve(const at::Tensor& A, const at::Tensor& B) {
+    auto [L, info] = at::linalg_cholesky_ex(A);
+    if (info.item<int64_t>() != 0) return at::linalg_solve(A, B);
+    return at::cholesky_solve(B, L);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -108,7 +116,18 @@ const at::Tensor& EditSession::null_space_projection(int layer) {
     auto [evals, evecs] = at::linalg_eigh(c);
     at::Tensor keep = evals < hp_.nullspace_threshold;
     at::Tensor u = evecs.index({at::indexing::Slice(), keep});  // [n_ff, k]
+    null_basis_[layer] = u;
     return projection_.emplace(layer, u.mm(u.t())).first->second;
+}
+
+at::Tensor EditSession::solve_c(int layer, const at::Tensor& rhs) {
+    const at::Tensor& c = stats(layer).mom2;
+    auto it = c_factor_.find(layer);
+    if (it == c_factor_.end()) {
+        auto [L, info] = at::linalg_cholesky_ex(c);
+        it = c_factor_.emplace(layer, info.item<int64_t>() == 0 ? L : at::Tensor()).first;
+    }
+    return it->second.defined() ? at::cholesky_solve(rhs, it->second) : at::linalg_solve(c, rhs);
 }
 
 void EditSession::absorb_history(const std::vector<Edit>& applied) {
@@ -172,9 +191,11 @@ Edit EditSession::compute_rome(const std::vector<EditRequest>& requests) {
         at::Tensor keys = editing::read_at_lookup(model_, rows, Site::MlpKey, layer).to(at::kDouble);  // [n_t, n_ff]
         at::Tensor kbar = keys.mean(0);
         at::Tensor u = kbar;
-        if (hp_.mom2_adjustment) u = at::linalg_solve(stats(layer).mom2, kbar.unsqueeze(1)).squeeze(1);
+        if (hp_.mom2_adjustment)
+            u = (reference_ ? at::linalg_solve(stats(layer).mom2, kbar.unsqueeze(1)) : solve_c(layer, kbar.unsqueeze(1))).squeeze(1);
         u = u / u.norm();
-        editing::SiteTargets v = editing::optimize_targets(model_, r, layer, {Site::MlpOut}, templates, hp_, false);
+        editing::SiteTargets v = reference_ ? editing::optimize_targets_reference(model_, {r}, layer, {Site::MlpOut}, templates, hp_, false)
+                                            : std::move(editing::optimize_targets(model_, {{r}}, layer, {Site::MlpOut}, templates, hp_, false).at(0));
         at::Tensor vstar = v.target[0].to(at::kDouble);
         at::Tensor k, vcur;
         if (hp_.rrome_fix) {
@@ -250,13 +271,26 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
     }
     auto compute_zs = [&](int z_layer) {
         std::vector<at::Tensor> zs(static_cast<size_t>(n));
-        int64_t done = 0;
+        std::vector<std::vector<EditRequest>> units;
         for (const auto& group : target_groups) {
+            units.emplace_back();
+            for (int64_t i : group) units.back().push_back(requests[static_cast<size_t>(i)]);
+        }
+        std::vector<editing::SiteTargets> targets;
+        if (!reference_) {
             check_cancel();
-            report("target", done, n);
-            std::vector<EditRequest> reqs;
-            for (int64_t i : group) reqs.push_back(requests[static_cast<size_t>(i)]);
-            editing::SiteTargets t = editing::optimize_targets(model_, reqs, z_layer, z_sites, flat, hp_, pmet);
+            report("target", 0, n);
+            targets = editing::optimize_targets(model_, units, z_layer, z_sites, flat, hp_, pmet);
+        }
+        int64_t done = 0;
+        for (size_t u = 0; u < target_groups.size(); ++u) {
+            const auto& group = target_groups[u];
+            if (reference_) {
+                check_cancel();
+                report("target", done, n);
+                targets.push_back(editing::optimize_targets_reference(model_, units[u], z_layer, z_sites, flat, hp_, pmet));
+            }
+            const editing::SiteTargets& t = targets[u];
             for (int64_t i : group) {
                 zs[static_cast<size_t>(i)] = t.target.back().to(at::kDouble);  // the block output, or PMET's MLP output
                 z_info.push_back({{"request", i}, {"layer", z_layer}, {"target_prob_before", t.summary.prob_first},
@@ -287,14 +321,24 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         at::Tensor V;  // [n_ff, n]: the delta is R V^T
         if (alpha) {
             const at::Tensor& P = null_space_projection(l);
-            const int64_t m = K.size(0);
-            at::Tensor cache = cache_c_.count(l) ? cache_c_[l] : at::zeros({m, m}, at::kDouble);
-            at::Tensor A = P.mm(K.mm(K.t()) + cache) + hp_.L2 * at::eye(m, at::kDouble);
-            V = at::linalg_solve(A, P.mm(K));
+            const at::Tensor& U = null_basis_.at(l);  // [n_ff, k]
+            const int64_t m = K.size(0), k = U.size(1);
+            at::Tensor M = K.mm(K.t());  // [n_ff, n_ff]
+            if (cache_c_.count(l)) M = M + cache_c_[l];
+            // (P M + L2 I) V = P K. Its solution lies in P's range (L2 V = P (K - M V)), so with
+            // P = U U^T it is V = U Y where (U^T M U + L2 I) Y = U^T K: symmetric positive definite
+            // and k x k. Used where that is less work than P M and LU.
+            const double reduced = double(m) * m * k + double(m) * k * k + double(k) * k * k / 3, full = double(m) * m * m * 5 / 3;
+            if (reference_ || k == 0 || reduced >= full) {
+                V = at::linalg_solve(P.mm(M) + hp_.L2 * at::eye(m, at::kDouble), P.mm(K));
+            } else {
+                const at::Tensor Ut = U.t();
+                V = U.mm(spd_solve(Ut.mm(M.mm(U)) + hp_.L2 * at::eye(k, at::kDouble), Ut.mm(K)));
+            }
         } else {
             at::Tensor A = hp_.mom2_update_weight * stats(l).mom2 + K.mm(K.t());
             if (method == EditMethod::MemitSeq && cache_c_.count(l)) A = A + cache_c_[l];
-            V = at::linalg_solve(A, K);
+            V = reference_ ? at::linalg_solve(A, K) : spd_solve(A, K);
         }
         Delta d = low_rank_delta(model_, l, R, V);
         apply_delta(model_, d);

@@ -55,6 +55,23 @@ void Adam::step(at::Tensor& param, double lr) {
     param.addcdiv_(m1, (m2.sqrt() / std::sqrt(bc2)).add_(eps), -lr / bc1);
 }
 
+void Adam::step_rows(at::Tensor& param, const at::Tensor& rows, int64_t steps, double lr) {
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    if (!m1.defined()) {
+        m1 = at::zeros_like(param);
+        m2 = at::zeros_like(param);
+    }
+    const double bc1 = 1.0 - std::pow(b1, steps), bc2 = 1.0 - std::pow(b2, steps);
+    const at::Tensor g = param.grad().index_select(0, rows);
+    at::Tensor a = m1.index_select(0, rows), b = m2.index_select(0, rows), p = param.index_select(0, rows);
+    a.mul_(b1).add_(g, 1.0 - b1);
+    b.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    p.addcdiv_(a, (b.sqrt() / std::sqrt(bc2)).add_(eps), -lr / bc1);
+    m1.index_copy_(0, rows, a);
+    m2.index_copy_(0, rows, b);
+    param.index_copy_(0, rows, p);
+}
+
 std::vector<std::string> flatten(const std::vector<std::vector<std::string>>& groups) {
     std::vector<std::string> flat;
     for (const auto& g : groups) flat.insert(flat.end(), g.begin(), g.end());
@@ -89,13 +106,8 @@ at::Tensor read_at_lookup(const Model& model, const std::vector<Row>& rows, Site
     return v.index({rows_i, pos_i}).to(at::kCPU).to(at::kFloat).clone();
 }
 
-SiteTargets optimize_targets(const Model& model, const EditRequest& request, int layer, const std::vector<Site>& sites,
-                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet) {
-    return optimize_targets(model, std::vector<EditRequest>{request}, layer, sites, templates, hp, pmet);
-}
-
-SiteTargets optimize_targets(const Model& model, const std::vector<EditRequest>& requests, int layer, const std::vector<Site>& sites,
-                             const std::vector<std::string>& templates, const EditHParams& hp, bool pmet) {
+SiteTargets optimize_targets_reference(const Model& model, const std::vector<EditRequest>& requests, int layer, const std::vector<Site>& sites,
+                                       const std::vector<std::string>& templates, const EditHParams& hp, bool pmet) {
     const Tokenizer& tok = *model.tokenizer();
     if (requests.empty()) throw Error(ErrorKind::Argument, "target optimisation needs a request");
     for (const EditRequest& r : requests)
@@ -235,7 +247,7 @@ TargetResult compute_target(const Model& model, const EditRequest& request, int 
                             const std::vector<std::string>& templates, const EditHParams& hp) {
     validate_request(model, request);
     const Site s = site == TargetSite::MlpOut ? Site::MlpOut : Site::BlockOut;
-    return editing::optimize_targets(model, request, layer, {s}, templates, hp, false).summary;
+    return editing::optimize_targets(model, {{request}}, layer, {s}, templates, hp, false).at(0).summary;
 }
 
 at::Tensor mean_keys(const Model& model, const std::vector<EditRequest>& requests, int layer,

@@ -42,12 +42,14 @@ ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
     if (n_past + T > hp.n_ctx)
         throw Error(ErrorKind::Argument, "sequence of " + std::to_string(n_past + T) + " tokens exceeds n_positions " + std::to_string(hp.n_ctx));
     const auto& g = m.globals;
-    at::Tensor pos = at::arange(n_past, n_past + T, ids.options());
-    at::Tensor h = at::embedding(g[size_t(Slot::TokEmbd)], ids) + at::embedding(g[size_t(Slot::PosEmbd)], pos);  // [B, T, n_embd]
-    hook(hooks, Site::Embed, 0, h);
+    const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
+    at::Tensor h = layers::start_residual(in, hooks, [&] {
+        at::Tensor pos = in.position_ids.defined() ? in.position_ids.to(m.device()) : at::arange(n_past, n_past + T, ids.options());
+        return at::embedding(g[size_t(Slot::TokEmbd)], ids) + at::embedding(g[size_t(Slot::PosEmbd)], pos);
+    });  // [B, T, n_embd]
     at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, 0, h.options());
 
-    for (int il = 0; il < hp.n_layer; ++il) {
+    for (int il = range.begin; il < range.end; ++il) {
         const SlotTensors& L = m.layers[il];
         auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
 
@@ -70,6 +72,7 @@ ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
         h = h + mlp_out;
         hook(hooks, Site::BlockOut, il, h);
     }
+    if (!range.logits) return {};
     h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
     return {layers::project_logits(h, in, g[size_t(Slot::Output)], at::Tensor())};
 }

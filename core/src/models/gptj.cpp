@@ -42,12 +42,12 @@ ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
     const at::Tensor ids = in.input_ids.to(m.device());
     const int64_t B = ids.size(0), T = ids.size(1), n_past = layers::past_length(cache);
     const auto& g = m.globals;
-    at::Tensor h = at::embedding(g[size_t(Slot::TokEmbd)], ids);  // [B, T, n_embd]
-    hook(hooks, Site::Embed, 0, h);
+    const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
+    at::Tensor h = layers::start_residual(in, hooks, [&] { return at::embedding(g[size_t(Slot::TokEmbd)], ids); });  // [B, T, n_embd]
     at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, 0, h.options());
-    layers::Rotary rot = layers::rotary_tables(hp, hp.rotary_dim, n_past, T, h.options());
+    layers::Rotary rot = layers::rotary_tables(hp, hp.rotary_dim, n_past, T, h.options(), in.position_ids);
 
-    for (int il = 0; il < hp.n_layer; ++il) {
+    for (int il = range.begin; il < range.end; ++il) {
         const SlotTensors& L = m.layers[il];
         auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
 
@@ -69,6 +69,7 @@ ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
         h = h + attn_out + mlp_out;
         hook(hooks, Site::BlockOut, il, h);
     }
+    if (!range.logits) return {};
     h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
     return {layers::project_logits(h, in, g[size_t(Slot::Output)], g[size_t(Slot::OutputB)])};
 }

@@ -52,7 +52,8 @@ at::Tensor attention_bias(int64_t batch, int64_t t_new, int64_t n_past, const at
     return at::where(allowed_b, at::zeros({}, options), at::full({}, neg, options));
 }
 
-Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int64_t t_new, const at::TensorOptions& options) {
+Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int64_t t_new, const at::TensorOptions& options,
+                     const at::Tensor& position_ids) {
     // Frequencies in fp64 on the CPU first, then cast, so every device sees the same tables.
     auto f64 = at::TensorOptions().dtype(at::kDouble);
     at::Tensor inv_freq = 1.0 / at::pow(hp.rope_theta, at::arange(0, rotary_dim, 2, f64) / static_cast<double>(rotary_dim));
@@ -71,15 +72,24 @@ Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int6
     }
     // HF computes the angles in fp32 from fp32 inv_freq; match that to stay within 1e-6.
     at::Tensor inv32 = inv_freq.to(at::kFloat);
-    at::Tensor pos = at::arange(n_past, n_past + t_new, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor angles = at::outer(pos, inv32);  // [T, rotary_dim/2]
+    at::Tensor angles;  // [T, rotary_dim/2] or [B, T, rotary_dim/2]: the same products either way
+    if (position_ids.defined()) {
+        angles = position_ids.to(at::kCPU).to(at::kFloat).unsqueeze(-1) * inv32;
+    } else {
+        at::Tensor pos = at::arange(n_past, n_past + t_new, at::TensorOptions().dtype(at::kFloat));
+        angles = at::outer(pos, inv32);
+    }
     return Rotary{angles.cos().to(options), angles.sin().to(options)};
 }
 
 at::Tensor apply_rope_half(const at::Tensor& x, const Rotary& rot) {
     const int64_t rd = rot.cos.size(-1) * 2;
-    at::Tensor cos = at::cat({rot.cos, rot.cos}, -1);  // [T, rd]
+    at::Tensor cos = at::cat({rot.cos, rot.cos}, -1);  // [T, rd] or, per row, [B, 1, T, rd]
     at::Tensor sin = at::cat({rot.sin, rot.sin}, -1);
+    if (cos.dim() == 3) {
+        cos = cos.unsqueeze(1);
+        sin = sin.unsqueeze(1);
+    }
     at::Tensor xr = x.narrow(-1, 0, rd);
     at::Tensor x1 = xr.narrow(-1, 0, rd / 2), x2 = xr.narrow(-1, rd / 2, rd / 2);
     at::Tensor rotated = xr * cos + at::cat({-x2, x1}, -1) * sin;
@@ -90,8 +100,9 @@ at::Tensor apply_rope_half(const at::Tensor& x, const Rotary& rot) {
 at::Tensor apply_rope_interleaved(const at::Tensor& x, const Rotary& rot) {
     const int64_t rd = rot.cos.size(-1) * 2;
     // [T, rd] with each frequency repeated for its pair, broadcast over [B, T, H, rd].
-    at::Tensor cos = rot.cos.repeat_interleave(2, -1).unsqueeze(1);
-    at::Tensor sin = rot.sin.repeat_interleave(2, -1).unsqueeze(1);
+    const int64_t head_dim = rot.cos.dim() == 3 ? 2 : 1;  // [T, 1, rd] or, per row, [B, T, 1, rd]
+    at::Tensor cos = rot.cos.repeat_interleave(2, -1).unsqueeze(head_dim);
+    at::Tensor sin = rot.sin.repeat_interleave(2, -1).unsqueeze(head_dim);
     at::Tensor xr = x.narrow(-1, 0, rd);
     at::Tensor even = xr.slice(-1, 0, rd, 2), odd = xr.slice(-1, 1, rd, 2);
     at::Tensor rotate_pairs = at::stack({-odd, even}, -1).flatten(-2);
@@ -136,9 +147,41 @@ std::pair<at::Tensor, at::Tensor> update_cache(KvCache* cache, int layer, int64_
 
 int64_t past_length(const KvCache* cache) { return cache ? cache->n_past() : 0; }
 
+LayerRange layer_range(const ForwardInput& input, int64_t n_layer, int64_t batch, int64_t t_new, int64_t n_embd) {
+    LayerRange r;
+    r.end = static_cast<int>(n_layer);
+    const at::Tensor& pos = input.position_ids;
+    if (pos.defined() && (pos.dim() != 2 || pos.size(0) != batch || pos.size(1) != t_new))
+        throw Error(ErrorKind::Argument, "position_ids must be [batch, positions]");
+    if (input.residual.defined()) {
+        if (input.start_layer < 0 || input.start_layer > n_layer)
+            throw Error(ErrorKind::Argument, "start_layer " + std::to_string(input.start_layer) + " is outside the model's " +
+                                                 std::to_string(n_layer) + " layers");
+        if (input.residual.dim() != 3 || input.residual.size(0) != batch || input.residual.size(1) != t_new || input.residual.size(2) != n_embd)
+            throw Error(ErrorKind::Argument, "the starting residual must be [batch, positions, n_embd]");
+        r.begin = input.start_layer;
+    } else if (input.start_layer != 0) {
+        throw Error(ErrorKind::Argument, "start_layer needs the residual entering that layer");
+    }
+    if (input.stop_layer >= 0 && input.stop_layer < n_layer) {
+        r.end = input.stop_layer;
+        r.logits = false;
+    }
+    return r;
+}
+
+at::Tensor start_residual(const ForwardInput& input, Hooks* hooks, const std::function<at::Tensor()>& embed) {
+    if (input.residual.defined()) return input.residual;
+    at::Tensor h = embed();
+    hook(hooks, Site::Embed, 0, h);
+    return h;
+}
+
 at::Tensor project_logits(const at::Tensor& h, const ForwardInput& input, const at::Tensor& out_w, const at::Tensor& out_b) {
     at::Tensor x = h;
-    if (input.last_logits_only) {
+    if (input.logit_index.defined()) {
+        x = h.reshape({h.size(0) * h.size(1), h.size(2)}).index_select(0, input.logit_index.to(h.device()));  // [N, n_embd]
+    } else if (input.last_logits_only) {
         const int64_t B = h.size(0), T = h.size(1);
         at::Tensor last;
         if (input.attention_mask.defined() && input.attention_mask.size(1) == T)

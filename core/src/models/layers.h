@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include "engram/hooks.h"
 #include "engram/model.h"
 
@@ -19,11 +21,13 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
 at::Tensor attention_bias(int64_t batch, int64_t t_new, int64_t n_past, const at::Tensor& attention_mask,
                           bool causal, int64_t window, const at::TensorOptions& options);
 
-// Rotary tables for positions [n_past, n_past + T): cos/sin [T, rotary_dim/2].
+// Rotary tables for positions [n_past, n_past + T): cos/sin [T, rotary_dim/2]; with position_ids
+// ([B, T], ForwardInput::position_ids) per row: [B, T, rotary_dim/2].
 struct Rotary {
     at::Tensor cos, sin;
 };
-Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int64_t t_new, const at::TensorOptions& options);
+Rotary rotary_tables(const HParams& hp, int64_t rotary_dim, int64_t n_past, int64_t t_new, const at::TensorOptions& options,
+                     const at::Tensor& position_ids = {});
 // LLaMA layout: x [B, H, T, hd], the first rotary_dim dims rotated in two halves.
 at::Tensor apply_rope_half(const at::Tensor& x, const Rotary& rot);
 // GPT-J layout: x [B, T, H, hd], the first rotary_dim dims rotated in interleaved pairs.
@@ -38,7 +42,19 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 // Appends the new keys/values to the cache (when there is one) and returns the full k, v.
 std::pair<at::Tensor, at::Tensor> update_cache(KvCache* cache, int layer, int64_t n_layer, at::Tensor k, at::Tensor v);
 
-// Logits from the final hidden states h [B, T, n_embd]: all positions, or each row's last real one.
+// Where a forward pass starts and stops (ForwardInput::residual/start_layer/stop_layer), checked.
+struct LayerRange {
+    int begin = 0, end = 0;
+    bool logits = true;  // false when the pass stops before the last layer
+};
+LayerRange layer_range(const ForwardInput& input, int64_t n_layer, int64_t batch, int64_t t_new, int64_t n_embd);
+
+// The residual a pass starts from: ForwardInput::residual when it resumes at a later layer, else
+// embed() (then seen by the Site::Embed hook).
+at::Tensor start_residual(const ForwardInput& input, Hooks* hooks, const std::function<at::Tensor()>& embed);
+
+// Logits from the final hidden states h [B, T, n_embd]: all positions, each row's last real one, or
+// the positions of input.logit_index.
 at::Tensor project_logits(const at::Tensor& h, const ForwardInput& input, const at::Tensor& out_w, const at::Tensor& out_b);
 
 // [B, T] positions of the new tokens.
