@@ -259,6 +259,7 @@ int cmd_eval(const Argv& argv) {
     if (auto p = args.get("perplexity-file")) so.perplexity_file = *p;
     so.restore_between = args.flag("single");
     so.distinct_subjects = args.flag("distinct-subjects");
+    so.baseline = std::make_shared<eval::Baseline>();  // the pre-edit metrics once for every method
     // Consistency (RS): ROME's attribute_snippets.json and tfidf files when given; the Fact World
     // demo model brings its own (its world's snippets, a TF-IDF fitted on its corpus).
     if (args.get("snippets") || args.get("tfidf")) {

@@ -390,6 +390,31 @@ private Q_SLOTS:
         QVERIFY(!same_residual(separate));
     }
 
+    void baselineMeasuredOncePerState() {
+        // The pre-edit measurements are shared by the runs of one evaluation while the model is in the
+        // state they were measured on, and measured again on any other state.
+        auto m = load();
+        eval::DatasetOptions o;
+        o.limit = 4;
+        const eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
+        eval::SequentialOptions so;
+        so.fluency_cases = so.unedited_cases = 0;
+        so.edits = so.batch = 2;
+        so.baseline = std::make_shared<eval::Baseline>();
+        const eval::SequentialResult first = eval::run_sequential(*m, ds, hparams(*m, EditMethod::Memit), {}, so);
+        QCOMPARE(so.baseline->edits, int64_t(2));
+        QCOMPARE(so.baseline->summary.es, first.pre.es);
+        // Left edited: its "pre" is the edited model's, where the edited facts now hold.
+        const eval::SequentialResult second = eval::run_sequential(*m, ds, hparams(*m, EditMethod::Memit), {}, so);
+        QVERIFY2(second.pre.es > first.pre.es, qPrintable(QString("pre ES %1 then %2").arg(first.pre.es).arg(second.pre.es)));
+        // Back on the base: a baseline recorded for this state is taken as it stands.
+        m->restore_all_base();
+        so.baseline->state_hash = state_hash(*m);
+        so.baseline->edits = 2;
+        so.baseline->summary.es = -1;
+        QCOMPARE(eval::run_sequential(*m, ds, hparams(*m, EditMethod::Memit), {}, so).pre.es, -1.0);
+    }
+
     void distinctSubjectsSkipsRepeats() {
         // MCF-style selection: a case whose subject was already chosen is passed over, counted, and
         // the next case takes its place; too few distinct subjects is a clear error.

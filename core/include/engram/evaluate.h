@@ -95,6 +95,17 @@ std::vector<EditRequest> requests_of(const EditCase& c);
 // batches of B without restoring, all evaluated after the last batch, and optionally at
 // checkpoints along the way (curves).
 
+// The measurements of the model before any edit (PreEdit and its summary), which no method changes:
+// one `eval` over several methods computes them once. run_sequential fills it on first use and
+// reuses it while the model's state (state_hash) and the number of edited cases are the ones it was
+// filled for; share it only between runs with the same dataset and options.
+struct Baseline {
+    std::string state_hash;
+    int64_t edits = -1;  // -1: not filled
+    PreEdit pre;
+    Summary summary;
+};
+
 struct SequentialOptions {
     int64_t edits = 1000;             // T
     int64_t batch = 100;              // B
@@ -115,6 +126,9 @@ struct SequentialOptions {
     // Consistency (RS) is measured with the fluency generations when both are given.
     std::shared_ptr<const AttributeSnippets> snippets;
     std::shared_ptr<const Tfidf> tfidf;
+    // The pre-edit measurements shared by the runs of one evaluation (see Baseline); null: measured
+    // by every run.
+    std::shared_ptr<Baseline> baseline;
 };
 
 struct EvalProgress {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <set>
 
+#include "engram/edit.h"
 #include "engram/error.h"
 #include "engram/evaluate.h"
 #include "engram/model.h"
@@ -88,9 +89,17 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
 
     auto t_eval = std::chrono::steady_clock::now();
     report("pre", 0, 1);
-    const PreEdit pre = record_pre_edit(model, cases);
-    res.pre = summarize(score_cases(model, cases, pre));
-    general(res.pre);
+    PreEdit pre;
+    const std::string hash = o.baseline ? state_hash(model) : std::string();
+    if (o.baseline && o.baseline->edits == T && o.baseline->state_hash == hash) {
+        pre = o.baseline->pre;
+        res.pre = o.baseline->summary;
+    } else {
+        pre = record_pre_edit(model, cases);
+        res.pre = summarize(score_cases(model, cases, pre));
+        general(res.pre);
+        if (o.baseline) *o.baseline = {hash, T, pre, res.pre};
+    }
     res.eval_seconds += since(t_eval);
 
     EditSession session(model, hparams, stats);
