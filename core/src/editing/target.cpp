@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "editing/internal.h"
@@ -236,6 +237,420 @@ SiteTargets optimize_targets_reference(const Model& model, const std::vector<Edi
     }
     sum.init = out.init[0];
     sum.target = out.target[0];
+    return out;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Batched target optimisation (specs/locate_then_edit.md §1.6): the reference's loss, Adam and clamp
+// (optimize_targets_reference above), run for every unit of a batch at once and only where
+// the result can change. The residual below the edited layer is computed once; each step runs the
+// layers above it, and the vocabulary projection only at the target positions and the KL rows' last
+// position. Units are independent: each has its own delta, Adam state, clamp and early stop, and
+// the summed loss gives each delta exactly its own unit's gradient.
+
+
+namespace {
+
+// One unit's rows: its rewriting rows (request-major, template-minor, each template(prompt) +
+// target[:-1]) and then its KL row "{} is a", in the reference's order.
+struct UnitRows {
+    std::vector<Row> rows;
+    std::vector<std::vector<int64_t>> targets;  // per rewriting row
+};
+
+UnitRows unit_rows(const Tokenizer& tok, const std::vector<EditRequest>& unit, const std::vector<std::string>& templates,
+                   const EditHParams& hp) {
+    if (unit.empty()) throw Error(ErrorKind::Argument, "target optimisation needs a request");
+    UnitRows u;
+    for (const EditRequest& r : unit) {
+        if (r.subject != unit[0].subject)
+            throw Error(ErrorKind::Internal, "one target for several requests needs one subject, got \"" + unit[0].subject + "\" and \"" + r.subject + "\"");
+        const std::vector<int64_t> target = target_ids(tok, r.target_new);
+        for (const std::string& t : templates) {
+            LocatedPrompt p = locate_subject(tok, t, r.prompt, r.subject);
+            Row row{p.ids, lookup_index(p, hp.fact_token)};
+            row.ids.insert(row.ids.end(), target.begin(), target.end() - 1);
+            u.rows.push_back(std::move(row));
+            u.targets.push_back(target);
+        }
+    }
+    LocatedPrompt p = locate_subject(tok, "{}", "{} is a", unit[0].subject);
+    u.rows.push_back({p.ids, lookup_index(p, hp.fact_token)});
+    return u;
+}
+
+int64_t max_length(const UnitRows& u) {
+    int64_t t = 0;
+    for (const Row& r : u.rows) t = std::max<int64_t>(t, static_cast<int64_t>(r.ids.size()));
+    return t;
+}
+
+// [n, m] int64 indices (padding 0) and their float mask, from ragged lists.
+std::pair<at::Tensor, at::Tensor> padded(const std::vector<std::vector<int64_t>>& lists, c10::Device dev) {
+    int64_t m = 1;
+    for (const auto& l : lists) m = std::max<int64_t>(m, static_cast<int64_t>(l.size()));
+    const int64_t n = static_cast<int64_t>(lists.size());
+    at::Tensor idx = at::zeros({n, m}, at::kLong), mask = at::zeros({n, m}, at::kFloat);
+    auto ia = idx.accessor<int64_t, 2>();
+    auto ma = mask.accessor<float, 2>();
+    for (int64_t i = 0; i < n; ++i)
+        for (size_t j = 0; j < lists[static_cast<size_t>(i)].size(); ++j) {
+            ia[i][static_cast<int64_t>(j)] = lists[static_cast<size_t>(i)][j];
+            ma[i][static_cast<int64_t>(j)] = 1.0f;
+        }
+    return {idx.to(dev), mask.to(dev)};
+}
+
+at::Tensor long_tensor(const std::vector<int64_t>& v, c10::Device dev) { return at::tensor(v, at::kLong).to(dev); }
+
+// The rows, logit positions and reductions of the units still being optimised.
+struct View {
+    std::vector<int64_t> units;      // global unit indices, in order
+    at::Tensor units_t;              // [G'] the same
+    at::Tensor rows;                 // [R'] chunk rows: each unit's rewriting rows, then its KL row
+    at::Tensor row_unit;             // [R'] global unit of each row (selects its delta)
+    at::Tensor logit_index;          // [n_tok + G'] flat view row * T + position: target positions, then KL positions
+    at::Tensor tgt;                  // [n_tok] the target token scored at each target position
+    at::Tensor tok_unit;             // [n_tok] view unit of each target position
+    at::Tensor tok_slot, tok_mask;   // [Rw', max_n] the target positions of each rewriting row
+    at::Tensor tlen;                 // [Rw'] target lengths
+    at::Tensor unit_slot, unit_mask; // [G', max_rows] the rewriting rows of each unit
+    at::Tensor unit_count;           // [G'] rewriting rows per unit
+    int64_t n_tok = 0;
+    // Cached slices of the chunk's fixed tensors, over the suffix positions.
+    at::Tensor ids, mask, position_ids, lookup_mask, below, site_value;  // [R', suffix] / [R', prefix + suffix] / [R', suffix, ...]
+    KvCache prefix;  // [R', n_head_kv, prefix, head_dim] from the start layer up
+};
+
+// Each row is run from its lookup position on (the positions before it see no delta, so their keys
+// and values are computed once): a suffix of `suffix` positions after a prefix of at most `prefix`.
+struct Chunk {
+    std::vector<Row> rows;
+    std::vector<std::vector<int64_t>> targets;  // per row; empty for KL rows
+    std::vector<int64_t> first, n_rewrite;      // per unit
+    Batch batch;
+    int64_t prefix = 0, suffix = 0;
+};
+
+View make_view(const Chunk& c, const std::vector<int64_t>& active, c10::Device dev) {
+    View v;
+    v.units = active;
+    const int64_t W = c.suffix;
+    std::vector<int64_t> rows, row_unit, lidx, tgt, tok_unit, tlen, unit_count, kl_rows;
+    std::vector<std::vector<int64_t>> tok_slots, unit_slots;
+    int64_t rw = 0;
+    for (size_t k = 0; k < active.size(); ++k) {
+        const int64_t g = active[k];
+        std::vector<int64_t> mine;
+        for (int64_t i = c.first[static_cast<size_t>(g)]; i < c.first[static_cast<size_t>(g)] + c.n_rewrite[static_cast<size_t>(g)]; ++i) {
+            const int64_t r = static_cast<int64_t>(rows.size());
+            rows.push_back(i);
+            row_unit.push_back(g);
+            const std::vector<int64_t>& target = c.targets[static_cast<size_t>(i)];
+            const int64_t len = c.batch.lengths[static_cast<size_t>(i)], n = static_cast<int64_t>(target.size());
+            std::vector<int64_t> slots;
+            for (int64_t j = 0; j < n; ++j) {
+                slots.push_back(static_cast<int64_t>(lidx.size()));
+                lidx.push_back(r * W + len - n + j - c.rows[static_cast<size_t>(i)].lookup);  // the logit at p scores token p + 1
+                tgt.push_back(target[static_cast<size_t>(j)]);
+                tok_unit.push_back(static_cast<int64_t>(k));
+            }
+            tok_slots.push_back(std::move(slots));
+            tlen.push_back(n);
+            mine.push_back(rw++);
+        }
+        unit_count.push_back(static_cast<int64_t>(mine.size()));
+        unit_slots.push_back(std::move(mine));
+        const int64_t kl = c.first[static_cast<size_t>(g)] + c.n_rewrite[static_cast<size_t>(g)];
+        kl_rows.push_back(static_cast<int64_t>(rows.size()) * W);  // its lookup, the last position, starts its suffix
+        rows.push_back(kl);
+        row_unit.push_back(g);
+    }
+    v.n_tok = static_cast<int64_t>(lidx.size());
+    lidx.insert(lidx.end(), kl_rows.begin(), kl_rows.end());
+    v.units_t = long_tensor(active, dev);
+    v.rows = long_tensor(rows, dev);
+    v.row_unit = long_tensor(row_unit, dev);
+    v.logit_index = long_tensor(lidx, dev);
+    v.tgt = long_tensor(tgt, dev);
+    v.tok_unit = long_tensor(tok_unit, dev);
+    std::tie(v.tok_slot, v.tok_mask) = padded(tok_slots, dev);
+    v.tlen = at::tensor(tlen, at::kLong).to(at::kFloat).to(dev);
+    std::tie(v.unit_slot, v.unit_mask) = padded(unit_slots, dev);
+    v.unit_count = at::tensor(unit_count, at::kLong).to(at::kFloat).to(dev);
+    return v;
+}
+
+// Per row of `values` [n], the masked sum over its slots divided by `count`: [rows].
+at::Tensor slot_mean(const at::Tensor& values, const at::Tensor& slot, const at::Tensor& mask, const at::Tensor& count) {
+    return (values.index_select(0, slot.flatten()).view(slot.sizes()) * mask).sum(1) / count;
+}
+
+std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int layer, const std::vector<Site>& sites,
+                                        const EditHParams& hp, bool pmet) {
+    const c10::Device dev = model.device();
+    const int64_t G = static_cast<int64_t>(c.first.size()), R = static_cast<int64_t>(c.rows.size());
+    const int64_t T = c.batch.ids.size(1), d = model.hparams().n_embd, P = c.prefix, W = c.suffix;
+    const size_t S = sites.size();
+
+    // Once, without a delta: the pass up to the edited layer (the residual entering it and the site
+    // values), then the layers above it for the keys and values of every position. A single
+    // MLP-output or block-output site is added to the residual the layer hands on, so each step
+    // starts at the next layer; other sites (PMET's attention output feeds the MLP) start at the
+    // edited layer with hooks.
+    const bool from_next = S == 1 && (sites[0] == Site::MlpOut || sites[0] == Site::BlockOut);
+    const bool mlp_site = from_next && sites[0] == Site::MlpOut;
+    const int start = from_next ? layer + 1 : layer;
+    const bool use_prefix = P > 0 && start < model.hparams().n_layer;  // otherwise every pass runs without a cache
+    const SiteKey below_key = layer == 0 ? SiteKey{Site::Embed, 0} : SiteKey{Site::BlockOut, layer - 1};
+    at::Tensor residual_in, attn_out, block_out;  // [R, T, n_embd]
+    std::vector<at::Tensor> site_value(S);  // [R, T, n_embd]
+    KvCache kv;
+    {
+        at::NoGradGuard no_grad;
+        Hooks prep;
+        prep.capture(below_key.site, below_key.layer);
+        for (Site s : sites) prep.capture(s, layer);
+        if (mlp_site) prep.capture(Site::AttnOut, layer);
+        if (from_next) prep.capture(Site::BlockOut, layer);
+        ForwardInput in;
+        in.input_ids = c.batch.ids;
+        in.attention_mask = c.batch.mask;
+        in.stop_layer = layer + 1;
+        in.logit_index = at::zeros({0}, at::TensorOptions().dtype(at::kLong).device(dev));
+        model.forward(in, &prep);
+        residual_in = prep.captured(below_key.site, below_key.layer);
+        for (size_t s = 0; s < S; ++s) site_value[s] = prep.captured(sites[s], layer);
+        if (mlp_site) attn_out = prep.captured(Site::AttnOut, layer);
+        if (from_next) block_out = prep.captured(Site::BlockOut, layer);
+        if (use_prefix) {
+            ForwardInput up = in;
+            up.stop_layer = -1;
+            up.start_layer = start;
+            up.residual = from_next ? block_out : residual_in;
+            model.forward(up, nullptr, &kv);
+        }
+    }
+    // The suffix of each row: positions lookup .. length - 1 (padding repeats the last position).
+    at::Tensor sfx_pos = at::zeros({R, W}, at::kLong);  // [R, W]
+    at::Tensor mask = at::zeros({R, P + W}, at::kLong);  // [R, P + W]: the kept prefix, then the suffix
+    {
+        auto pa = sfx_pos.accessor<int64_t, 2>();
+        auto ma = mask.accessor<int64_t, 2>();
+        for (int64_t i = 0; i < R; ++i) {
+            const int64_t p = c.rows[static_cast<size_t>(i)].lookup, len = c.batch.lengths[static_cast<size_t>(i)];
+            for (int64_t t = 0; t < p; ++t) ma[i][t] = 1;
+            for (int64_t j = 0; j < W; ++j) {
+                pa[i][j] = std::min(p + j, T - 1);
+                ma[i][P + j] = p + j < len ? 1 : 0;
+            }
+        }
+    }
+    sfx_pos = sfx_pos.to(dev);
+    mask = mask.to(dev);
+    const at::Tensor sfx_ids = c.batch.ids.gather(1, sfx_pos);  // [R, W]
+    auto suffix_of = [&](const at::Tensor& x) { return x.gather(1, sfx_pos.unsqueeze(2).expand({R, W, x.size(2)})); };  // [R, W, dim]
+    at::Tensor lookup_mask = at::zeros({R, W, 1}, at::TensorOptions().dtype(at::kFloat).device(dev));  // [R, W, 1]: 1 at the lookup
+    lookup_mask.select(1, 0).fill_(1.0f);
+    // What the site's value is added to: the block adds the MLP output to the residual after attention
+    // (h + attn_out, the same float operation as in the forward pass).
+    const at::Tensor below = mlp_site ? suffix_of(residual_in + attn_out) : from_next ? at::Tensor() : suffix_of(residual_in);
+    const at::Tensor changed_site = from_next ? suffix_of(site_value[0]) : at::Tensor();
+
+    // The site's value at each unit's first rewriting row, before any delta: [G, n_embd] per site.
+    std::vector<at::Tensor> init(S), init_norm_sq(S);
+    std::vector<std::vector<double>> init_norm(S);
+    {
+        std::vector<int64_t> first_pos;
+        for (int64_t g = 0; g < G; ++g) first_pos.push_back(c.rows[static_cast<size_t>(c.first[static_cast<size_t>(g)])].lookup);
+        const at::Tensor fr = long_tensor(c.first, dev), fp = long_tensor(first_pos, dev);
+        for (size_t s = 0; s < S; ++s) {
+            init[s] = site_value[s].index({fr, fp}).clone();
+            const at::Tensor norms = init[s].norm(2, {1});  // [G]
+            init_norm_sq[s] = norms.pow(2);
+            const at::Tensor nc = norms.to(at::kCPU).to(at::kDouble).contiguous();
+            init_norm[s].assign(nc.data_ptr<double>(), nc.data_ptr<double>() + G);
+        }
+    }
+    residual_in = attn_out = block_out = at::Tensor();
+    site_value.clear();
+
+    std::vector<at::Tensor> delta(S);  // [G, n_embd] leaves
+    std::vector<Adam> adam(S);
+    for (size_t s = 0; s < S; ++s) delta[s] = at::zeros({G, d}, at::TensorOptions().dtype(at::kFloat).device(dev)).set_requires_grad(true);
+    std::vector<at::Tensor> drows(S);  // [R', 1, n_embd]: each row's unit's delta, this step
+    View v;
+    Hooks hooks;
+    if (!from_next)
+        for (size_t s = 0; s < S; ++s)
+            hooks.on(sites[s], layer, [&, s](at::Tensor& value) { value = value + v.lookup_mask * drows[s]; });
+
+    std::vector<SiteTargets> out(static_cast<size_t>(G));
+    std::vector<int64_t> active(static_cast<size_t>(G));
+    for (int64_t g = 0; g < G; ++g) active[static_cast<size_t>(g)] = g;
+    at::Tensor kl_init;  // [G, n_vocab]
+    for (int it = 0; it < hp.v_num_grad_steps && !active.empty(); ++it) {
+        if (v.units != active) {
+            v = make_view(c, active, dev);
+            v.ids = sfx_ids.index_select(0, v.rows);
+            v.mask = mask.index_select(0, v.rows);
+            v.position_ids = sfx_pos.index_select(0, v.rows);
+            v.lookup_mask = lookup_mask.index_select(0, v.rows);
+            if (changed_site.defined()) v.site_value = changed_site.index_select(0, v.rows);
+            if (below.defined()) v.below = below.index_select(0, v.rows);
+            v.prefix.k.assign(kv.k.size(), at::Tensor());
+            v.prefix.v.assign(kv.v.size(), at::Tensor());
+            for (size_t l = static_cast<size_t>(start); l < kv.k.size(); ++l) {
+                v.prefix.k[l] = kv.k[l].narrow(2, 0, P).index_select(0, v.rows);
+                v.prefix.v[l] = kv.v[l].narrow(2, 0, P).index_select(0, v.rows);
+            }
+        }
+        for (size_t s = 0; s < S; ++s) drows[s] = delta[s].index_select(0, v.row_unit).unsqueeze(1);
+        ForwardInput in;
+        in.input_ids = v.ids;
+        in.attention_mask = use_prefix ? v.mask : v.mask.narrow(1, P, W);
+        in.position_ids = v.position_ids;
+        in.logit_index = v.logit_index;
+        in.start_layer = start;
+        if (from_next) {
+            const at::Tensor changed = v.site_value + v.lookup_mask * drows[0];
+            in.residual = mlp_site ? v.below + changed : changed;
+        } else {
+            in.residual = v.below;
+        }
+        KvCache prefix = v.prefix;  // the pass appends the suffix's keys and values to its own copy
+        at::Tensor logits = model.forward(in, from_next ? nullptr : &hooks, use_prefix ? &prefix : nullptr).logits;  // [n_tok + G', n_vocab]
+        at::Tensor log_probs = at::log_softmax(logits.slice(0, 0, v.n_tok), 1);  // [n_tok, n_vocab]
+        at::Tensor picked = log_probs.gather(1, v.tgt.unsqueeze(1)).squeeze(1);  // [n_tok]
+        at::Tensor nll_each = -slot_mean(picked, v.tok_slot, v.tok_mask, v.tlen);  // [Rw']
+        at::Tensor nll = slot_mean(nll_each, v.unit_slot, v.unit_mask, v.unit_count);  // [G']
+        at::Tensor kl_logp = at::log_softmax(logits.slice(0, v.n_tok), 1);  // [G', n_vocab]
+        if (!kl_init.defined()) kl_init = kl_logp.detach().clone();  // every unit is active at the first step
+        at::Tensor kl = hp.kl_factor * (kl_logp.exp() * (kl_logp - kl_init.index_select(0, v.units_t))).sum(1);  // [G']
+        at::Tensor wd = at::zeros({static_cast<int64_t>(v.units.size())}, at::TensorOptions().dtype(at::kFloat).device(dev));
+        for (size_t s = 0; s < S; ++s)
+            wd = wd + hp.v_weight_decay * delta[s].index_select(0, v.units_t).norm(2, {1}) / init_norm_sq[s].index_select(0, v.units_t);
+        const int64_t Ga = static_cast<int64_t>(v.units.size());
+        std::vector<float> nll_factor(static_cast<size_t>(Ga), pmet ? static_cast<float>(hp.nll_loss_factor) : 1.0f);
+        std::vector<char> pmet_done(static_cast<size_t>(Ga), 0);
+        if (pmet) {
+            // PMET: once the target is the argmax at every target position of a unit, weaken its
+            // NLL term, and stop it when its distribution has barely moved (KL / kl_factor < 0.01).
+            const at::Tensor wrong = (log_probs.argmax(1) != v.tgt).to(at::kFloat);
+            const at::Tensor n_wrong = at::zeros({Ga}, wrong.options()).index_add_(0, v.tok_unit, wrong).to(at::kCPU);
+            const at::Tensor kl_c = kl.detach().to(at::kCPU).to(at::kDouble);
+            for (int64_t k = 0; k < Ga; ++k) {
+                if (n_wrong[k].item<float>() != 0.0f) continue;
+                nll_factor[static_cast<size_t>(k)] = static_cast<float>(hp.nll_loss_factor * 0.1);
+                if (hp.kl_factor > 0 && kl_c[k].item<double>() / hp.kl_factor < 0.01 && it > 0) pmet_done[static_cast<size_t>(k)] = 1;
+            }
+        }
+        at::Tensor loss = at::tensor(nll_factor, at::kFloat).to(dev) * nll + kl + wd;  // [G']
+        const at::Tensor prob = slot_mean(at::exp(-nll_each.detach()), v.unit_slot, v.unit_mask, v.unit_count).to(at::kCPU).to(at::kDouble);
+        const at::Tensor loss_c = loss.detach().to(at::kCPU).to(at::kDouble), nll_c = nll.detach().to(at::kCPU).to(at::kDouble);
+        const at::Tensor kl_c = kl.detach().to(at::kCPU).to(at::kDouble);
+        std::vector<int64_t> keep, keep_view;
+        for (int64_t k = 0; k < Ga; ++k) {
+            if (pmet_done[static_cast<size_t>(k)]) continue;
+            TargetResult& sum = out[static_cast<size_t>(v.units[static_cast<size_t>(k)])].summary;
+            const double loss_v = loss_c[k].item<double>();
+            if (it == 0) {
+                sum.loss_first = loss_v;
+                sum.prob_first = prob[k].item<double>();
+            }
+            sum.loss_last = loss_v;
+            sum.nll_last = nll_c[k].item<double>();
+            sum.kl_last = kl_c[k].item<double>();
+            sum.prob_last = prob[k].item<double>();
+            if (loss_v < 5e-2 || it == hp.v_num_grad_steps - 1) continue;
+            keep.push_back(v.units[static_cast<size_t>(k)]);
+            keep_view.push_back(k);
+        }
+        active = keep;
+        if (keep.empty()) break;
+        for (auto& t : delta)
+            if (t.grad().defined()) t.mutable_grad().zero_();
+        loss.index_select(0, long_tensor(keep_view, dev)).sum().backward();
+        {
+            at::NoGradGuard no_grad;
+            const at::Tensor idx = long_tensor(keep, dev);
+            for (size_t s = 0; s < S; ++s) {
+                adam[s].step_rows(delta[s], idx, it + 1, hp.v_lr);
+                const at::Tensor norms = delta[s].index_select(0, idx).norm(2, {1}).to(at::kCPU).to(at::kDouble);
+                for (size_t k = 0; k < keep.size(); ++k) {
+                    const double max_norm = hp.clamp_norm_factor * init_norm[s][static_cast<size_t>(keep[k])];
+                    const double norm = norms[static_cast<int64_t>(k)].item<double>();
+                    if (norm > max_norm) delta[s][keep[k]].mul_(max_norm / norm);
+                }
+            }
+        }
+        for (int64_t g : keep) ++out[static_cast<size_t>(g)].summary.steps;
+    }
+    for (int64_t g = 0; g < G; ++g) {
+        SiteTargets& o = out[static_cast<size_t>(g)];
+        for (size_t s = 0; s < S; ++s) {
+            o.init.push_back(init[s][g].detach().to(at::kCPU).clone());
+            o.target.push_back((init[s][g] + delta[s][g].detach()).to(at::kCPU));
+        }
+        o.summary.init = o.init[0];
+        o.summary.target = o.target[0];
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<SiteTargets> optimize_targets(const Model& model, const std::vector<std::vector<EditRequest>>& units, int layer,
+                                          const std::vector<Site>& sites, const std::vector<std::string>& templates,
+                                          const EditHParams& hp, bool pmet) {
+    const Tokenizer& tok = *model.tokenizer();
+    const HParams& mh = model.hparams();
+    std::vector<UnitRows> all;
+    all.reserve(units.size());
+    for (const auto& u : units) {
+        all.push_back(unit_rows(tok, u, templates, hp));
+        for (const Row& r : all.back().rows)
+            if (static_cast<int64_t>(r.ids.size()) > mh.n_ctx)
+                throw Error(ErrorKind::Argument, "a rewriting prompt is longer than the model's context (" + std::to_string(mh.n_ctx) +
+                                                     " tokens); shorten the context templates");
+    }
+    // Chunks of units whose tensors stay within about 1 GiB: a rough count of the floats each suffix
+    // position keeps for the backward pass in each layer run, the prefix keys and values, and the
+    // site values of the first pass.
+    const double layers_run = double(std::max<int64_t>(1, mh.n_layer - layer));
+    std::vector<SiteTargets> out;
+    size_t next = 0;
+    while (next < all.size()) {
+        Chunk c;
+        int64_t T = 0;
+        while (next < all.size()) {
+            const UnitRows& u = all[next];
+            int64_t pre = c.prefix, suf = c.suffix;
+            for (const Row& r : u.rows) {
+                pre = std::max(pre, r.lookup);
+                suf = std::max<int64_t>(suf, static_cast<int64_t>(r.ids.size()) - r.lookup);
+            }
+            const int64_t t = std::max(T, max_length(u));
+            const double rows = double(c.rows.size() + u.rows.size());
+            const double per_row = layers_run * (double(suf) * double(12 * mh.n_embd + 4 * mh.n_ff + 2 * mh.n_head * (pre + suf)) +
+                                                 4.0 * double(pre * mh.n_embd)) +
+                                   6.0 * double(t * mh.n_embd);
+            if (!c.first.empty() && 4.0 * rows * per_row > double(1ll << 30)) break;
+            T = t;
+            c.prefix = pre;
+            c.suffix = suf;
+            c.first.push_back(static_cast<int64_t>(c.rows.size()));
+            c.n_rewrite.push_back(static_cast<int64_t>(u.targets.size()));
+            c.rows.insert(c.rows.end(), u.rows.begin(), u.rows.end());
+            c.targets.insert(c.targets.end(), u.targets.begin(), u.targets.end());
+            c.targets.emplace_back();  // the KL row
+            ++next;
+        }
+        c.batch = make_batch(c.rows, model.device());
+        std::vector<SiteTargets> part = optimize_chunk(model, c, layer, sites, hp, pmet);
+        for (auto& p : part) out.push_back(std::move(p));
+    }
     return out;
 }
 
