@@ -406,6 +406,10 @@ void TestStore::revertOutOfOrder() {
     const auto ops = project->operations();
     QCOMPARE(ops.back()["op"].get<std::string>(), std::string("revert"));
     QCOMPARE(ops.back()["detail"]["dependents"].get<std::vector<int64_t>>(), dependents);
+    // Every operation names the version that wrote it: the one engram-cli --version reports.
+    const QByteArray cli_version = engram::test::cli({"--version"}).out.split(' ').value(1);
+    QVERIFY(!cli_version.isEmpty());
+    for (const auto& op : ops) QCOMPARE(op["detail"].value("engram_version", std::string()), cli_version.toStdString());
     // Reverting a reverted edit is refused; redo brings it back, in sequence order.
     QVERIFY(error_of([&] { project->revert(*model, e[0].id); }).contains("already reverted"));
     QCOMPARE(*project->redo(*model), e[0].id);

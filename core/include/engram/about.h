@@ -13,6 +13,9 @@ struct LibraryInfo {
     std::string licence;  // SPDX identifier
 };
 
+// Engram's semantic version ("0.2.0"), as recorded in the projects it writes.
+const char* engram_version();
+
 // The core's libraries (libtorch, OpenBLAS, SQLite, OpenSSL, yaml-cpp, nlohmann-json, stb_image,
 // SentencePiece); front ends add their own (Qt, QCustomPlot).
 std::vector<LibraryInfo> core_libraries();

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engram/about.h"
 #include "engram/checkpoint.h"
 #include "engram/error.h"
 #include "engram/sha256.h"
@@ -317,7 +318,10 @@ struct Project::Impl {
         st.bind(1, now_iso()).bind(2, op);
         if (edit_id) st.bind(3, *edit_id);
         else st.bind_null(3);
-        st.bind(4, detail.dump()).bind(5, state_hash).run();
+        // Every operation names the Engram version that wrote it.
+        json d = detail.is_object() ? detail : json::object();
+        d["engram_version"] = engram_version();
+        st.bind(4, d.dump()).bind(5, state_hash).run();
     }
 
     std::string head_state_hash() {

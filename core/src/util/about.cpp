@@ -24,6 +24,8 @@ std::string openblas_version() {
 
 }  // namespace
 
+const char* engram_version() { return ENGRAM_VERSION; }
+
 std::vector<LibraryInfo> core_libraries() {
     return {
         {"libtorch", TORCH_VERSION, "BSD-3-Clause"},
