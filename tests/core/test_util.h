@@ -7,7 +7,12 @@
 #include <QString>
 #include <QStringList>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
+
+#include "engram/error.h"
+#include "engram/sha256.h"
 
 namespace engram::test {
 
@@ -53,5 +58,23 @@ inline Run cli(const QStringList& args, int timeout_ms = 300000) {
 #endif
 
 inline QString q(const std::filesystem::path& p) { return QString::fromStdString(p.string()); }
+
+// SHA-256 of a file's bytes: "the file is unchanged" in one comparison.
+inline std::string file_sha(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return sha256_hex(bytes.data(), bytes.size());
+}
+
+// The engram::Error message `f` throws; empty when it throws none.
+template <typename F>
+QString error_of(F&& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return QString::fromStdString(e.what());
+    }
+    return {};
+}
 
 }  // namespace engram::test

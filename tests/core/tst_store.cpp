@@ -28,17 +28,13 @@ using engram::test::max_abs_diff;
 using engram::test::reference_dir;
 using engram::test::TempDir;
 using engram::test::cli;
+using engram::test::error_of;
+using engram::test::file_sha;
 using engram::test::q;
 using engram::test::Run;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string file_sha(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return sha256_hex(bytes.data(), bytes.size());
-}
 
 fs::path copy_model(const fs::path& src, const fs::path& dst) {
     fs::create_directories(dst);
@@ -115,16 +111,6 @@ void sqlite_exec(const fs::path& file, const char* sql) {
     QCOMPARE(sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr), SQLITE_OK);
     QCOMPARE(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
-}
-
-template <typename F>
-QString error_of(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return QString::fromStdString(e.what());
-    }
-    return {};
 }
 
 // A project with `k` synthetic edits on the given reference model, spread over layers.

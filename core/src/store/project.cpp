@@ -83,6 +83,63 @@ void verify_checksum(const std::vector<uint8_t>& bytes, const std::string& expec
                                            "); the project file is damaged");
 }
 
+std::string shape_text(const std::vector<int64_t>& shape) { return json(shape).dump(); }
+
+// The bytes a tensor of `shape` holds at `element_size` bytes per element; nullopt when a
+// dimension is negative or the count overflows.
+std::optional<uint64_t> checked_bytes(const std::vector<int64_t>& shape, uint64_t element_size) {
+    uint64_t n = element_size;
+    for (int64_t s : shape)
+        if (s < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(s), &n)) return std::nullopt;
+    return n;
+}
+
+// A project file can claim any shape; only its blobs' lengths are real. Every stored tensor is
+// checked against its blob before anything is allocated for it.
+at::Tensor stored_tensor(DType dtype, const std::vector<int64_t>& shape, const std::vector<uint8_t>& blob, const std::string& what) {
+    const auto bytes = checked_bytes(shape, dtype_size(dtype));
+    if (!bytes || *bytes != blob.size())
+        throw Error(ErrorKind::Format, what + ": the stored " + dtype_name(dtype) + " " + shape_text(shape) + " does not match its " +
+                                           std::to_string(blob.size()) + "-byte blob; the project file is damaged");
+    return tensor_from_blob(dtype, shape, blob.data(), blob.size(), what);
+}
+
+// A stored delta's claims, checked before its parts are allocated: the target shape and rank must
+// account for exactly the bytes of its blob and, when the model is at hand, name one of its
+// weights with that shape (slot orientation; a bias [n] is addressed as [n, 1]).
+void check_delta_claim(const Model* model, const std::string& tensor, DeltaKind kind, const std::vector<int64_t>& shape, DType dtype,
+                       int64_t rank, size_t blob_size, const std::string& what) {
+    if (shape.size() != 2 || shape[0] <= 0 || shape[1] <= 0)
+        throw Error(ErrorKind::Format, what + ": bad target shape " + shape_text(shape) + "; the project file is damaged");
+    if (dtype != DType::F32 && dtype != DType::F64) throw Error(ErrorKind::Format, what + ": dtype " + dtype_name(dtype) + " (F32 or F64 expected)");
+    const uint64_t es = dtype_size(dtype);
+    std::optional<uint64_t> need;
+    int64_t out_plus_in = 0;
+    switch (kind) {
+        case DeltaKind::LowRank:
+            if (rank >= 1 && !__builtin_add_overflow(shape[0], shape[1], &out_plus_in)) need = checked_bytes({out_plus_in, rank}, es);
+            break;
+        case DeltaKind::DenseRows: {
+            const auto rows = checked_bytes({rank}, 8), values = checked_bytes({rank, shape[1]}, es);
+            uint64_t sum = 0;
+            if (rows && values && !__builtin_add_overflow(*rows, *values, &sum)) need = sum;
+            break;
+        }
+        case DeltaKind::Dense: need = checked_bytes(shape, es); break;
+    }
+    if (!need || *need != blob_size)
+        throw Error(ErrorKind::Format, what + ": a " + delta_kind_name(kind) + " delta of shape " + shape_text(shape) + ", rank " +
+                                           std::to_string(rank) + " in " + dtype_name(dtype) + " does not fit its " + std::to_string(blob_size) +
+                                           "-byte blob; the project file is damaged");
+    if (!model) return;
+    auto ref = model->find_weight(tensor);
+    if (!ref) throw Error(ErrorKind::Format, what + ": " + model->arch_name() + " has no such weight");
+    const at::Tensor& w = model->weight(ref->slot, ref->layer);
+    const bool column = w.dim() == 1 && shape == std::vector<int64_t>{w.size(0), 1};
+    if (w.sizes().vec() != shape && !column)
+        throw Error(ErrorKind::Format, what + ": the delta is for shape " + shape_text(shape) + " but the weight is " + shape_text(w.sizes().vec()));
+}
+
 // The read-only attribute is honoured even for root, who could otherwise write through it.
 void refuse_read_only_file(const fs::path& file) {
     struct stat st {};
@@ -143,7 +200,8 @@ struct EditIndex {
     std::map<int64_t, int64_t> seq;                    // id -> seq
     std::map<int64_t, std::set<std::string>> touched;  // id -> tensor names
     std::map<int64_t, Basis> basis_of;                 // id -> compact basis
-    std::function<std::vector<Delta>(int64_t id, const std::set<std::string>* only)> deltas;
+    // The deltas of edit `id` (only those for `only`'s tensors when given), checked against `model`.
+    std::function<std::vector<Delta>(int64_t id, const std::set<std::string>* only, const Model& model)> deltas;
 
     std::vector<int64_t> in_order(const std::set<int64_t>& ids) const {
         std::vector<int64_t> v(ids.begin(), ids.end());
@@ -221,7 +279,7 @@ void rebuild(Model& model, const EditIndex& index, const std::set<std::string>& 
     for (int64_t id : index.in_order(active)) {
         const auto& t = index.touched.at(id);
         if (std::none_of(t.begin(), t.end(), [&](const std::string& n) { return tensors.count(n) != 0; })) continue;
-        for (const Delta& d : index.deltas(id, &tensors)) apply_delta(model, d);
+        for (const Delta& d : index.deltas(id, &tensors, model)) apply_delta(model, d);
     }
 }
 
@@ -238,7 +296,7 @@ void transition(Model& model, const EditIndex& index, const std::set<int64_t>& f
         const int64_t id = *added.begin();
         const bool last = std::all_of(from.begin(), from.end(), [&](int64_t f) { return index.seq.at(f) < index.seq.at(id); });
         if (last) {
-            for (const Delta& d : index.deltas(id, nullptr)) apply_delta(model, d);
+            for (const Delta& d : index.deltas(id, nullptr, model)) apply_delta(model, d);
             return;
         }
     }
@@ -307,6 +365,21 @@ struct Project::Impl {
             db.exec(("PRAGMA max_page_count = " + std::to_string(options.max_page_count)).c_str(), "capping the file size");
     }
 
+    // Rows that name an edit which does not exist: a file Engram wrote has none (foreign keys).
+    void check_references() {
+        // (NULL NOT IN an empty set is true in SQL, hence the explicit IS NOT NULL.)
+        sql::Statement st(db,
+                          "SELECT 'an artifact', edit_id FROM artifacts WHERE edit_id NOT IN (SELECT id FROM edits) "
+                          "UNION ALL SELECT 'the redo stack', edit_id FROM redo_stack WHERE edit_id NOT IN (SELECT id FROM edits) "
+                          "UNION ALL SELECT 'an operation', edit_id FROM operations WHERE edit_id IS NOT NULL AND edit_id NOT IN (SELECT id FROM edits) "
+                          "UNION ALL SELECT 'an evaluation', edit_id FROM evaluations WHERE edit_id IS NOT NULL AND edit_id NOT IN (SELECT id FROM edits) "
+                          "LIMIT 1");
+        if (st.step())
+            throw Error(ErrorKind::Format, where() + ": " + st.column_text(0) + " names edit " + std::to_string(st.column_int(1)) +
+                                               ", which does not exist; the project file is damaged");
+        index();  // parents, bases and deltas
+    }
+
     void load_model_record() {
         sql::Statement st(db, "SELECT path, architecture, fingerprint, stored_dtype FROM models ORDER BY id LIMIT 1");
         if (!st.step()) throw Error(ErrorKind::Format, where() + ": the project records no model");
@@ -343,7 +416,8 @@ struct Project::Impl {
         return st.step();
     }
 
-    std::vector<Delta> load_deltas(int64_t id, const std::set<std::string>* only) {
+    // `model`, when given, is the model the deltas will apply to: their claims are checked against it.
+    std::vector<Delta> load_deltas(int64_t id, const std::set<std::string>* only, const Model* model) {
         sql::Statement st(db, "SELECT tensor, kind, shape, dtype, rank, checksum, blob FROM deltas WHERE edit_id = ? ORDER BY ord");
         st.bind(1, id);
         std::vector<Delta> out;
@@ -353,10 +427,12 @@ struct Project::Impl {
             const std::string what = where() + ": edit " + std::to_string(id) + ", delta for '" + tensor + "'";
             auto kind = delta_kind_from_name(st.column_text(1));
             if (!kind) throw Error(ErrorKind::Format, what + ": unknown kind '" + st.column_text(1) + "'");
+            const std::vector<int64_t> shape = parse_shape(st.column_text(2), what);
+            const DType dtype = parse_dtype(st.column_text(3), what);
             const std::vector<uint8_t> blob = st.column_blob(6);
+            check_delta_claim(model, tensor, *kind, shape, dtype, st.column_int(4), blob.size(), what);
             verify_checksum(blob, st.column_text(5), what);
-            out.push_back(delta_from_blob(tensor, *kind, parse_shape(st.column_text(2), what), parse_dtype(st.column_text(3), what),
-                                          st.column_int(4), blob.data(), blob.size()));
+            out.push_back(delta_from_blob(tensor, *kind, shape, dtype, st.column_int(4), blob.data(), blob.size()));
         }
         return out;
     }
@@ -372,7 +448,7 @@ struct Project::Impl {
             const std::string what = where() + ": edit " + std::to_string(id) + ", artifact '" + a.name + "'";
             const std::vector<uint8_t> blob = st.column_blob(6);
             verify_checksum(blob, st.column_text(5), what);
-            a.tensor = tensor_from_blob(parse_dtype(st.column_text(2), what), parse_shape(st.column_text(3), what), blob.data(), blob.size(), what);
+            a.tensor = stored_tensor(parse_dtype(st.column_text(2), what), parse_shape(st.column_text(3), what), blob, what);
             a.meta = parse_json(st.column_text(4), what);
             out.push_back(std::move(a));
         }
@@ -412,11 +488,26 @@ struct Project::Impl {
             ix.basis_of[id].parent = edits.is_null(2) ? 0 : edits.column_int(2);
             ix.touched[id];
         }
+        // A basis names earlier edits only, so the walks over parents end. The file may say otherwise.
+        auto damaged = [&](int64_t id, const std::string& why) {
+            return Error(ErrorKind::Format, where() + ": edit " + std::to_string(id) + " " + why + "; the project file is damaged");
+        };
+        auto earlier = [&](int64_t id, int64_t other) { return ix.seq.count(other) && ix.seq.at(other) < ix.seq.at(id); };
+        for (const auto& [id, b] : ix.basis_of)
+            if (b.parent && !earlier(id, b.parent)) throw damaged(id, "names edit " + std::to_string(b.parent) + " as its parent, which is not an earlier edit");
         sql::Statement basis(db, "SELECT edit_id, basis_id, included FROM edit_basis ORDER BY edit_id, basis_id");
-        while (basis.step()) ix.basis_of.at(basis.column_int(0)).exceptions.emplace_back(basis.column_int(1), basis.column_int(2) != 0);
+        while (basis.step()) {
+            const int64_t id = basis.column_int(0), other = basis.column_int(1);
+            if (!ix.seq.count(id)) throw damaged(id, "has basis rows but does not exist");
+            if (!earlier(id, other)) throw damaged(id, "names edit " + std::to_string(other) + " in its basis, which is not an earlier edit");
+            ix.basis_of.at(id).exceptions.emplace_back(other, basis.column_int(2) != 0);
+        }
         sql::Statement st(db, "SELECT edit_id, tensor FROM deltas");
-        while (st.step()) ix.touched[st.column_int(0)].insert(st.column_text(1));
-        ix.deltas = [this](int64_t id, const std::set<std::string>* only) { return load_deltas(id, only); };
+        while (st.step()) {
+            if (!ix.seq.count(st.column_int(0))) throw damaged(st.column_int(0), "has deltas but does not exist");
+            ix.touched[st.column_int(0)].insert(st.column_text(1));
+        }
+        ix.deltas = [this](int64_t id, const std::set<std::string>* only, const Model& model) { return load_deltas(id, only, &model); };
         return ix;
     }
 
@@ -527,11 +618,10 @@ std::unique_ptr<Project> Project::open(const fs::path& file, const ProjectOption
         throw Error(ErrorKind::Io, file.string() + ": no such project file (a project is created by `engram-cli edit --db FILE --model DIR ...`)");
     if (fs::is_directory(file, ec)) throw Error(ErrorKind::Io, file.string() + ": is a folder, not a project file");
     if (!options.read_only) refuse_read_only_file(file);
-    auto impl = std::make_unique<Impl>(file, options, options.read_only ? sql::Database::Mode::ReadOnly : sql::Database::Mode::ReadWrite);
-    if (!options.read_only && impl->db.read_only())
-        throw Error(ErrorKind::Io, file.string() + ": the project file is read-only; nothing was changed");
-    // Nothing is written before these checks pass.
-    const store::SchemaState s = store::inspect(impl->db);
+    // Nothing is written before these checks pass, and they run on a read-only connection, so a
+    // refused file is not even checkpointed when it is closed.
+    auto probe = std::make_unique<sql::Database>(file, sql::Database::Mode::ReadOnly);
+    const store::SchemaState s = store::inspect(*probe);
     if (s.empty()) throw Error(ErrorKind::Format, file.string() + ": an empty file, not an Engram project");
     if (s.application_id != store::kApplicationId)
         throw Error(ErrorKind::Format, file.string() + ": an SQLite database, but not an Engram project (application_id " +
@@ -544,13 +634,19 @@ std::unique_ptr<Project> Project::open(const fs::path& file, const ProjectOption
     if (s.user_version < kProjectSchemaVersion && options.read_only)
         throw Error(ErrorKind::Format, file.string() + ": written by an older Engram (schema " + std::to_string(s.user_version) +
                                            "); open it once for writing to upgrade it");
+    store::check_schema(*probe, s.user_version);
+    probe.reset();
+    auto impl = std::make_unique<Impl>(file, options, options.read_only ? sql::Database::Mode::ReadOnly : sql::Database::Mode::ReadWrite);
+    if (!options.read_only && impl->db.read_only())
+        throw Error(ErrorKind::Io, file.string() + ": the project file is read-only; nothing was changed");
     impl->configure_connection();
     if (s.user_version < kProjectSchemaVersion) {
         sql::Transaction tx(impl->db);
-        store::run_migrations(impl->db, s.user_version);
+        store::run_migrations(impl->db, s.user_version, kProjectSchemaVersion);
         tx.commit();
     }
     impl->load_model_record();
+    impl->check_references();
     impl->seen_op = impl->last_operation();
     return std::unique_ptr<Project>(new Project(std::move(impl)));
 }
@@ -573,7 +669,7 @@ std::unique_ptr<Project> Project::create(const fs::path& file, const Model& base
     impl->configure_connection();
     {
         sql::Transaction tx(impl->db);
-        store::run_migrations(impl->db, 0);
+        store::run_migrations(impl->db, 0, kProjectSchemaVersion);
         sql::Statement st(impl->db, "INSERT INTO models (path, architecture, fingerprint, stored_dtype, added_at) VALUES (?, ?, ?, ?, ?)");
         const std::string path = base.dir().empty() ? std::string() : fs::absolute(base.dir()).lexically_normal().string();
         st.bind(1, path).bind(2, base.arch_name()).bind(3, base.fingerprint()).bind(4, dtype_name(base.stored_dtype())).bind(5, now_iso()).run();
@@ -609,6 +705,7 @@ std::unique_ptr<Model> Project::open_model(const std::optional<fs::path>& dir, c
 }
 
 std::vector<EditSummary> Project::history() const {
+    const EditIndex ix = impl_->index();  // checked first: every delta belongs to an edit
     std::vector<EditSummary> out;
     std::map<int64_t, size_t> at;
     for (Edit& e : impl_->load_edits()) {
@@ -632,7 +729,6 @@ std::vector<EditSummary> Project::history() const {
     }
     for (auto& s : out) std::sort(s.tensors.begin(), s.tensors.end());
     // Reverted edits in each basis, in one pass: each edit's set is its parent's plus exceptions.
-    const EditIndex ix = impl_->index();
     std::set<int64_t> reverted;
     for (const auto& s : out)
         if (s.edit.status == EditStatus::Reverted) reverted.insert(s.edit.id);
@@ -656,7 +752,7 @@ std::vector<EditSummary> Project::history() const {
 Edit Project::edit(int64_t id) const {
     for (Edit& e : impl_->load_edits()) {
         if (e.id != id) continue;
-        e.deltas = impl_->load_deltas(id, nullptr);
+        e.deltas = impl_->load_deltas(id, nullptr, nullptr);
         e.artifacts = impl_->load_artifacts(id);
         const EditIndex ix = impl_->index();
         e.computed_on = ix.in_order(ix.basis(id));
@@ -995,11 +1091,13 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                 const std::string dw = what + ": " + where + ", delta for '" + tensor + "'";
                 auto kind = delta_kind_from_name(field(jd, "kind", where).get<std::string>());
                 if (!kind) throw Error(ErrorKind::Format, dw + ": unknown kind");
+                const auto shape = field(jd, "shape", where).get<std::vector<int64_t>>();
+                const DType dtype = parse_dtype(field(jd, "dtype", where).get<std::string>(), dw);
+                const int64_t rank = field(jd, "rank", where).get<int64_t>();
                 const std::vector<uint8_t> blob = store::base64_decode(field(jd, "data", where).get<std::string>(), dw);
+                check_delta_claim(&model, tensor, *kind, shape, dtype, rank, blob.size(), dw);
                 verify_checksum(blob, field(jd, "sha256", where).get<std::string>(), dw);
-                e.deltas.push_back(delta_from_blob(tensor, *kind, field(jd, "shape", where).get<std::vector<int64_t>>(),
-                                                   parse_dtype(field(jd, "dtype", where).get<std::string>(), dw),
-                                                   field(jd, "rank", where).get<int64_t>(), blob.data(), blob.size()));
+                e.deltas.push_back(delta_from_blob(tensor, *kind, shape, dtype, rank, blob.data(), blob.size()));
             }
             for (const json& ja : je.value("artifacts", json::array())) {
                 Artifact a;
@@ -1009,8 +1107,8 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                 const std::string aw = what + ": " + where + ", artifact '" + a.name + "'";
                 const std::vector<uint8_t> blob = store::base64_decode(field(ja, "data", where).get<std::string>(), aw);
                 verify_checksum(blob, field(ja, "sha256", where).get<std::string>(), aw);
-                a.tensor = tensor_from_blob(parse_dtype(field(ja, "dtype", where).get<std::string>(), aw),
-                                            field(ja, "shape", where).get<std::vector<int64_t>>(), blob.data(), blob.size(), aw);
+                a.tensor = stored_tensor(parse_dtype(field(ja, "dtype", where).get<std::string>(), aw),
+                                         field(ja, "shape", where).get<std::vector<int64_t>>(), blob, aw);
                 e.artifacts.push_back(std::move(a));
             }
             edits.push_back(std::move(e));
@@ -1035,7 +1133,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                                                        " in its basis, which is not an earlier edit of the file");
             ix.basis_of[e.id] = b;
         }
-        ix.deltas = [&](int64_t id, const std::set<std::string>* only) {
+        ix.deltas = [&](int64_t id, const std::set<std::string>* only, const Model&) {
             std::vector<Delta> out;
             for (const Delta& d : by_id.at(id)->deltas)
                 if (!only || only->count(d.tensor)) out.push_back(d);
@@ -1129,7 +1227,7 @@ std::optional<at::Tensor> Project::find_trace(const std::string& state_hash_valu
         json stored = parse_json(st.column_text(4), "trace parameters");
         *summary = split_trace_summary(stored);
     }
-    return tensor_from_blob(parse_dtype(st.column_text(0), what), parse_shape(st.column_text(1), what), blob.data(), blob.size(), what);
+    return stored_tensor(parse_dtype(st.column_text(0), what), parse_shape(st.column_text(1), what), blob, what);
 }
 
 std::vector<Project::TraceEntry> Project::traces() const {

@@ -1,6 +1,9 @@
 #include "store/schema.h"
 
+#include <map>
 #include <string>
+
+#include "engram/error.h"
 
 #include "engram/store.h"
 
@@ -124,9 +127,48 @@ SchemaState inspect(sql::Database& db) {
     return s;
 }
 
-void run_migrations(sql::Database& db, int64_t from) {
+namespace {
+
+struct SchemaObject {
+    std::string type, name, table, sql;
+    bool operator==(const SchemaObject&) const = default;
+};
+
+// Every schema object by name ("sqlite_autoindex_..." included: they follow from the table text).
+std::map<std::string, SchemaObject> schema_objects(sql::Database& db) {
+    std::map<std::string, SchemaObject> out;
+    sql::Statement st(db, "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master");
+    while (st.step()) {
+        SchemaObject o{st.column_text(0), st.column_text(1), st.column_text(2), st.column_text(3)};
+        out[o.name] = std::move(o);
+    }
+    return out;
+}
+
+}  // namespace
+
+void check_schema(sql::Database& db, int64_t version) {
+    sql::Database reference(":memory:", sql::Database::Mode::Create);
+    run_migrations(reference, 0, version);
+    const auto expected = schema_objects(reference);
+    const auto actual = schema_objects(db);
+    const std::string what = db.file().string() + ": the project's schema is not Engram's";
+    for (const auto& [name, o] : actual) {
+        auto it = expected.find(name);
+        if (it == expected.end())
+            throw Error(ErrorKind::Format, what + ": it has an extra " + o.type + " '" + name + "'; nothing was changed (Engram never creates one)");
+        if (!(it->second == o))
+            throw Error(ErrorKind::Format, what + ": " + o.type + " '" + name + "' is defined differently; nothing was changed");
+    }
+    for (bool tables : {true, false})  // a missing table before the indexes it takes with it
+        for (const auto& [name, o] : expected)
+            if ((o.type == "table") == tables && !actual.count(name))
+                throw Error(ErrorKind::Format, what + ": " + o.type + " '" + name + "' is missing; the file is damaged");
+}
+
+void run_migrations(sql::Database& db, int64_t from, int64_t to) {
     for (const Migration& m : kMigrations) {
-        if (m.version <= from) continue;
+        if (m.version <= from || m.version > to) continue;
         db.exec(m.script, ("migrating the project to schema " + std::to_string(m.version)).c_str());
         db.exec(("PRAGMA user_version = " + std::to_string(m.version)).c_str(), "recording the schema version");
     }

@@ -23,7 +23,13 @@ struct SchemaState {
 // Reads the header fields; touching the file this way also detects "not a database".
 SchemaState inspect(sql::Database& db);
 
-// Runs the steps from `from` to the current version inside the caller's transaction.
-void run_migrations(sql::Database& db, int64_t from);
+// Refuses (engram::Error, Format) a file whose schema objects are not exactly those the migrations
+// create for its version: an extra trigger, view, index or table, or a table defined differently.
+// A project from someone else could otherwise carry SQL that runs when Engram writes to it.
+void check_schema(sql::Database& db, int64_t version);
+
+// Runs the steps after `from` up to `to` (kProjectSchemaVersion: the current one) inside the
+// caller's transaction.
+void run_migrations(sql::Database& db, int64_t from, int64_t to);
 
 }  // namespace engram::store

@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <utility>
+
 #include "engram/error.h"
 
 namespace engram::sql {
@@ -54,6 +56,22 @@ Database::Database(const fs::path& file, Mode mode) : file_(file) {
     }
     sqlite3_extended_result_codes(db_, 1);
     sqlite3_busy_timeout(db_, 5000);
+    // Project files are shared between people, so a file is untrusted input: ordinary SQL cannot
+    // corrupt it (defensive), functions named in its schema do not run with our privileges
+    // (trusted_schema off), no extension loads, and triggers and views, which Engram never
+    // creates, never run (store::check_schema refuses them first).
+    const std::pair<int, int> settings[] = {
+        {SQLITE_DBCONFIG_DEFENSIVE, 1},     {SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0}, {SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0},
+        {SQLITE_DBCONFIG_ENABLE_TRIGGER, 0}, {SQLITE_DBCONFIG_ENABLE_VIEW, 0},
+    };
+    for (const auto& [option, value] : settings) {
+        int now = -1;
+        if (sqlite3_db_config(db_, option, value, &now) != SQLITE_OK || now != value) {
+            sqlite3_close(db_);
+            db_ = nullptr;
+            throw Error(ErrorKind::Internal, file.string() + ": this SQLite cannot open projects safely (setting " + std::to_string(option) + " refused)");
+        }
+    }
 }
 
 Database::~Database() { sqlite3_close_v2(db_); }
