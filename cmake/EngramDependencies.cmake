@@ -8,6 +8,8 @@ find_package(OpenSSL REQUIRED COMPONENTS Crypto)
 find_package(Threads REQUIRED)
 find_package(SQLite3 REQUIRED)
 find_package(yaml-cpp REQUIRED)
+find_package(PNG REQUIRED)   # image decoding (libpng-dev)
+find_package(JPEG REQUIRED)  # image decoding (libjpeg-dev: libjpeg-turbo)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
@@ -19,7 +21,8 @@ target_include_directories(engram_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 separate_arguments(_engram_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(engram_torch INTERFACE ${_engram_torch_flags})
 
-find_path(STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb REQUIRED)
+# stb_image_write writes the demo's PNGs; images are read with libpng and libjpeg-turbo.
+find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb REQUIRED)
 
 if(ENGRAM_BUILD_QT)
   find_package(Qt6 6.2 REQUIRED COMPONENTS Core Test Widgets PrintSupport)

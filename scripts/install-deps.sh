@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread libopenblas-dev
-  nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libssl-dev libstb-dev libsqlite3-dev libyaml-cpp-dev
+  nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libssl-dev libstb-dev libpng-dev libjpeg-dev libsqlite3-dev libyaml-cpp-dev
   qt6-base-dev qt6-svg-dev libqcustomplot-dev
   clang libclang-rt-14-dev
   dpkg-dev file desktop-file-utils appstream xvfb xauth

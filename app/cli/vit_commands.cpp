@@ -73,7 +73,7 @@ std::vector<fs::path> image_files(const std::vector<std::string>& args, const ch
             for (const auto& e : fs::directory_iterator(a)) {
                 std::string ext = e.path().extension().string();
                 std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-                if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp")) found.push_back(e.path());
+                if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg")) found.push_back(e.path());
             }
             std::sort(found.begin(), found.end());
             if (found.empty()) throw Error(ErrorKind::Argument, std::string("--") + option + " " + a + ": the folder holds no PNG, JPEG or BMP images");

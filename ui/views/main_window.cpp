@@ -735,7 +735,7 @@ QWidget* MainWindow::buildVisionView() {
     connect(files, &QPushButton::clicked, this, [this] {
         if (m_busy) return;
         const QStringList chosen = QFileDialog::getOpenFileNames(this, tr("Images to classify and explain"), QString(),
-                                                                 tr("Images (*.png *.jpg *.jpeg *.bmp *.gif *.tga)"));
+                                                                 tr("Images (*.png *.jpg *.jpeg)"));
         if (!chosen.isEmpty()) loadImageFiles(chosen);
     });
     top->addWidget(new QLabel(tr("Split"), w));

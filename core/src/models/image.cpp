@@ -1,31 +1,32 @@
-// Image decoding (PNG, JPEG, BMP, GIF, TGA through Debian's stb_image) and the HF ViT image
-// processor: resize, rescale, normalise, channels first.
+// Image decoding (PNG and JPEG, image_decode.h) and the HF ViT image processor: resize, rescale,
+// normalise, channels first.
 //
 // Resizing uses bilinear (resample 2) or bicubic (resample 3) interpolation with antialiasing on
 // downscale, the closest libtorch has to PIL's filters; exact pixel agreement with PIL is not
 // promised for images that need resizing.
 #include <ATen/ATen.h>
 
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_FAILURE_USERMSG
-#include <stb_image.h>
-
-#include <memory>
+#include <system_error>
 
 #include "engram/error.h"
+#include "engram/file.h"
+#include "engram/image_decode.h"
 #include "engram/model.h"
 
 namespace engram {
 
 at::Tensor load_image(const std::filesystem::path& path, const ImagePreprocess& pre) {
-    int w = 0, h = 0, channels = 0;
-    std::unique_ptr<stbi_uc, void (*)(void*)> pixels(stbi_load(path.c_str(), &w, &h, &channels, 3), stbi_image_free);
-    if (!pixels) {
-        const char* why = stbi_failure_reason();
-        throw Error(ErrorKind::Format, path.string() + ": cannot decode image (" + (why ? why : "unknown reason") + ")");
-    }
-    at::Tensor img = at::from_blob(pixels.get(), {h, w, 3}, at::kByte).clone();  // [H, W, 3] uint8
+    // Compressed images are small; a file this large is not one, and is not read into memory.
+    constexpr uintmax_t kMaxFileBytes = 256u << 20;
+    std::error_code ec;
+    const uintmax_t bytes = std::filesystem::file_size(path, ec);
+    if (!ec && bytes > kMaxFileBytes)
+        throw Error(ErrorKind::Format, path.string() + ": " + std::to_string(bytes >> 20) + " MiB is too large for an image (256 MiB at most)");
+    const std::string file = read_file(path, "image");
+    DecodedImage decoded = decode_image(reinterpret_cast<const uint8_t*>(file.data()), file.size(), path.string());
+    at::Tensor img = at::from_blob(decoded.rgb.data(), {decoded.height, decoded.width, 3}, at::kByte).clone();  // [H, W, 3] uint8
     at::Tensor x = img.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat);         // [1, 3, H, W] in 0..255
+    const int64_t h = decoded.height, w = decoded.width;
     if (pre.do_resize && (h != pre.height || w != pre.width)) {
         const bool down = pre.height < h || pre.width < w;
         if (pre.resample == 3)
