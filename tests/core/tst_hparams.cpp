@@ -453,6 +453,19 @@ void TestHParams::fileErrors() {
     TempFile list("list.yaml", "- 1\n- 2\n");
     expect_error([&] { apply_hparams_file(hp, list.path); }, ErrorKind::Format, {"list.yaml"});
     expect_error([&] { apply_hparams_file(hp, hparams_dir() / "no-such-file.yaml"); }, ErrorKind::Io, {"no-such-file"});
+    // A value that is not UTF-8 in a key the error names: found by fuzz_hparams, it threw nlohmann's
+    // type_error past the reader; now a clear error like any other bad value.
+    TempFile not_utf8("latin1.yaml", "alg_name: MEMIT\nv_lr: \"caf\xe9\"\n");
+    expect_error([&] { apply_hparams_file(hp, not_utf8.path); }, ErrorKind::Format, {"v_lr"});
+    for (EditMethod m : {EditMethod::Rome, EditMethod::Memit, EditMethod::AlphaEdit, EditMethod::Ft}) {
+        EditHParams other = default_edit_hparams(kGpt2Xl, m, false);
+        const fs::path crash = fs::path(ENGRAM_TEST_DATA) / ".." / "fuzz" / "crashes" / "hparams-invalid-utf8-in-error";
+        QVERIFY(fs::exists(crash));
+        try {
+            apply_hparams_file(other, crash);
+        } catch (const Error&) {
+        }  // an engram::Error or success; anything else fails the test
+    }
     compare_all(hp, before);
 
     // Numbers as YAML spells them: 1e5 for an integer, 2e-2, a quoted "1e-3", layers as one number;

@@ -186,6 +186,14 @@ void TestStore::deltaBlobsRoundTrip() {
         // One byte short is a format error, not a crash.
         QVERIFY(!error_of([&] { delta_from_blob(d->tensor, d->kind, d->shape, d->dtype(), d->rank(), blob.data(), blob.size() - 1); }).isEmpty());
     }
+    // Sizes whose byte count wraps around 2^64 are refused before anything is allocated: F64 [2^61]
+    // would need 2^64 bytes (0 after wrapping), a rank of 2^61 likewise.
+    const std::vector<uint8_t> empty;
+    QVERIFY(error_of([&] { tensor_from_blob(DType::F64, {int64_t(1) << 61}, empty.data(), 0, "t"); }).contains("do not hold"));
+    const std::vector<uint8_t> small(64);
+    for (DeltaKind kind : {DeltaKind::LowRank, DeltaKind::DenseRows})
+        QVERIFY(!error_of([&] { delta_from_blob("w", kind, {int64_t(1) << 62, 2}, DType::F64, int64_t(1) << 61, small.data(), small.size()); })
+                     .isEmpty());
     Delta bad = rows;
     bad.rows = at::tensor(std::vector<int64_t>{5}, at::kLong);
     bad.values = at::zeros({1, 7});

@@ -745,7 +745,7 @@ void TestWorkbench::helpMenuAboutAndVersion() {
     QCoreApplication::setApplicationVersion(QStringLiteral("9.8.7 (commit abc)"));
     about->trigger();
     QVERIFY2(text.contains(QStringLiteral("Engram 9.8.7 (commit abc)")), qPrintable(text));
-    for (const char* lib : {"Qt", "QCustomPlot", "libtorch", "OpenBLAS", "SQLite", "OpenSSL", "yaml-cpp", "nlohmann-json", "stb_image", "SentencePiece"})
+    for (const char* lib : {"Qt", "QCustomPlot", "libtorch", "OpenBLAS", "SQLite", "OpenSSL", "yaml-cpp", "nlohmann-json", "libpng", "libjpeg-turbo", "stb_image_write", "SentencePiece"})
         QVERIFY2(text.contains(QStringLiteral("<td>%1</td>").arg(QLatin1String(lib))), lib);
     QVERIFY(text.contains(QStringLiteral("GPL-3.0-or-later")));
     QVERIFY2(!text.contains(QStringLiteral("<td></td>")), qPrintable(text));  // every version and licence known

@@ -16,8 +16,8 @@ struct LibraryInfo {
 // Engram's semantic version ("0.2.0"), as recorded in the projects it writes.
 const char* engram_version();
 
-// The core's libraries (libtorch, OpenBLAS, SQLite, OpenSSL, yaml-cpp, nlohmann-json, stb_image,
-// SentencePiece); front ends add their own (Qt, QCustomPlot).
+// The core's libraries (libtorch, OpenBLAS, SQLite, OpenSSL, yaml-cpp, nlohmann-json, libpng,
+// libjpeg-turbo, stb_image_write, SentencePiece); front ends add their own (Qt, QCustomPlot).
 std::vector<LibraryInfo> core_libraries();
 
 }  // namespace engram

@@ -281,7 +281,9 @@ at::Tensor tensor_from_blob(DType dtype, const std::vector<int64_t>& shape, cons
         if (s < 0 || (s > 0 && numel > INT64_MAX / s)) throw Error(ErrorKind::Format, what + ": bad shape " + shape_str(shape));
         numel *= s;
     }
-    if (static_cast<uint64_t>(numel) * dtype_size(dtype) != size)
+    // numel * element size can wrap around 2^64 (F64 [2^61] "fits" an empty blob): compare by division.
+    const uint64_t es = dtype_size(dtype);
+    if (size % es != 0 || static_cast<uint64_t>(numel) != size / es)
         throw Error(ErrorKind::Format, what + ": " + std::to_string(size) + " bytes do not hold " + dtype_name(dtype) + " " + shape_str(shape));
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(to_scalar_type(dtype)));
     if (size) std::memcpy(t.data_ptr(), data, size);
@@ -316,13 +318,16 @@ Delta delta_from_blob(const std::string& tensor, DeltaKind kind, const std::vect
     const size_t es = dtype_size(dtype);
     switch (kind) {
         case DeltaKind::LowRank: {
-            const size_t nu = static_cast<size_t>(shape[0] * rank) * es;
-            if (rank < 1 || size < nu) throw Error(ErrorKind::Format, what + ": blob too short for rank " + std::to_string(rank));
+            // shape[0] * rank * es must not wrap: a rank no blob of this size can hold is refused first.
+            if (rank < 1 || static_cast<uint64_t>(rank) > size / es / (static_cast<uint64_t>(shape[0]) + static_cast<uint64_t>(shape[1])))
+                throw Error(ErrorKind::Format, what + ": blob too short for rank " + std::to_string(rank));
+            const size_t nu = static_cast<size_t>(shape[0]) * static_cast<size_t>(rank) * es;
             d.u = tensor_from_blob(dtype, {shape[0], rank}, data, nu, what + " u");
             d.v = tensor_from_blob(dtype, {shape[1], rank}, data + nu, size - nu, what + " v");
             break;
         }
         case DeltaKind::DenseRows: {
+            if (static_cast<uint64_t>(rank) > size / 8) throw Error(ErrorKind::Format, what + ": blob too short for " + std::to_string(rank) + " rows");
             const size_t nr = static_cast<size_t>(rank) * 8;
             if (size < nr) throw Error(ErrorKind::Format, what + ": blob too short for " + std::to_string(rank) + " rows");
             d.rows = tensor_from_blob(DType::I64, {rank}, data, nr, what + " rows");

@@ -140,7 +140,8 @@ struct Where {
 }
 
 std::string shown(const nlohmann::json& v) {
-    std::string s = v.dump();
+    // A string from a file need not be UTF-8: shown with replacement characters, never a throw.
+    std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     return s.size() > 60 ? s.substr(0, 57) + "..." : s;
 }
 

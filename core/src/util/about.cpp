@@ -7,6 +7,11 @@
 #include <torch/csrc/api/include/torch/version.h>
 
 #include <dlfcn.h>
+#include <jconfig.h>
+#include <png.h>
+
+#define ENGRAM_STRINGIFY_(x) #x
+#define ENGRAM_STRINGIFY(x) ENGRAM_STRINGIFY_(x)
 
 namespace engram {
 
@@ -36,7 +41,9 @@ std::vector<LibraryInfo> core_libraries() {
         {"nlohmann-json", std::to_string(NLOHMANN_JSON_VERSION_MAJOR) + "." + std::to_string(NLOHMANN_JSON_VERSION_MINOR) + "." +
                               std::to_string(NLOHMANN_JSON_VERSION_PATCH),
          "MIT"},
-        {"stb_image", ENGRAM_STB_IMAGE_VERSION, "MIT OR Unlicense"},
+        {"libpng", png_get_libpng_ver(nullptr), "Libpng"},
+        {"libjpeg-turbo", ENGRAM_STRINGIFY(LIBJPEG_TURBO_VERSION), "IJG AND BSD-3-Clause AND Zlib"},
+        {"stb_image_write", ENGRAM_STB_IMAGE_VERSION, "MIT OR Unlicense"},
         {"SentencePiece", ENGRAM_SENTENCEPIECE_VERSION, "Apache-2.0"},
     };
 }
