@@ -153,6 +153,10 @@ public:
     // full-vocabulary logits, and LU solves. Slower; the same edit within float rounding. Kept so a
     // test and `bench edit` can check and time the default path against it.
     void set_reference_path(bool on) { reference_ = on; }
+    // Intra-op threads while computing an edit (restored afterwards). 0, the default: one thread for
+    // small models (n_embd <= 256), whose ops are too short to split (on a busy 2-core machine a
+    // second thread made a demo ROME edit 20x slower), else libtorch's setting.
+    void set_intra_op_threads(int n) { threads_ = n; }
 
     // Computes one edit for a batch of requests (ROME: one request at a time, each on the model the
     // previous one left). The model is changed while computing and restored before returning, so
@@ -177,6 +181,7 @@ private:
     std::function<void(const EditProgress&)> progress_;
     const std::atomic<bool>* cancel_ = nullptr;
     bool reference_ = false;
+    int threads_ = 0;
     std::optional<std::vector<std::vector<std::string>>> templates_;
     std::map<int, LayerStats> stats_;
     std::map<int, at::Tensor> projection_;  // [n_ff, n_ff] f64

@@ -2,6 +2,7 @@
 // BLUE as a switch (§4-§6b), and FT-L. Every weight change is applied through apply_delta from the
 // factors that are stored, so the bits seen while computing are the bits a replay gives.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
@@ -55,6 +56,22 @@ at::Tensor spd_solve(const at::Tensor& A, const at::Tensor& B) {
     if (info.item<int64_t>() != 0) return at::linalg_solve(A, B);
     return at::cholesky_solve(B, L);
 }
+
+// Sets libtorch's intra-op thread count for a scope (n <= 0: leaves it).
+class IntraOpThreads {
+public:
+    explicit IntraOpThreads(int n) : saved_(at::get_num_threads()) {
+        if (n > 0 && n != saved_) at::set_num_threads(n);
+    }
+    ~IntraOpThreads() {
+        if (at::get_num_threads() != saved_) at::set_num_threads(saved_);
+    }
+    IntraOpThreads(const IntraOpThreads&) = delete;
+    IntraOpThreads& operator=(const IntraOpThreads&) = delete;
+
+private:
+    int saved_;
+};
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -153,6 +170,7 @@ Edit EditSession::compute(const std::vector<EditRequest>& requests) {
             throw e.with_context("request " + std::to_string(i));
         }
     }
+    IntraOpThreads threads(threads_ != 0 ? threads_ : model_.hparams().n_embd <= 256 ? 1 : 0);
     const auto t0 = std::chrono::steady_clock::now();
     Edit e;
     switch (hp_.method) {
