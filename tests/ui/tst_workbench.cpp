@@ -501,7 +501,8 @@ void TestWorkbench::screenshotsEveryView() {
     QTemporaryDir tmp;
     QProcess p;
     p.start(QStringLiteral(ENGRAM_GUI_PATH), {QStringLiteral("--screenshot"), tmp.path()});
-    QVERIFY(p.waitForFinished(120000));
+    // A generous limit: the run traces, edits, evaluates twice and edits a ViT; a loaded CI machine is slow.
+    QVERIFY(p.waitForFinished(480000));
     QVERIFY2(p.exitStatus() == QProcess::NormalExit && p.exitCode() == 0, p.readAllStandardError().constData());
     for (const char* view : {"prompt", "trace", "edit", "history", "vision", "evaluate"}) {
         QImage img(tmp.filePath(QString::fromLatin1(view) + QStringLiteral(".png")));
