@@ -1,5 +1,5 @@
 // Editing datasets and text metrics: every layout read from real records (the public samples in
-// ../shared, the Fact World demo files) with the values they hold, the format guessed from the
+// tests/data/datasets, the Fact World demo files) with the values they hold, the format guessed from the
 // first record, malformed files refused with the file, record and field named, and ROME's n-gram
 // entropy against hand-computed values.
 #include <QtTest>

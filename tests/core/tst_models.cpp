@@ -1,5 +1,5 @@
-// Forward passes against the Hugging Face reference outputs in tests/data/reference (copied from
-// ../shared/fixtures: transformers 5.17, fp32, CPU), plus identities every forward must satisfy.
+// Forward passes against the Hugging Face reference outputs in tests/data/reference (written by
+// transformers 5.17, fp32, CPU), plus identities every forward must satisfy.
 #include <QtTest>
 
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
 // Tokenizers: every family against the reference ids in tests/data/tokenizers/tokenizer_goldens.json
-// (HF tokenizers 0.23 / sentencepiece 0.2, see /work/shared/fixtures/README.md), plus the pieces the
+// (written by HF tokenizers 0.23 / sentencepiece 0.2), plus the pieces the
 // goldens do not reach: pre-tokenizer behaviours, added-token flags, post-processors, decoders,
 // offsets, tokenizer_config.json, and malformed input, which must give engram::Error, never a crash.
 #include <QtTest>

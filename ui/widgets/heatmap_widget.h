@@ -1,5 +1,5 @@
 // A causal-trace heatmap in the ROME style (kmeng01/rome plot_trace_heatmap; see
-// shared/specs/gui_anchors.md §2): tokens as rows (first at the top, subject tokens marked with
+// docs/methods.md, "Locating: causal tracing"): tokens as rows (first at the top, subject tokens marked with
 // "*"), layers as columns, crisp cells, a ColorBrewer map per kind (Purples: hidden states, Greens:
 // MLP, Reds: attention), and a p(answer) colour bar that starts at the corrupted probability.
 //

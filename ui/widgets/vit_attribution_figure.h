@@ -1,4 +1,4 @@
-// A Vision-Transformer attention-head attribution figure (shared/specs/gui_anchors.md §7.8: a
+// A Vision-Transformer attention-head attribution figure (a
 // head x layer grid linked to an image/patch overlay). Left, the input image; middle, the direct
 // logit attribution of every head as a layer x head grid (layer 0 at the top, crisp cells) with an
 // optional MLP column beside it; right, up to four small panels, one per top head, each showing

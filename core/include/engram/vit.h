@@ -1,6 +1,6 @@
-// Vision transformers: per-head attribution and head-level editing (shared/specs/vit_editing.md).
+// Vision transformers: per-head attribution and head-level editing (docs/methods.md).
 //
-// Attribution (§5): the CLS residual before the final LayerNorm is a sum of components — the
+// Attribution: the CLS residual before the final LayerNorm is a sum of components — the
 // embedding, every head's write through its slice of the output projection, every layer's output
 // bias, every MLP. With the final LayerNorm's scale σ frozen at its actual value the norm is linear,
 // so a class logit (or a difference of two) splits exactly into one term per component plus a bias
@@ -9,13 +9,13 @@
 // patch contributes through that head at CLS; they sum to the head's score), attention rollout and
 // the attention maps.
 //
-// Editing (§1.3, "RefineViT-style": the paper's code and full text were not available, so every
+// Editing ("RefineViT-style": the paper's code and full text were not available, so every
 // choice it leaves open is a setting): rank heads by their ablation effect on the edit images,
 // select greedily until the edit images are corrected, remove the selected heads (zeroed columns of
 // the attention output projection, the bias kept, as HF's head_mask does; or their mean over
 // reference images folded into the bias), then learn a projection P on the cached final CLS
 // features and fold it into the classifier (W' = W P). Baseline: fine-tuning the fc1/fc2 weights of
-// chosen MLP layers (Where-to-Edit's FT, §3.1).
+// chosen MLP layers (Where-to-Edit's FT).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -124,7 +124,7 @@ at::Tensor ablation_effects(const Model& model, const at::Tensor& pixels, const 
 // multiplied from layer 0 upwards; the CLS row over the patches: [n_patches].
 at::Tensor attention_rollout(const std::vector<at::Tensor>& attention_of_one_image);
 
-// The diagnostic of spec §1.4: per layer, the prediction-flip rate and the mean change of
+// The attention-versus-MLP diagnostic: per layer, the prediction-flip rate and the mean change of
 // log p(label) when the layer's attention output or its MLP output is zeroed.
 struct ComponentSensitivity {
     std::vector<double> attn_flip, mlp_flip, attn_dlogp, mlp_dlogp;  // [n_layer]
@@ -201,7 +201,7 @@ FtEditResult edit_ft(Model& model, const at::Tensor& edit_pixels, const std::vec
 std::vector<int> default_ft_layers(int n_layer);
 
 // ---------------------------------------------------------------------------------------------
-// Metrics (spec §3): predictions on image sets before and after an edit.
+// Metrics: predictions on image sets before and after an edit.
 
 at::Tensor predict(const Model& model, const at::Tensor& pixels, int64_t batch = 256);  // [n] int64
 

@@ -1,6 +1,6 @@
 // Shapes World: procedural 32x32 images, rendered with 3x3 supersampling.
 //
-// Design (see ../shared/notes/demo-worlds-feasibility.md): a tiny ViT on 2 cores learns a
+// Design (measured before the world was built): a tiny ViT on 2 cores learns a
 // textured-background cue long before the shapes, so here the shapes are large and bright, the
 // backgrounds dark, and the spurious cue is a background tint plus a faint stripe pattern. The
 // classes have distinct silhouettes under any rotation.

@@ -1,5 +1,5 @@
-// Head-level ViT editing ("RefineViT-style", shared/specs/vit_editing.md §1.3) and the MLP
-// fine-tuning baseline of "Learning Where to Edit Vision Transformers" (§3.1).
+// Head-level ViT editing ("RefineViT-style"; docs/methods.md, "Vision transformers: head-level
+// editing") and the MLP fine-tuning baseline of "Learning Where to Edit Vision Transformers".
 //
 // The paper's code and full text could not be read: the head utility (exact single-head ablation
 // of the fixed-class margin by default), the aggregation (mean, ties by flips), the greedy

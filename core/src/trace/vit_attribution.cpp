@@ -1,7 +1,7 @@
 // ViT attribution: the encoder run with head interventions, direct logit attribution through the
 // final LayerNorm with σ frozen, exact single-head ablation effects, per-head patch maps, attention
-// rollout and the attention-versus-MLP sensitivity diagnostic (shared/specs/vit_editing.md §1.3,
-// §1.4, §5.1-5.3).
+// rollout and the attention-versus-MLP sensitivity diagnostic (docs/methods.md,
+// "Locating in a ViT: per-head attribution").
 #include "engram/vit.h"
 
 #include <ATen/ATen.h>
