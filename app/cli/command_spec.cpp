@@ -133,7 +133,7 @@ std::vector<CommandSpec> build() {
     // --- locate-then-edit ---
     s.push_back({"edit", "editing", "edit one fact (or a batch from a file); prints p(new) and p(old) before and after", {},
                  {model_dir(lm),
-                  {"method", "M", "rome, memit, memit_seq, alphaedit, pmet or ft, optionally +blue; synthetic (see below) (required)"},
+                  {"method", "M", "rome, memit, memit_seq, alphaedit, pmet or ft, optionally +blue; grace; synthetic (see below) (required)"},
                   {"blue", "", "BLUE: edit the boundary layers (first and last of the method's layers)"},
                   {"prompt", "P", "the prompt with {} where the subject goes, e.g. \"{} was born in\""},
                   {"subject", "S", "the subject"},

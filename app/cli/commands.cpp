@@ -89,6 +89,11 @@ int cmd_info(const Argv& argv) {
         j["hparams"]["patch_size"] = hp.patch_size;
         j["labels"] = model->labels();
     }
+    json adapters = json::array();
+    for (const auto& a : model->adapters().list())
+        adapters.push_back({{"name", a.name}, {"kind", a.kind}, {"attach", attach_module_name(a.slot)}, {"layer", a.layer},
+                            {"state", a.description}});
+    j["adapters"] = adapters;
     if (args.flag("json")) {
         std::cout << j.dump() << "\n";
         return 0;
@@ -100,6 +105,10 @@ int cmd_info(const Argv& argv) {
               << "fingerprint   " << model->fingerprint() << "\n"
               << "tokenizer     " << j["tokenizer"].get<std::string>() << "\n"
               << "hparams       " << j["hparams"].dump() << "\n";
+    for (const auto& a : adapters)
+        std::cout << "adapter       " << a["name"].get<std::string>() << " (" << a["kind"].get<std::string>() << " on layer " << a["layer"]
+                  << " " << a["attach"].get<std::string>() << ") " << a["state"].dump() << "\n";
+    if (args.has("db") && adapters.empty()) std::cout << "adapters      none\n";
     return 0;
 }
 

@@ -54,7 +54,7 @@ std::pair<EditMethod, bool> parse_method(const std::string& text, bool blue_flag
         }
     }
     auto method = edit_method_from_name(m);
-    if (!method) throw Error(ErrorKind::Argument, "--method " + text + ": expected rome, memit, memit_seq, alphaedit, pmet or ft (optionally +blue)");
+    if (!method) throw Error(ErrorKind::Argument, "--method " + text + ": expected rome, memit, memit_seq, alphaedit, pmet, ft (optionally +blue) or grace");
     return {*method, blue};
 }
 
@@ -217,7 +217,8 @@ int cmd_edit(const Argv& argv) {
         return 0;
     }
     std::cout << edit.method << " edit of " << requests.size() << " request" << (requests.size() == 1 ? "" : "s") << " on ";
-    for (size_t i = 0; i < edit.deltas.size(); ++i) std::cout << (i ? ", " : "") << edit.deltas[i].tensor;
+    const std::vector<std::string> touched = edit.touched_tensors();
+    for (size_t i = 0; i < touched.size(); ++i) std::cout << (i ? ", " : "") << touched[i];
     std::cout << " in " << std::fixed << std::setprecision(2) << edit.duration_s << " s\n";
     const size_t shown = std::min<size_t>(requests.size(), 10);
     for (size_t i = 0; i < shown; ++i) {

@@ -116,6 +116,7 @@ json summary_json(const EditSummary& s) {
             {"tensors", s.tensors},
             {"n_deltas", s.n_deltas},
             {"n_artifacts", s.n_artifacts},
+            {"n_adapter_ops", s.n_adapter_ops},
             {"blob_bytes", s.blob_bytes}};
 }
 
@@ -219,10 +220,17 @@ int show_edit(const Project& project, int64_t id, bool as_json) {
     }
     for (const Artifact& a : e.artifacts)
         artifacts.push_back({{"name", a.name}, {"kind", a.kind}, {"shape", a.tensor.sizes().vec()}, {"meta", a.meta}});
+    json ops = json::array();
+    for (const AdapterOp& op : e.adapter_ops) {
+        json tensors = json::object();
+        for (const auto& [name, t] : op.tensors) tensors[name] = {{"shape", t.sizes().vec()}, {"norm", t.to(at::kDouble).norm().item<double>()}};
+        ops.push_back({{"adapter", op.adapter}, {"kind", op.kind}, {"attach", attach_module_name(op.slot)}, {"layer", op.layer},
+                       {"op", op.op}, {"params", op.params}, {"tensors", tensors}});
+    }
     const json j = {{"id", e.id},           {"seq", e.seq},         {"created_at", e.created_at}, {"method", e.method},
                     {"status", edit_status_name(e.status)},         {"requests", e.requests},     {"hparams", e.hparams},
                     {"metrics", e.metrics}, {"duration_s", e.duration_s}, {"state_hash_after", e.state_hash_after},
-                    {"computed_on", e.computed_on}, {"deltas", deltas}, {"artifacts", artifacts}};
+                    {"computed_on", e.computed_on}, {"deltas", deltas}, {"artifacts", artifacts}, {"adapter_ops", ops}};
     if (as_json) {
         std::cout << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
         return 0;
@@ -234,6 +242,7 @@ int show_edit(const Project& project, int64_t id, bool as_json) {
               << e.state_hash_after << "\n";
     for (const auto& d : deltas) std::cout << "  delta    " << d.dump() << "\n";
     for (const auto& a : artifacts) std::cout << "  artifact " << a.dump() << "\n";
+    for (const auto& o : ops) std::cout << "  adapter  " << o.dump() << "\n";
     return 0;
 }
 
@@ -277,7 +286,10 @@ int cmd_history(const Argv& argv) {
                       << "  " << std::right << describe(e) << "\n";
             std::cout << "           touches";
             for (const auto& t : s.tensors) std::cout << " " << t;
-            std::cout << "  (" << s.blob_bytes << " bytes)\n";
+            std::cout << "  (" << s.blob_bytes << " bytes)";
+            if (e.metrics.contains("codebook_entries"))
+                std::cout << "; codebook of " << e.metrics["codebook_entries"].dump() << " entries after this edit";
+            std::cout << "\n";
             if (!s.reverted_basis.empty())
                 std::cout << "           computed on a model containing edit(s) " << join(s.reverted_basis) << ", since reverted\n";
         }

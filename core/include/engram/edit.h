@@ -26,6 +26,8 @@
 // and integers are framed as u64 little-endian lengths/values, as in the model fingerprint).
 // Tensors equal to the base contribute nothing, so hashing an edited 8B model reads only the few
 // tensors the edits touched, and the base alone hashes to state_hash_of_base(fingerprint).
+// When adapters are installed (adapter.h), the string "adapters" and AdapterSet::hash_into follow
+// the weights; without any, the hash is the weight-only hash above, so every older hash holds.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,6 +40,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engram/adapter.h"
 #include "engram/safetensors.h"
 
 namespace engram {
@@ -91,20 +94,25 @@ struct Edit {
     nlohmann::json hparams = nlohmann::json::object();
     std::vector<Delta> deltas;
     std::vector<Artifact> artifacts;
+    std::vector<AdapterOp> adapter_ops;  // applied after the deltas, in order (adapter.h)
     nlohmann::json metrics = nlohmann::json::object();
     double duration_s = 0.0;
 
-    std::vector<std::string> touched_tensors() const;  // sorted, unique
+    // Sorted, unique: the weight tensors of the deltas and "adapter:<name>" for each adapter changed.
+    std::vector<std::string> touched_tensors() const;
 };
 
-// Applies one delta / every delta of an edit to the model by the rule above. Shapes and names are
-// checked before anything changes; on error the model is left as it was.
+// Applies one delta / every delta and adapter op of an edit to the model by the rule above. Shapes
+// and names are checked before anything changes; on error the model is left as it was.
 void apply_delta(Model& model, const Delta& delta);
 void apply_edit(Model& model, const Edit& edit);
 
 // The state hash defined above, and what it is for the unedited base.
 std::string state_hash(const Model& model);
 std::string state_hash_of_base(const std::string& base_fingerprint);
+// The name touched_tensors() gives an adapter, and back ("" when `name` is a weight).
+std::string adapter_touch_name(const std::string& adapter);
+std::string adapter_of_touch_name(const std::string& name);
 
 // Serialisation of a delta's parts into one blob, as the store and history JSON keep it:
 //   LowRank:   u bytes ([out, r] row-major) then v bytes ([in, r] row-major), in dtype();

@@ -17,8 +17,8 @@
 
 namespace engram {
 
-enum class EditMethod { Rome, Memit, MemitSeq, AlphaEdit, Pmet, Ft };
-const char* edit_method_name(EditMethod method);  // "rome", "memit", "memit_seq", "alphaedit", "pmet", "ft"
+enum class EditMethod { Rome, Memit, MemitSeq, AlphaEdit, Pmet, Ft, Grace };
+const char* edit_method_name(EditMethod method);  // "rome", "memit", "memit_seq", "alphaedit", "pmet", "ft", "grace"
 // Accepts our names and the reference alg_name spellings ("ROME", "MEMIT", "AlphaEdit", "PMET", "FT", "R-ROME").
 std::optional<EditMethod> edit_method_from_name(std::string_view name);
 
@@ -74,6 +74,15 @@ struct EditHParams {
     double ft_lr = 5e-4;
     int ft_steps = 25;
     double ft_norm_constraint = 5e-4;   // L-inf bound on the change of each weight entry
+
+    // GRACE (a codebook adapter on the down-projection of layers[0]; adapter.h). Reference names:
+    // eps, edit_lr, n_iter, val_init, eps_expand, replacement.
+    double grace_eps = 1.0;                     // the radius a new entry gets (eps_init)
+    double grace_edit_lr = 1.0;                 // Adam on the entry's value
+    int grace_n_iter = 100;                     // Adam steps per edit
+    std::string grace_val_init = "cold";        // cold: U[0, 1) (seeded); warm: the layer's current output
+    std::string grace_eps_expand = "coverage";  // coverage | moving_average
+    std::string grace_replacement = "last";     // last: the prompt's last token; all: every position of the prompt
 
     nlohmann::json to_json() const;
     // Reads what to_json() wrote (and tolerates missing keys: they keep the current values).

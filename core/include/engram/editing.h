@@ -195,6 +195,7 @@ private:
     Edit compute_rome(const std::vector<EditRequest>& requests);
     Edit compute_memit_family(const std::vector<EditRequest>& requests);
     Edit compute_ft(const std::vector<EditRequest>& requests);
+    Edit compute_grace(const std::vector<EditRequest>& requests);  // editing/grace.cpp
 };
 
 }  // namespace engram

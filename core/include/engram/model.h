@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engram/adapter.h"
 #include "engram/hooks.h"
 #include "engram/safetensors.h"
 
@@ -101,6 +102,10 @@ struct ForwardInput {
     at::Tensor position_ids;
     int stop_layer = -1;
     at::Tensor logit_index;
+    // Where adapters that route once per sequence look (adapter.h): [B] int64, per row the index
+    // among this call's new positions of the last prompt token, -1 for none. Undefined: each row's
+    // last real token.
+    at::Tensor route_position;
 };
 
 struct ForwardOutput {
@@ -171,6 +176,12 @@ public:
 
     ForwardOutput forward(const ForwardInput& input, Hooks* hooks = nullptr, KvCache* cache = nullptr) const;
 
+    // The adapters installed by adapter edits (adapter.h); run inside every forward.
+    const AdapterSet& adapters() const { return adapters_; }
+    AdapterSet& adapters() { return adapters_; }
+    // Applies one adapter op, checking its attach point against this model.
+    void apply_adapter_op(const AdapterOp& op);
+
     // Internal: the family tables fill these.
     SlotTensors globals;
     std::vector<SlotTensors> layers;
@@ -192,6 +203,7 @@ private:
     std::unique_ptr<Tokenizer> tokenizer_;
     std::vector<std::string> labels_;
     ImagePreprocess preprocess_;
+    AdapterSet adapters_;
 };
 
 // The HF class names (config.json "architectures") that Model::load accepts.

@@ -18,11 +18,15 @@
 //     active edits that were computed on a model containing N are returned and logged.
 //   Touched tensors are always rebuilt from the immutable base and replayed, never subtracted.
 //
-// Schema (PRAGMA user_version 1, PRAGMA application_id 0x456E4752 "EnGR"): models, edits,
+// Schema (PRAGMA user_version 2, PRAGMA application_id 0x456E4752 "EnGR"): models, edits,
 // edit_basis (which edits each edit was computed on, stored as exceptions to "its parent and
 // everything under it", so a linear history adds no rows), deltas, artifacts, redo_stack, operations
-// (an append-only log of what was done), traces, evaluations. A file written by a newer schema is
-// refused; an older one is migrated in place, one transaction per step.
+// (an append-only log of what was done), traces, evaluations; version 2 adds adapter_ops and
+// adapter_op_tensors (adapter.h) and edits.n_adapter_ops. A file written by a newer schema is
+// refused; an older one is migrated in place, one transaction per step, and keeps its hashes.
+//
+// Adapters are part of the state like weights: "adapter:<name>" is touched by the edits that change
+// it, a rebuild removes it and replays the active edits' ops on it, and the state hash covers it.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +43,7 @@
 
 namespace engram {
 
-inline constexpr int kProjectSchemaVersion = 1;
+inline constexpr int kProjectSchemaVersion = 2;
 
 struct ProjectModel {
     std::string path;          // the base checkpoint folder as recorded (absolute)
@@ -57,8 +61,8 @@ struct ProjectOptions {
 struct EditSummary {
     Edit edit;                               // deltas and artifacts left empty
     std::vector<std::string> tensors;        // touched, sorted
-    int64_t n_deltas = 0, n_artifacts = 0;
-    int64_t blob_bytes = 0;                  // delta + artifact payload bytes
+    int64_t n_deltas = 0, n_artifacts = 0, n_adapter_ops = 0;
+    int64_t blob_bytes = 0;                  // delta + artifact + adapter tensor payload bytes
     int64_t parent_id = 0;                   // the last active edit when it was recorded (0: none)
     std::vector<int64_t> reverted_basis;     // edits it was computed on that are now reverted
 };
@@ -123,7 +127,8 @@ public:
     // active set saved before a rollback or revert, to undo it. Returns the state hash.
     std::string restore_active(Model& model, const std::vector<int64_t>& ids);
 
-    // The history as JSON (format "engram-history" v1; tensors as base64 of their blobs, with checksums).
+    // The history as JSON (format "engram-history" v2, which adds "adapter_ops" to each edit; v1 files
+    // import too; tensors as base64 of their blobs, with checksums).
     nlohmann::json export_history() const;
     // Appends a history's edits (in their order, with their status) and replays. When the project
     // was empty, every imported edit's recorded state hash must reproduce, or nothing is imported.

@@ -194,7 +194,14 @@ void Delta::validate() const {
 std::vector<std::string> Edit::touched_tensors() const {
     std::set<std::string> names;
     for (const auto& d : deltas) names.insert(d.tensor);
+    for (const auto& op : adapter_ops) names.insert(adapter_touch_name(op.adapter));
     return {names.begin(), names.end()};
+}
+
+std::string adapter_touch_name(const std::string& adapter) { return "adapter:" + adapter; }
+
+std::string adapter_of_touch_name(const std::string& name) {
+    return name.rfind("adapter:", 0) == 0 ? name.substr(8) : std::string();
 }
 
 void apply_delta(Model& model, const Delta& raw) {
@@ -229,7 +236,21 @@ void apply_edit(Model& model, const Edit& edit) {
             throw e.with_context("edit " + std::to_string(edit.id) + " (" + edit.method + ")");
         }
     }
+    // Adapter ops are checked on a copy of the installed set, which is swapped in after the deltas.
+    AdapterSet adapters = model.adapters();
+    if (!edit.adapter_ops.empty()) {
+        AdapterSet original = model.adapters();
+        try {
+            for (const AdapterOp& op : edit.adapter_ops) model.apply_adapter_op(op);
+        } catch (const Error& e) {
+            model.adapters() = original;
+            throw e.with_context("edit " + std::to_string(edit.id) + " (" + edit.method + ")");
+        }
+        adapters = model.adapters();
+        model.adapters() = original;
+    }
     for (const Delta& d : edit.deltas) apply_delta(model, d);
+    model.adapters() = adapters;
 }
 
 std::string state_hash_of_base(const std::string& base_fingerprint) {
@@ -265,6 +286,10 @@ std::string state_hash(const Model& model) {
         const size_t n = static_cast<size_t>(c.numel()) * c.element_size();
         h.update_u64(n);
         h.update(c.data_ptr(), n);
+    }
+    if (!model.adapters().empty()) {
+        h.update("adapters");
+        model.adapters().hash_into(h);
     }
     return h.hex_digest();
 }

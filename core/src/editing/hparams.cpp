@@ -38,6 +38,7 @@ struct MethodName {
 const MethodName kMethodNames[] = {
     {EditMethod::Rome, "rome"},       {EditMethod::Memit, "memit"},   {EditMethod::MemitSeq, "memit_seq"},
     {EditMethod::AlphaEdit, "alphaedit"}, {EditMethod::Pmet, "pmet"}, {EditMethod::Ft, "ft"},
+    {EditMethod::Grace, "grace"},
     {EditMethod::Rome, "r-rome"},     {EditMethod::Rome, "r_rome"},   {EditMethod::MemitSeq, "memit-seq"},
     {EditMethod::Ft, "ft-l"},         {EditMethod::Ft, "ft_l"},
 };
@@ -118,6 +119,12 @@ const Field kFields[] = {
     {"ft_lr", &EditHParams::ft_lr},
     {"ft_steps", &EditHParams::ft_steps},
     {"ft_norm_constraint", &EditHParams::ft_norm_constraint},
+    {"grace_eps", &EditHParams::grace_eps},
+    {"grace_edit_lr", &EditHParams::grace_edit_lr},
+    {"grace_n_iter", &EditHParams::grace_n_iter},
+    {"grace_val_init", &EditHParams::grace_val_init},
+    {"grace_eps_expand", &EditHParams::grace_eps_expand},
+    {"grace_replacement", &EditHParams::grace_replacement},
 };
 
 const Field* find_field(std::string_view key) {
@@ -394,6 +401,12 @@ struct WindowRow {  // a contiguous band of layers first..last
     double mom2_update_weight;  // lambda
 };
 
+struct GraceRow {  // the codebook's layer (down-projection) and Adam steps per edit
+    int layer;
+    int n_iter;
+    double eps;
+};
+
 struct ShapeRow {
     const char* family;
     int64_t n_layer;
@@ -403,6 +416,7 @@ struct ShapeRow {
     WindowRow pmet;
     double alphaedit_L2;
     double alphaedit_blue_L2;
+    GraceRow grace;
 };
 
 const ShapeRow kShapes[] = {
@@ -412,21 +426,26 @@ const ShapeRow kShapes[] = {
      {17, 4.0, 20, 0.5, 0.5, true},
      {13, 17, 0.75, 20, 0.5, 0.5, 20000},
      {13, 17, 2.0, 20, 0.5, 0.5, 10000},
-     10, 80},
+     10, 80,
+     // GRACE: layer 35, 200 steps, eps 1 (EasyEdit gpt2-xl; GRACE's own code wraps c_fc there, we
+     // wrap the down-projection of the same layer).
+     {35, 200, 1.0}},
     // GPT-J-6B: ROME/EleutherAI_gpt-j-6B.json, MEMIT/..., PMET/EleutherAI_gpt-j-6B.json (BLUE repo),
     // AlphaEdit L2 10, -blue 95.
     {"gptj", 28, 0,
      {5, 4.0, 20, 0.5, 0.5, true},
      {3, 8, 0.75, 25, 0.5, 0.5, 15000},
      {3, 8, 0.75, 25, 0.5, 0.5, 15000},
-     10, 95},
+     10, 95,
+     {25, 200, 1.0}},  // GRACE: EasyEdit gpt-j-6B, h[25].mlp.fc_out
     // Llama-3-8B(-Instruct): ROME from the AlphaEdit repo (v_wd 1e-3, 25 steps, no C^-1); MEMIT, PMET and
     // AlphaEdit from the AlphaEdit/BLUE repos (v_lr 0.1); AlphaEdit L2 10, -blue 1.
     {"llama", 32, 0,
      {5, 4.0, 25, 0.5, 1e-3, false},
      {4, 8, 0.75, 25, 0.1, 0.5, 15000},
      {4, 8, 0.75, 25, 0.1, 0.5, 15000},
-     10, 1},
+     10, 1,
+     {27, 50, 1.0}},  // GRACE: EasyEdit llama-7b, layers[27].mlp.down_proj
     // The demo Fact World model (6 layers, width 128), tuned on its counterfact.json (see README "What the
     // methods do on Fact World" and tests/core/tst_editing.cpp). Causal tracing puts the early site in
     // layers 0-1 of the subject tokens. ROME at layer 0, 40 steps: v_lr 2.0 reached ES 99 / PS 91.5 /
@@ -441,7 +460,8 @@ const ShapeRow kShapes[] = {
      {0, 4.0, 40, 2.0, 0.5, true},
      {0, 2, 4.0, 40, 1.0, 0.5, 50},
      {0, 2, 4.0, 40, 0.5, 0.5, 50},
-     3, 3},
+     3, 3,
+     {4, 100, 1.0}},  // GRACE: DEMO_GRACE_TUNING
 };
 
 const ShapeRow& row_for(const ModelShape& shape) {
@@ -530,6 +550,12 @@ EditHParams default_edit_hparams(const ModelShape& shape, EditMethod method, boo
             hp.L2 = blue ? row.alphaedit_blue_L2 : row.alphaedit_L2;
             break;
         }
+        case EditMethod::Grace:
+            hp.layers = {scale_layer(row.grace.layer, row.n_layer, n)};
+            hp.fact_token = "last";
+            hp.grace_n_iter = row.grace.n_iter;
+            hp.grace_eps = row.grace.eps;
+            break;
     }
     // BLUE edits the two boundary layers of the host method's band (a 1-layer model has no two).
     if (blue && hp.layers.size() > 2) hp.layers = {hp.layers.front(), hp.layers.back()};
@@ -556,6 +582,12 @@ const Alias kAliases[] = {
     {"num_steps", "ft_steps"},
     {"norm_constraint", "ft_norm_constraint"},
     {"enable_random_prefix_keys", "rrome_fix"},
+    {"eps", "grace_eps"},
+    {"edit_lr", "grace_edit_lr"},
+    {"n_iter", "grace_n_iter"},
+    {"val_init", "grace_val_init"},
+    {"eps_expand", "grace_eps_expand"},
+    {"replacement", "grace_replacement"},
 };
 
 // Keys that say where things live in the Python module tree, which device or dtype to use, or how the
@@ -802,7 +834,7 @@ void validate_edit_hparams(const EditHParams& hp, const ModelShape& shape) {
     for (size_t i = 1; i < hp.layers.size(); ++i)
         if (hp.layers[i] <= hp.layers[i - 1])
             invalid("layers", "must be ascending and distinct, got " + list_str(hp.layers));
-    if ((hp.method == EditMethod::Rome || hp.method == EditMethod::Ft) && hp.layers.size() != 1)
+    if ((hp.method == EditMethod::Rome || hp.method == EditMethod::Ft || hp.method == EditMethod::Grace) && hp.layers.size() != 1)
         invalid("layers", method + " edits one layer, got " + list_str(hp.layers));
     if (hp.blue) {
         if (!blue_capable(hp.method))
@@ -846,6 +878,18 @@ void validate_edit_hparams(const EditHParams& hp, const ModelShape& shape) {
     require_positive("ft_lr", hp.ft_lr);
     if (hp.ft_steps <= 0) invalid("ft_steps", "must be positive, got " + std::to_string(hp.ft_steps));
     require_positive("ft_norm_constraint", hp.ft_norm_constraint);
+
+    if (!(hp.grace_eps > 0) || !std::isfinite(hp.grace_eps))
+        invalid("grace_eps", "the deferral radius must be > 0, got " + std::to_string(hp.grace_eps));
+    require_positive("grace_edit_lr", hp.grace_edit_lr);
+    if (hp.grace_n_iter <= 0) invalid("grace_n_iter", "must be positive, got " + std::to_string(hp.grace_n_iter));
+    if (hp.grace_val_init != "cold" && hp.grace_val_init != "warm")
+        invalid("grace_val_init", "must be cold or warm, got \"" + hp.grace_val_init + "\"");
+    if (hp.grace_eps_expand != "coverage" && hp.grace_eps_expand != "moving_average")
+        invalid("grace_eps_expand", "must be coverage or moving_average, got \"" + hp.grace_eps_expand + "\"");
+    if (hp.grace_replacement != "last" && hp.grace_replacement != "all" && hp.grace_replacement != "replace_last" &&
+        hp.grace_replacement != "replace_all")
+        invalid("grace_replacement", "must be last or all (replace_last, replace_all), got \"" + hp.grace_replacement + "\"");
 }
 
 }  // namespace engram

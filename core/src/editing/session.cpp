@@ -176,15 +176,17 @@ Edit EditSession::compute(const std::vector<EditRequest>& requests) {
     switch (hp_.method) {
         case EditMethod::Rome: e = compute_rome(requests); break;
         case EditMethod::Ft: e = compute_ft(requests); break;
+        case EditMethod::Grace: e = compute_grace(requests); break;
         default: e = compute_memit_family(requests); break;
     }
     e.method = method_label(hp_);
     e.requests = nlohmann::json::array();
     for (const auto& r : requests) e.requests.push_back(r.to_json());
     EditHParams pinned = hp_;
-    if (hp_.method != EditMethod::Ft) pinned.context_templates = context_templates();
+    const bool uses_templates = hp_.method != EditMethod::Ft && hp_.method != EditMethod::Grace;
+    if (uses_templates) pinned.context_templates = context_templates();
     e.hparams = pinned.to_json();
-    if (hp_.method != EditMethod::Ft && (hp_.method != EditMethod::Rome || hp_.mom2_adjustment)) {
+    if (uses_templates && (hp_.method != EditMethod::Rome || hp_.mom2_adjustment)) {
         nlohmann::json st = nlohmann::json::array();
         for (const auto& [l, s] : stats_)
             st.push_back({{"layer", l}, {"corpus_hash", s.corpus_hash}, {"tokens", s.count}, {"documents", s.documents}});

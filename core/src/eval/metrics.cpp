@@ -66,6 +66,10 @@ std::vector<TargetScore> score_targets(const Model& model, const std::vector<std
         ForwardInput in;
         in.input_ids = b.ids;
         in.attention_mask = b.mask;
+        // Adapters route on the prompt's last token, not on the target tokens after it (adapter.h).
+        std::vector<int64_t> route;
+        for (size_t i = start; i < end; ++i) route.push_back(items[i].prompt_len - 1);
+        in.route_position = at::tensor(route, at::kLong);
         at::Tensor logp = at::log_softmax(model.forward(in).logits.to(at::kCPU).to(at::kFloat), 2);  // [B, T, V]
         at::Tensor am = logp.argmax(2).contiguous();
         logp = logp.contiguous();

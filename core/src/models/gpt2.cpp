@@ -43,6 +43,7 @@ ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
         throw Error(ErrorKind::Argument, "sequence of " + std::to_string(n_past + T) + " tokens exceeds n_positions " + std::to_string(hp.n_ctx));
     const auto& g = m.globals;
     const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
+    const at::Tensor route = layers::route_positions(m, in, B, T);
     at::Tensor h = layers::start_residual(in, hooks, [&] {
         at::Tensor pos = in.position_ids.defined() ? in.position_ids.to(m.device()) : at::arange(n_past, n_past + T, ids.options());
         return at::embedding(g[size_t(Slot::TokEmbd)], ids) + at::embedding(g[size_t(Slot::PosEmbd)], pos);
@@ -67,7 +68,7 @@ ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
         x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
         at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
         hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+        at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
         hook(hooks, Site::MlpOut, il, mlp_out);
         h = h + mlp_out;
         hook(hooks, Site::BlockOut, il, h);

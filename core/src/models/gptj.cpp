@@ -43,6 +43,7 @@ ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
     const int64_t B = ids.size(0), T = ids.size(1), n_past = layers::past_length(cache);
     const auto& g = m.globals;
     const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
+    const at::Tensor route = layers::route_positions(m, in, B, T);
     at::Tensor h = layers::start_residual(in, hooks, [&] { return at::embedding(g[size_t(Slot::TokEmbd)], ids); });  // [B, T, n_embd]
     at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, 0, h.options());
     layers::Rotary rot = layers::rotary_tables(hp, hp.rotary_dim, n_past, T, h.options(), in.position_ids);
@@ -64,7 +65,7 @@ ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks,
 
         at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
         hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+        at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
         hook(hooks, Site::MlpOut, il, mlp_out);
         h = h + attn_out + mlp_out;
         hook(hooks, Site::BlockOut, il, h);

@@ -193,4 +193,23 @@ at::Tensor project_logits(const at::Tensor& h, const ForwardInput& input, const 
     return at::linear(x, out_w, out_b.defined() ? out_b : at::Tensor());
 }
 
+at::Tensor route_positions(const Model& model, const ForwardInput& input, int64_t batch, int64_t t_new) {
+    if (model.adapters().empty()) return {};
+    if (input.route_position.defined()) {
+        if (input.route_position.dim() != 1 || input.route_position.size(0) != batch)
+            throw Error(ErrorKind::Argument, "route_position must be [batch] = [" + std::to_string(batch) + "]");
+        return input.route_position.to(at::kCPU).to(at::kLong);
+    }
+    if (!input.attention_mask.defined()) return at::full({batch}, t_new - 1, at::kLong);
+    const at::Tensor m = input.attention_mask.to(at::kCPU);
+    return m.narrow(1, m.size(1) - t_new, t_new).to(at::kLong).sum(1) - 1;  // right padding: the last 1
+}
+
+at::Tensor adapted_linear(const Model& model, Slot slot, int layer, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                          const at::Tensor& route) {
+    at::Tensor y = at::linear(x, w, b);
+    if (route.defined() && model.adapters().has(slot, layer)) model.adapters().on_linear(slot, layer, x, y, route);
+    return y;
+}
+
 }  // namespace engram::layers

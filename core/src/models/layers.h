@@ -57,6 +57,13 @@ at::Tensor start_residual(const ForwardInput& input, Hooks* hooks, const std::fu
 // the positions of input.logit_index.
 at::Tensor project_logits(const at::Tensor& h, const ForwardInput& input, const at::Tensor& out_w, const at::Tensor& out_b);
 
+// Each row's routing position for adapters (ForwardInput::route_position, adapter.h): [B] int64.
+// Undefined when the model has no adapters (nothing routes, nothing is computed).
+at::Tensor route_positions(const Model& model, const ForwardInput& input, int64_t batch, int64_t t_new);
+// A linear module's output with the adapters attached to it (slot, layer) applied.
+at::Tensor adapted_linear(const Model& model, Slot slot, int layer, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                          const at::Tensor& route);
+
 // [B, T] positions of the new tokens.
 int64_t past_length(const KvCache* cache);
 

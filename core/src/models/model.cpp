@@ -300,6 +300,7 @@ void Model::to(c10::Device device) {
     for (auto& t : globals) move(t);
     for (auto& layer : layers)
         for (auto& t : layer) move(t);
+    adapters_.to(device);
     device_ = device;
 }
 
@@ -336,6 +337,16 @@ void Model::restore_base(Slot slot, int layer) { weight(slot, layer) = base_weig
 void Model::restore_all_base() {
     globals = base_globals;
     layers = base_layers;
+}
+
+void Model::apply_adapter_op(const AdapterOp& op) {
+    if (!is_decoder()) throw Error(ErrorKind::Unsupported, "adapter " + op.adapter + ": adapters run on decoder language models, not " + arch_name_);
+    if (op.layer < 0 || op.layer >= hparams_.n_layer)
+        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": layer " + std::to_string(op.layer) + " is out of range for a " +
+                                             std::to_string(hparams_.n_layer) + "-layer model (0.." + std::to_string(hparams_.n_layer - 1) + ")");
+    const at::Tensor& w = weight(op.slot, op.layer);
+    if (!w.defined()) throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": " + arch_name_ + " has no " + attach_module_name(op.slot));
+    adapters_.apply(op, hparams_.n_layer, w.size(0), w.size(1));
 }
 
 void Model::set_tokenizer(std::unique_ptr<Tokenizer> tokenizer) { tokenizer_ = std::move(tokenizer); }
@@ -392,6 +403,7 @@ std::vector<int64_t> generate(const Model& model, const std::vector<int64_t>& pr
         ForwardInput in;
         in.input_ids = next_input;
         in.last_logits_only = true;
+        if (step > 0) in.route_position = at::full({1}, -1, at::kLong);  // adapters route on the prompt (adapter.h)
         at::Tensor logits = model.forward(in, nullptr, &cache).logits[0].to(at::kCPU).to(at::kFloat);  // [n_vocab]
         int64_t next = 0;
         if (options.top_k <= 1) {

@@ -75,6 +75,14 @@ const std::vector<std::string>& tokenizer_file_names() {
 }
 
 void export_model(const Model& model, const fs::path& out_dir, const fs::path& source_dir, DType storage, const nlohmann::json& provenance) {
+    if (!model.adapters().empty()) {
+        std::string names;
+        for (const auto& a : model.adapters().list()) names += (names.empty() ? "" : ", ") + a.name;
+        throw Error(ErrorKind::Argument, "the model has adapter edits installed (" + names +
+                                             "), which a Hugging Face checkpoint cannot hold; nothing was written. Revert them "
+                                             "(engram-cli revert/undo) to export the weights, or keep the edits in the project "
+                                             "(export-history)");
+    }
     std::error_code ec;
     if (!source_dir.empty() && fs::exists(out_dir, ec) && fs::equivalent(out_dir, source_dir, ec))
         throw Error(ErrorKind::Argument, out_dir.string() + ": refusing to export into the base model's own folder (the project needs it unchanged)");

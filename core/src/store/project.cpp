@@ -155,14 +155,21 @@ void refuse_read_only_file(const fs::path& file) {
 struct ModelSnapshot {
     SlotTensors globals;
     std::vector<SlotTensors> layers;
-    explicit ModelSnapshot(const Model& m) : globals(m.globals), layers(m.layers) {}
+    AdapterSet adapters;  // copies share the (immutable) adapters: also a cheap, exact snapshot
+    explicit ModelSnapshot(const Model& m) : globals(m.globals), layers(m.layers), adapters(m.adapters()) {}
     void restore(Model& m) const {
         m.globals = globals;
         m.layers = layers;
+        m.adapters() = adapters;
     }
 };
 
+// A touched name is a weight or "adapter:<name>"; the base of an adapter is its absence.
 void restore_base_tensor(Model& model, const std::string& name) {
+    if (const std::string adapter = adapter_of_touch_name(name); !adapter.empty()) {
+        model.adapters().remove(adapter);
+        return;
+    }
     auto ref = model.find_weight(name);
     if (!ref) throw Error(ErrorKind::Argument, "tensor '" + name + "': " + model.arch_name() + " has no such weight");
     const bool tied_head = ref->slot == Slot::TokEmbd && model.hparams().tied_output && model.weight(Slot::Output).defined() &&
@@ -202,6 +209,8 @@ struct EditIndex {
     std::map<int64_t, Basis> basis_of;                 // id -> compact basis
     // The deltas of edit `id` (only those for `only`'s tensors when given), checked against `model`.
     std::function<std::vector<Delta>(int64_t id, const std::set<std::string>* only, const Model& model)> deltas;
+    // The adapter ops of edit `id` (only those on adapters whose touch names are in `only`, when given).
+    std::function<std::vector<AdapterOp>(int64_t id, const std::set<std::string>* only)> adapter_ops;
 
     std::vector<int64_t> in_order(const std::set<int64_t>& ids) const {
         std::vector<int64_t> v(ids.begin(), ids.end());
@@ -280,6 +289,7 @@ void rebuild(Model& model, const EditIndex& index, const std::set<std::string>& 
         const auto& t = index.touched.at(id);
         if (std::none_of(t.begin(), t.end(), [&](const std::string& n) { return tensors.count(n) != 0; })) continue;
         for (const Delta& d : index.deltas(id, &tensors, model)) apply_delta(model, d);
+        for (const AdapterOp& op : index.adapter_ops(id, &tensors)) model.apply_adapter_op(op);
     }
 }
 
@@ -297,6 +307,7 @@ void transition(Model& model, const EditIndex& index, const std::set<int64_t>& f
         const bool last = std::all_of(from.begin(), from.end(), [&](int64_t f) { return index.seq.at(f) < index.seq.at(id); });
         if (last) {
             for (const Delta& d : index.deltas(id, nullptr, model)) apply_delta(model, d);
+            for (const AdapterOp& op : index.adapter_ops(id, nullptr)) model.apply_adapter_op(op);
             return;
         }
     }
@@ -322,6 +333,31 @@ std::string trace_key(const std::string& state_hash_value, const json& params) {
     return sha256_hex(text.data(), text.size());
 }
 
+json adapter_tensor_json(const std::string& name, const at::Tensor& t) {
+    const std::vector<uint8_t> blob = tensor_blob(t);
+    return {{"name", name},
+            {"dtype", dtype_name(dtype_of_tensor(t, "adapter tensor '" + name + "'"))},
+            {"shape", t.sizes().vec()},
+            {"sha256", checksum(blob)},
+            {"data", store::base64_encode(blob.data(), blob.size())}};
+}
+
+json adapter_op_json(const AdapterOp& op) {
+    json tensors = json::array();
+    for (const auto& [name, t] : op.tensors) tensors.push_back(adapter_tensor_json(name, t));
+    return {{"adapter", op.adapter}, {"kind", op.kind}, {"attach", attach_module_name(op.slot)}, {"layer", op.layer},
+            {"op", op.op}, {"params", op.params}, {"tensors", tensors}};
+}
+
+// The attach point as stored; an unknown one is a damaged or foreign file.
+Slot stored_attach(const std::string& attach, const std::string& what) {
+    try {
+        return attach_slot_from_name(attach);
+    } catch (const Error& e) {
+        throw Error(ErrorKind::Format, what + ": " + e.what());
+    }
+}
+
 }  // namespace
 
 struct Project::Impl {
@@ -333,6 +369,8 @@ struct Project::Impl {
     // The last operation this process has seen. Every change checks, inside its transaction, that
     // no other process changed the history meanwhile, since the model in hand would be stale.
     mutable int64_t seen_op = 0;
+    // The file's schema: an older file opened read-only is read as it is (it has no adapters).
+    int64_t schema = kProjectSchemaVersion;
 
     Impl(const fs::path& f, const ProjectOptions& o, sql::Database::Mode mode) : file(f), options(o), db(f, mode) {}
 
@@ -437,6 +475,56 @@ struct Project::Impl {
         return out;
     }
 
+    // The adapter ops of edit `id`, only those on adapters whose touch names are in `only` when given.
+    std::vector<AdapterOp> load_adapter_ops(int64_t id, const std::set<std::string>* only) {
+        if (schema < 2) return {};
+        sql::Statement st(db, "SELECT id, adapter, kind, attach, layer, op, params FROM adapter_ops WHERE edit_id = ? ORDER BY ord");
+        st.bind(1, id);
+        sql::Statement ts(db, "SELECT name, dtype, shape, checksum, blob FROM adapter_op_tensors WHERE op_id = ? ORDER BY ord");
+        std::vector<AdapterOp> out;
+        while (st.step()) {
+            AdapterOp op;
+            op.adapter = st.column_text(1);
+            if (only && !only->count(adapter_touch_name(op.adapter))) continue;
+            const std::string what = where() + ": edit " + std::to_string(id) + ", adapter op on '" + op.adapter + "'";
+            op.kind = st.column_text(2);
+            op.slot = stored_attach(st.column_text(3), what);
+            op.layer = static_cast<int>(st.column_int(4));
+            op.op = st.column_text(5);
+            op.params = parse_json(st.column_text(6), what + " params");
+            ts.bind(1, st.column_int(0));
+            while (ts.step()) {
+                const std::string name = ts.column_text(0);
+                const std::string tw = what + ", tensor '" + name + "'";
+                const std::vector<uint8_t> blob = ts.column_blob(4);
+                verify_checksum(blob, ts.column_text(3), tw);
+                op.tensors.emplace_back(name, stored_tensor(parse_dtype(ts.column_text(1), tw), parse_shape(ts.column_text(2), tw), blob, tw));
+            }
+            ts.reset();
+            out.push_back(std::move(op));
+        }
+        return out;
+    }
+
+    void insert_adapter_ops(int64_t edit_id, const std::vector<AdapterOp>& ops) {
+        sql::Statement o(db, "INSERT INTO adapter_ops (edit_id, ord, adapter, kind, attach, layer, op, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+        sql::Statement t(db,
+                         "INSERT INTO adapter_op_tensors (op_id, ord, name, dtype, shape, checksum, blob) VALUES (?, ?, ?, ?, ?, ?, ?)");
+        for (size_t i = 0; i < ops.size(); ++i) {
+            const AdapterOp& op = ops[i];
+            o.bind(1, edit_id).bind(2, static_cast<int64_t>(i)).bind(3, op.adapter).bind(4, op.kind).bind(5, attach_module_name(op.slot));
+            o.bind(6, static_cast<int64_t>(op.layer)).bind(7, op.op).bind(8, op.params.dump()).run();
+            const int64_t op_id = db.last_insert_rowid();
+            for (size_t k = 0; k < op.tensors.size(); ++k) {
+                const auto& [name, tensor] = op.tensors[k];
+                const std::vector<uint8_t> blob = tensor_blob(tensor);
+                t.bind(1, op_id).bind(2, static_cast<int64_t>(k)).bind(3, name);
+                t.bind(4, dtype_name(dtype_of_tensor(tensor, "adapter tensor '" + name + "'"))).bind(5, json(tensor.sizes().vec()).dump());
+                t.bind(6, checksum(blob)).bind_blob(7, blob.data(), blob.size()).run();
+            }
+        }
+    }
+
     std::vector<Artifact> load_artifacts(int64_t id) {
         sql::Statement st(db, "SELECT name, kind, dtype, shape, meta, checksum, blob FROM artifacts WHERE edit_id = ? ORDER BY ord");
         st.bind(1, id);
@@ -507,7 +595,15 @@ struct Project::Impl {
             if (!ix.seq.count(st.column_int(0))) throw damaged(st.column_int(0), "has deltas but does not exist");
             ix.touched[st.column_int(0)].insert(st.column_text(1));
         }
+        if (schema >= 2) {
+            sql::Statement ao(db, "SELECT edit_id, adapter FROM adapter_ops");
+            while (ao.step()) {
+                if (!ix.seq.count(ao.column_int(0))) throw damaged(ao.column_int(0), "has adapter ops but does not exist");
+                ix.touched[ao.column_int(0)].insert(adapter_touch_name(ao.column_text(1)));
+            }
+        }
         ix.deltas = [this](int64_t id, const std::set<std::string>* only, const Model& model) { return load_deltas(id, only, &model); };
+        ix.adapter_ops = [this](int64_t id, const std::set<std::string>* only) { return load_adapter_ops(id, only); };
         return ix;
     }
 
@@ -559,12 +655,13 @@ struct Project::Impl {
     int64_t insert_edit(const Edit& e, int64_t seq, const std::string& created_at, const Basis& basis) {
         sql::Statement st(db,
                           "INSERT INTO edits (seq, created_at, method, requests, hparams, status, metrics, duration_s, state_hash_after, "
-                          "parent_id, n_deltas, n_artifacts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                          "parent_id, n_deltas, n_artifacts, n_adapter_ops) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         st.bind(1, seq).bind(2, created_at).bind(3, e.method).bind(4, e.requests.dump()).bind(5, e.hparams.dump());
         st.bind(6, edit_status_name(e.status)).bind(7, e.metrics.dump()).bind(8, e.duration_s).bind(9, e.state_hash_after);
         if (basis.parent) st.bind(10, basis.parent);
         else st.bind_null(10);
-        st.bind(11, static_cast<int64_t>(e.deltas.size())).bind(12, static_cast<int64_t>(e.artifacts.size())).run();
+        st.bind(11, static_cast<int64_t>(e.deltas.size())).bind(12, static_cast<int64_t>(e.artifacts.size()));
+        st.bind(13, static_cast<int64_t>(e.adapter_ops.size())).run();
         const int64_t id = db.last_insert_rowid();
         sql::Statement b(db, "INSERT INTO edit_basis (edit_id, basis_id, included) VALUES (?, ?, ?)");
         for (const auto& [other, included] : basis.exceptions) b.bind(1, id).bind(2, other).bind(3, int64_t{included}).run();
@@ -586,6 +683,7 @@ struct Project::Impl {
             a.bind(5, dtype_name(dtype_of_tensor(art.tensor, "artifact '" + art.name + "'"))).bind(6, json(art.tensor.sizes().vec()).dump());
             a.bind(7, art.meta.dump()).bind(8, checksum(blob)).bind_blob(9, blob.data(), blob.size()).run();
         }
+        insert_adapter_ops(id, e.adapter_ops);
         return id;
     }
 
@@ -631,16 +729,14 @@ std::unique_ptr<Project> Project::open(const fs::path& file, const ProjectOption
                                            "; this build reads up to " + std::to_string(kProjectSchemaVersion) +
                                            "); nothing was changed, update Engram to open it");
     if (s.user_version < 1) throw Error(ErrorKind::Format, file.string() + ": an Engram project with no schema version; the file is damaged");
-    if (s.user_version < kProjectSchemaVersion && options.read_only)
-        throw Error(ErrorKind::Format, file.string() + ": written by an older Engram (schema " + std::to_string(s.user_version) +
-                                           "); open it once for writing to upgrade it");
     store::check_schema(*probe, s.user_version);
     probe.reset();
     auto impl = std::make_unique<Impl>(file, options, options.read_only ? sql::Database::Mode::ReadOnly : sql::Database::Mode::ReadWrite);
     if (!options.read_only && impl->db.read_only())
         throw Error(ErrorKind::Io, file.string() + ": the project file is read-only; nothing was changed");
     impl->configure_connection();
-    if (s.user_version < kProjectSchemaVersion) {
+    if (options.read_only) impl->schema = s.user_version;
+    if (s.user_version < kProjectSchemaVersion && !options.read_only) {
         sql::Transaction tx(impl->db);
         store::run_migrations(impl->db, s.user_version, kProjectSchemaVersion);
         tx.commit();
@@ -727,6 +823,18 @@ std::vector<EditSummary> Project::history() const {
         s.n_artifacts++;
         s.blob_bytes += a.column_int(1);
     }
+    if (impl_->schema >= 2) {
+        sql::Statement ao(impl_->db,
+                          "SELECT o.edit_id, o.adapter, (SELECT coalesce(sum(length(t.blob)), 0) FROM adapter_op_tensors t WHERE t.op_id = o.id) "
+                          "FROM adapter_ops o ORDER BY o.edit_id, o.ord");
+        while (ao.step()) {
+            EditSummary& s = out.at(at.at(ao.column_int(0)));
+            s.n_adapter_ops++;
+            s.blob_bytes += ao.column_int(2);
+            const std::string name = adapter_touch_name(ao.column_text(1));
+            if (std::find(s.tensors.begin(), s.tensors.end(), name) == s.tensors.end()) s.tensors.push_back(name);
+        }
+    }
     for (auto& s : out) std::sort(s.tensors.begin(), s.tensors.end());
     // Reverted edits in each basis, in one pass: each edit's set is its parent's plus exceptions.
     std::set<int64_t> reverted;
@@ -754,6 +862,7 @@ Edit Project::edit(int64_t id) const {
         if (e.id != id) continue;
         e.deltas = impl_->load_deltas(id, nullptr, nullptr);
         e.artifacts = impl_->load_artifacts(id);
+        e.adapter_ops = impl_->load_adapter_ops(id, nullptr);
         const EditIndex ix = impl_->index();
         e.computed_on = ix.in_order(ix.basis(id));
         return std::move(e);
@@ -806,7 +915,7 @@ int64_t Project::record(Model& model, Edit& edit) {
     check_model(model);
     const std::string what = impl_->where() + ": recording a " + (edit.method.empty() ? std::string("nameless") : edit.method) + " edit";
     if (edit.method.empty()) throw Error(ErrorKind::Argument, what + ": the edit names no method");
-    if (edit.deltas.empty() && edit.artifacts.empty()) throw Error(ErrorKind::Argument, what + ": the edit changes nothing");
+    if (edit.deltas.empty() && edit.artifacts.empty() && edit.adapter_ops.empty()) throw Error(ErrorKind::Argument, what + ": the edit changes nothing");
     std::set<std::string> names;
     for (const Artifact& a : edit.artifacts) {
         if (a.name.empty() || !names.insert(a.name).second)
@@ -1016,6 +1125,8 @@ json Project::export_history() const {
                                  {"sha256", a.column_text(5)},
                                  {"data", store::base64_encode(blob.data(), blob.size())}});
         }
+        json adapter_ops = json::array();
+        for (const AdapterOp& op : impl_->load_adapter_ops(meta.id, nullptr)) adapter_ops.push_back(adapter_op_json(op));
         edits.push_back({{"id", meta.id},
                          {"seq", meta.seq},
                          {"created_at", meta.created_at},
@@ -1029,11 +1140,12 @@ json Project::export_history() const {
                          {"parent", ix.basis_of.at(meta.id).parent},
                          {"basis_exceptions", basis_exceptions_json(ix.basis_of.at(meta.id))},
                          {"deltas", deltas},
-                         {"artifacts", artifacts}});
+                         {"artifacts", artifacts},
+                         {"adapter_ops", adapter_ops}});
     }
     const ProjectModel& m = impl_->model;
     return {{"format", "engram-history"},
-            {"version", 1},
+            {"version", 2},
             {"exported_at", now_iso()},
             {"model", {{"path", m.path}, {"architecture", m.architecture}, {"fingerprint", m.fingerprint}, {"stored_dtype", m.stored_dtype}}},
             {"head_state_hash", impl_->head_state_hash()},
@@ -1051,8 +1163,8 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
     try {
         if (!h.is_object() || h.value("format", "") != "engram-history")
             throw Error(ErrorKind::Format, what + ": not an engram-history file");
-        if (h.value("version", 0) != 1)
-            throw Error(ErrorKind::Format, what + ": history version " + h.value("version", json(0)).dump() + " is not supported (1 is)");
+        if (h.value("version", 0) != 1 && h.value("version", 0) != 2)
+            throw Error(ErrorKind::Format, what + ": history version " + h.value("version", json(0)).dump() + " is not supported (1 and 2 are)");
         const json& hm = field(h, "model", "the file");
         const std::string fp = field(hm, "fingerprint", "model").get<std::string>();
         if (fp != impl_->model.fingerprint)
@@ -1111,6 +1223,25 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                                          field(ja, "shape", where).get<std::vector<int64_t>>(), blob, aw);
                 e.artifacts.push_back(std::move(a));
             }
+            for (const json& jo : je.value("adapter_ops", json::array())) {
+                AdapterOp op;
+                op.adapter = field(jo, "adapter", where).get<std::string>();
+                const std::string ow = what + ": " + where + ", adapter op on '" + op.adapter + "'";
+                op.kind = field(jo, "kind", where).get<std::string>();
+                op.slot = stored_attach(field(jo, "attach", where).get<std::string>(), ow);
+                op.layer = field(jo, "layer", where).get<int>();
+                op.op = field(jo, "op", where).get<std::string>();
+                op.params = jo.value("params", json::object());
+                for (const json& jt : jo.value("tensors", json::array())) {
+                    const std::string name = field(jt, "name", where).get<std::string>();
+                    const std::string tw = ow + ", tensor '" + name + "'";
+                    const std::vector<uint8_t> blob = store::base64_decode(field(jt, "data", where).get<std::string>(), tw);
+                    verify_checksum(blob, field(jt, "sha256", where).get<std::string>(), tw);
+                    op.tensors.emplace_back(name, stored_tensor(parse_dtype(field(jt, "dtype", where).get<std::string>(), tw),
+                                                                field(jt, "shape", where).get<std::vector<int64_t>>(), blob, tw));
+                }
+                e.adapter_ops.push_back(std::move(op));
+            }
             edits.push_back(std::move(e));
         }
         std::sort(edits.begin(), edits.end(), [](const Edit& a, const Edit& b) { return a.seq < b.seq; });
@@ -1120,7 +1251,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             if (!by_id.emplace(e.id, &e).second) throw Error(ErrorKind::Format, what + ": edit id " + std::to_string(e.id) + " appears twice");
             ix.seq[e.id] = e.seq;
             std::set<std::string> touched;
-            for (const auto& d : e.deltas) touched.insert(d.tensor);
+            for (const std::string& t : e.touched_tensors()) touched.insert(t);
             ix.touched[e.id] = touched;
         }
         for (const Edit& e : edits) {
@@ -1137,6 +1268,12 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             std::vector<Delta> out;
             for (const Delta& d : by_id.at(id)->deltas)
                 if (!only || only->count(d.tensor)) out.push_back(d);
+            return out;
+        };
+        ix.adapter_ops = [&](int64_t id, const std::set<std::string>* only) {
+            std::vector<AdapterOp> out;
+            for (const AdapterOp& op : by_id.at(id)->adapter_ops)
+                if (!only || only->count(adapter_touch_name(op.adapter))) out.push_back(op);
             return out;
         };
         std::set<int64_t> final_active;

@@ -111,8 +111,37 @@ CREATE TABLE evaluations (
 );
 )sql";
 
+// Version 2: edits that live beside the weights (adapter.h). An op's tensors are rows of their own.
+constexpr const char* kSchemaV2 = R"sql(
+ALTER TABLE edits ADD COLUMN n_adapter_ops INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE adapter_ops (
+    id        INTEGER PRIMARY KEY,
+    edit_id   INTEGER NOT NULL REFERENCES edits(id) ON DELETE CASCADE,
+    ord       INTEGER NOT NULL,
+    adapter   TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    attach    TEXT NOT NULL,
+    layer     INTEGER NOT NULL,
+    op        TEXT NOT NULL,
+    params    TEXT NOT NULL,
+    UNIQUE (edit_id, ord)
+);
+CREATE TABLE adapter_op_tensors (
+    id        INTEGER PRIMARY KEY,
+    op_id     INTEGER NOT NULL REFERENCES adapter_ops(id) ON DELETE CASCADE,
+    ord       INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    dtype     TEXT NOT NULL,
+    shape     TEXT NOT NULL,
+    checksum  TEXT NOT NULL,
+    blob      BLOB NOT NULL,
+    UNIQUE (op_id, ord)
+);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
+    {2, kSchemaV2},
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kProjectSchemaVersion, "one migration step per schema version");
 

@@ -47,7 +47,9 @@ BlockResult gpt2_block(const Model& m, int il, const at::Tensor& h, int64_t p0, 
     x = layers::layer_norm(hq, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
     at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, Tq, n_ff]
     fl += linear_flops(x, w(Slot::FfnUp));
-    at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+    // Adapters route on the prompt's last token, the last of the positions computed here.
+    const at::Tensor route = m.adapters().empty() ? at::Tensor() : at::full({B}, Tq - 1, at::kLong);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
     fl += linear_flops(key, w(Slot::FfnDown));
     apply(patch, Site::MlpOut, mlp_out, q_from);
     return {hq + mlp_out, attn_out, mlp_out, parts[1], parts[2]};
@@ -79,7 +81,9 @@ BlockResult gptj_block(const Model& m, int il, const at::Tensor& h, int64_t p0, 
     apply(patch, Site::AttnOut, attn_out, q_from);
     at::Tensor key = layers::activation(at::linear(xq, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, Tq, n_ff]
     fl += linear_flops(xq, w(Slot::FfnUp));
-    at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+    // Adapters route on the prompt's last token, the last of the positions computed here.
+    const at::Tensor route = m.adapters().empty() ? at::Tensor() : at::full({B}, Tq - 1, at::kLong);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
     fl += linear_flops(key, w(Slot::FfnDown));
     apply(patch, Site::MlpOut, mlp_out, q_from);
     return {h.narrow(1, q_from, Tq) + attn_out + mlp_out, attn_out, mlp_out, k, v};
@@ -113,7 +117,9 @@ BlockResult llama_block(const Model& m, int il, const at::Tensor& h, int64_t p0,
     at::Tensor gate = layers::activation(at::linear(x, w(Slot::FfnGate), w(Slot::FfnGateB)), hp.activation);
     at::Tensor key = gate * at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB));  // [B, Tq, n_ff]
     fl += 2 * linear_flops(x, w(Slot::FfnUp));
-    at::Tensor mlp_out = at::linear(key, w(Slot::FfnDown), w(Slot::FfnDownB));
+    // Adapters route on the prompt's last token, the last of the positions computed here.
+    const at::Tensor route = m.adapters().empty() ? at::Tensor() : at::full({B}, Tq - 1, at::kLong);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
     fl += linear_flops(key, w(Slot::FfnDown));
     apply(patch, Site::MlpOut, mlp_out, q_from);
     return {hq + mlp_out, attn_out, mlp_out, k, v};

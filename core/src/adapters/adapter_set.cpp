@@ -1,0 +1,105 @@
+// The installed-adapter set and the kind registry (adapter.h).
+#include <ATen/ATen.h>
+
+#include "adapters/kinds.h"
+#include "engram/adapter.h"
+#include "engram/error.h"
+#include "engram/model.h"
+#include "engram/sha256.h"
+
+namespace engram {
+
+const char* attach_module_name(Slot slot) {
+    switch (slot) {
+        case Slot::FfnDown: return "mlp.down";
+        default: return "?";
+    }
+}
+
+Slot attach_slot_from_name(const std::string& name) {
+    if (name == "mlp.down") return Slot::FfnDown;
+    throw Error(ErrorKind::Argument, "attach point '" + name + "': adapters attach to mlp.down (the MLP down-projection)");
+}
+
+const at::Tensor& AdapterOp::tensor(const std::string& name) const {
+    for (const auto& [n, t] : tensors)
+        if (n == name) return t;
+    throw Error(ErrorKind::Format, "adapter op " + op + " on " + adapter + " has no tensor '" + name + "'");
+}
+
+namespace {
+
+std::unique_ptr<Adapter> make_adapter(const std::string& kind, int64_t out_features, int64_t in_features) {
+    if (kind == "grace_codebook") return adapters::make_grace_codebook(out_features, in_features);
+    throw Error(ErrorKind::Format, "unknown adapter kind '" + kind + "' (this build knows grace_codebook)");
+}
+
+}  // namespace
+
+void AdapterSet::apply(const AdapterOp& op, int64_t n_layer, int64_t out_features, int64_t in_features) {
+    if (op.adapter.empty()) throw Error(ErrorKind::Format, "adapter op without an adapter name");
+    if (std::string(attach_module_name(op.slot)) == "?")
+        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": adapters attach to mlp.down (the MLP down-projection)");
+    if (op.layer < 0 || op.layer >= n_layer)
+        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": layer " + std::to_string(op.layer) + " is out of range for a " +
+                                             std::to_string(n_layer) + "-layer model");
+    auto it = by_name_.find(op.adapter);
+    std::unique_ptr<Adapter> next;
+    if (it == by_name_.end()) {
+        next = make_adapter(op.kind, out_features, in_features);
+    } else {
+        if (it->second.kind != op.kind || it->second.slot != op.slot || it->second.layer != op.layer)
+            throw Error(ErrorKind::Format, "adapter op on " + op.adapter + " names another kind or attach point than the installed adapter");
+        next = it->second.adapter->clone();
+    }
+    next->apply(op);
+    if (next->empty()) {
+        by_name_.erase(op.adapter);
+        return;
+    }
+    by_name_[op.adapter] = Entry{op.kind, op.slot, op.layer, std::shared_ptr<const Adapter>(std::move(next))};
+}
+
+const Adapter* AdapterSet::find(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second.adapter.get();
+}
+
+bool AdapterSet::has(Slot slot, int layer) const {
+    for (const auto& [name, e] : by_name_)
+        if (e.slot == slot && e.layer == layer) return true;
+    return false;
+}
+
+void AdapterSet::on_linear(Slot slot, int layer, const at::Tensor& x, at::Tensor& y, const at::Tensor& route) const {
+    for (const auto& [name, e] : by_name_)
+        if (e.slot == slot && e.layer == layer) e.adapter->on_linear(x, y, route);
+}
+
+void AdapterSet::hash_into(Sha256& h) const {
+    h.update_u64(by_name_.size());
+    for (const auto& [name, e] : by_name_) {
+        for (const std::string& s : {name, e.kind, std::string(attach_module_name(e.slot))}) {
+            h.update_u64(s.size());
+            h.update(s);
+        }
+        h.update_u64(static_cast<uint64_t>(e.layer));
+        e.adapter->hash_into(h);
+    }
+}
+
+void AdapterSet::to(c10::Device device) {
+    for (auto& [name, e] : by_name_) {
+        std::unique_ptr<Adapter> moved = e.adapter->clone();
+        moved->to(device);
+        e.adapter = std::shared_ptr<const Adapter>(std::move(moved));
+    }
+}
+
+std::vector<AdapterSet::Installed> AdapterSet::list() const {
+    std::vector<Installed> out;
+    for (const auto& [name, e] : by_name_) out.push_back({name, e.kind, e.slot, e.layer, e.adapter->describe()});
+    return out;
+}
+
+}  // namespace engram
