@@ -6,6 +6,7 @@
 #include <QCommandLineParser>
 #include <QComboBox>
 #include <QListWidget>
+#include <QTableView>
 #include <QDir>
 #include <QEventLoop>
 #include <QFileInfo>
@@ -68,7 +69,10 @@ int main(int argc, char** argv) {
     const QString project_file = parser.isSet(project) ? parser.value(project) : parser.positionalArguments().value(0);
 
     engram::ui::MainWindow window;
-    if (const QString d = demo_dir(QStringLiteral("factworld")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Fact World model"), d);
+    if (const QString d = demo_dir(QStringLiteral("factworld")); !d.isEmpty()) {
+        window.addDemoModel(QStringLiteral("Open the Fact World model"), d);
+        window.setGuideModel(d);
+    }
     if (const QString d = demo_dir(QStringLiteral("shapes")); !d.isEmpty()) window.addDemoModel(QStringLiteral("Open the Shapes World ViT"), d);
     try {
         if (!project_file.isEmpty()) {
@@ -83,7 +87,10 @@ int main(int argc, char** argv) {
         return 1;
     }
     window.show();
-    if (!parser.isSet(shots)) return app.exec();
+    if (!parser.isSet(shots)) {
+        window.showGuideIfFirstRun();
+        return app.exec();
+    }
 
     // Screenshot mode: a trace, a prediction and an edit on a fact the demo model knows, then one PNG per view.
     QEventLoop loop;
@@ -109,6 +116,9 @@ int main(int argc, char** argv) {
         loop.exec();
         ok = ok && before;
     }
+    // The History view with the edit selected: its detail panel and its ‖Δ‖ bars.
+    if (auto* history = window.findChild<QTableView*>(QStringLiteral("historyView")); history && history->model()->rowCount())
+        history->selectRow(history->model()->rowCount() - 1);
     if (!ok) std::cerr << "engram: the screenshot edit failed; the views are saved as they are\n";
     QString error;
     if (!window.saveScreenshots(parser.value(shots), &error)) {

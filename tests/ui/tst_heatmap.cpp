@@ -21,6 +21,7 @@ class TestHeatmap : public QObject {
 private Q_SLOTS:
     void holdsCellsAndRange();
     void rangeDefaultsToData();
+    void noiseDrawsAsOneColour();
     void textsFollowRome_data();
     void textsFollowRome();
     void coloursRunLightToDark();
@@ -77,6 +78,37 @@ void TestHeatmap::rangeDefaultsToData() {
     QCOMPARE(w.rangeLower(), 0.101);
     QCOMPARE(w.rangeUpper(), 0.9);
     QVERIFY(std::isnan(w.cellValue(0, 0)));
+}
+
+// After an edit the traced answer can sit at one probability everywhere, give or take float
+// rounding (0.0729536 to 0.0729537 on the demo model's attention map): that noise draws as the
+// one lightest colour on a range of at least minSpan, not as the full scale.
+void TestHeatmap::noiseDrawsAsOneColour() {
+    HeatmapWidget w;
+    HeatmapData d;
+    d.kind = HeatmapKind::Attn;
+    d.values = {{0.0729536, 0.0729537, 0.0729536}, {0.0729537, 0.0729536, 0.0729537}};
+    d.low = 0.0729536;
+    w.setData(d);
+    QCOMPARE(w.rangeLower(), 0.0729536);
+    QVERIFY(w.rangeUpper() - w.rangeLower() >= d.minSpan);
+    const QColor lightest = HeatmapWidget::colorStops(HeatmapKind::Attn).first();
+    for (int r = 0; r < 2; ++r)
+        for (int c = 0; c < 3; ++c) QCOMPARE(w.cellColor(r, c), lightest);
+    // A real effect still spans the whole scale.
+    d.values[1][2] = 0.5;
+    w.setData(d);
+    QCOMPARE(w.rangeUpper(), 0.5);
+    QCOMPARE(w.cellColor(1, 2), HeatmapWidget::colorStops(HeatmapKind::Attn).last());
+    // The difference map widens symmetrically about 0.
+    HeatmapData diff;
+    diff.kind = HeatmapKind::Difference;
+    diff.values = {{1e-8, -2e-8}};
+    diff.low = -2e-8;
+    diff.high = 2e-8;
+    w.setData(diff);
+    QCOMPARE(w.rangeLower(), -w.rangeUpper());
+    QVERIFY(w.rangeUpper() >= diff.minSpan / 2);
 }
 
 void TestHeatmap::textsFollowRome_data() {

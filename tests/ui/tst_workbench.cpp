@@ -21,6 +21,8 @@
 #include <QProcess>
 #include <QPushButton>
 #include <QTableView>
+#include <QTreeWidget>
+#include <QDockWidget>
 #include <QSpinBox>
 
 #include "widgets/qcustomplot_include.h"
@@ -40,7 +42,10 @@
 #include "engram/demo.h"
 #include "engram/vit.h"
 
+#include "engram/trace.h"
 #include "models/history_model.h"
+#include "views/guide_panel.h"
+#include "widgets/elided_label.h"
 #include "widgets/heatmap_widget.h"
 #include "views/main_window.h"
 
@@ -70,6 +75,8 @@ private Q_SLOTS:
     void visionFilesHeadClickAndReport();
     void responsivenessHeartbeat();
     void helpMenuAboutAndVersion();
+    void modelPanelElides();
+    void guidedWalk();
 
 private:
     QTemporaryDir m_settings;  // QSettings go here, not into the user's configuration
@@ -224,6 +231,17 @@ void TestWorkbench::traceCellFillsEditForm() {
     QCOMPARE(mlp->rowCount(), int(w.lastTrace().tokens.size()));
     QCOMPARE(mlp->columnCount(), 6);
     QVERIFY(!std::isnan(mlp->cellValue(1, 2)));  // rows streamed in and stayed
+    // The window: about a fifth of the depth (ROME: 10 of 48), so 1 of the demo model's 6 layers,
+    // stated in the form and in the maps' axis labels; a number in the form overrides it.
+    QCOMPARE(engram::default_trace_window(48), 10);
+    QCOMPARE(engram::default_trace_window(12), 2);
+    QCOMPARE(engram::default_trace_window(1), 1);
+    auto* window = w.findChild<QSpinBox*>(QStringLiteral("traceWindow"));
+    QCOMPARE(window->value(), 0);
+    QCOMPARE(window->text(), QStringLiteral("auto: 1 of 6 layers"));
+    QVERIFY(window->toolTip().contains(QStringLiteral("10 of GPT-2 XL's 48")));
+    QCOMPARE(w.lastTrace().window, 1);
+    QCOMPARE(mlp->xLabelText(), QStringLiteral("center of interval of 1 restored MLP layers"));
     QVERIFY(w.lastTrace().cleanProb > 0.9 && w.lastTrace().corruptedProb < w.lastTrace().cleanProb);
     // Hovering names the token and layer and gives p and the indirect effect (p - corrupted).
     const int row = w.lastTrace().subjectEnd - 1;
@@ -237,6 +255,14 @@ void TestWorkbench::traceCellFillsEditForm() {
     QCOMPARE(w.findChild<QLineEdit*>(QStringLiteral("editSubject"))->text(), QStringLiteral("Peanaim Fosha"));
     QCOMPARE(w.findChild<QComboBox*>(QStringLiteral("methodCombo"))->currentText(), QStringLiteral("rome"));
     QCOMPARE(w.findChild<QSpinBox*>(QStringLiteral("layerSpin"))->value(), 2);
+    // With a window of 3 the MLP row of the last subject token changes (a 3-layer window around each layer).
+    const QVector<double> single = w.traceScores(1)[row];
+    window->setValue(3);
+    w.runTrace();
+    QVERIFY(finished.wait(120000));
+    QCOMPARE(w.lastTrace().window, 3);
+    QCOMPARE(w.heatmap(2)->xLabelText(), QStringLiteral("center of interval of 3 restored Attn layers"));
+    QVERIFY(w.traceScores(1)[row] != single);
 }
 
 void TestWorkbench::visionAblationMatchesCore() {
@@ -377,6 +403,43 @@ void TestWorkbench::historyRollbackRevertChart() {
     QCOMPARE(edit->data()->at(1)->value, 0.0);
     const QVector<double> byLayer = w.workbench().updateNormByLayer(1);
     QCOMPARE(byLayer[0], w.historyModel()->rows()[0].norm);  // the same Frobenius norm two ways
+    // Both bars stand on their layer's tick (the drift wider, behind), and every layer has a tick.
+    auto* drift = qobject_cast<QCPBars*>(plot->plottable(0));
+    for (int l = 0; l < 6; ++l) {
+        QCOMPARE(edit->data()->at(l)->key, double(l));
+        QCOMPARE(drift->data()->at(l)->key, double(l));
+        QVERIFY(plot->xAxis->tickVector().contains(double(l)));
+    }
+    QVERIFY(edit->width() < drift->width());
+    QVERIFY(!edit->barsGroup() && !drift->barsGroup());
+    // The detail panel: the request, the delta with its norm, the state hash, the hyperparameters.
+    auto* detail = w.findChild<QTreeWidget*>(QStringLiteral("editDetail"));
+    auto section = [detail](const QString& name) -> QTreeWidgetItem* {
+        for (int i = 0; i < detail->topLevelItemCount(); ++i)
+            if (detail->topLevelItem(i)->text(0) == name) return detail->topLevelItem(i);
+        return nullptr;
+    };
+    QVERIFY(section(QStringLiteral("Edit 1")));
+    QCOMPARE(section(QStringLiteral("Edit 1"))->text(1), QStringLiteral("rome, active"));
+    QTreeWidgetItem* requests = section(QStringLiteral("Requests"));
+    QVERIFY(requests && requests->childCount() == 1);
+    QCOMPARE(requests->child(0)->text(1), QStringLiteral("Peanaim Fosha: “Peanaim Fosha competes in” Loraifelball → Zuluball"));
+    QTreeWidgetItem* deltas = section(QStringLiteral("Deltas"));
+    QVERIFY(deltas && deltas->childCount() == 1);
+    QCOMPARE(deltas->child(0)->text(0), QStringLiteral("transformer.h.0.mlp.c_proj.weight"));
+    QCOMPARE(deltas->child(0)->text(1), QStringLiteral("‖Δ‖ = %1").arg(byLayer[0], 0, 'g', 4));
+    QTreeWidgetItem* edit1 = section(QStringLiteral("Edit 1"));
+    bool hashShown = false;
+    for (int i = 0; i < edit1->childCount(); ++i) hashShown = hashShown || (edit1->child(i)->text(0) == QStringLiteral("state hash") && edit1->child(i)->text(1) == afterFirst);
+    QVERIFY(hashShown);
+    QTreeWidgetItem* hparams = section(QStringLiteral("Hyperparameters"));
+    QVERIFY(hparams && hparams->childCount() > 3);
+    QVERIFY(section(QStringLiteral("Metrics")) && section(QStringLiteral("Metrics"))->childCount() >= 1);
+    QVERIFY(section(QStringLiteral("Traces in its state")));
+    view->selectRow(1);
+    QCOMPARE(section(QStringLiteral("Edit 2"))->text(1), QStringLiteral("rome, active"));
+    QVERIFY(section(QStringLiteral("Requests"))->child(0)->text(1).startsWith(QStringLiteral("Vrokaith Rodeadouk: “The sport played by Vrokaith Rodeadouk is”")));
+    view->selectRow(0);
 
     // Roll back to edit 1, then revert it: the hashes of the recorded states come back.
     w.findChild<QPushButton*>(QStringLiteral("rollbackButton"))->click();
@@ -460,6 +523,28 @@ void TestWorkbench::retraceShowsDifference() {
         }
     QVERIFY(largest > 0.1);  // the edit moved p(old answer) somewhere
     QCOMPARE(diff->rangeLower(), -diff->rangeUpper());  // a symmetric scale
+    // No map stretches rounding noise over its colour scale.
+    for (int k = 0; k < 3; ++k) QVERIFY(w.heatmap(k)->rangeUpper() - w.heatmap(k)->rangeLower() >= 1e-3);
+    // The view says which answer it traced and offers the new one.
+    const QString note = w.findChild<QLabel*>(QStringLiteral("traceNote"))->text();
+    QVERIFY2(note.contains(QStringLiteral("p(%1), the answer before the last edit").arg(answer.trimmed())), qPrintable(note));
+    QVERIFY2(note.contains(QStringLiteral("now answers “Zuluball”")), qPrintable(note));
+    auto* traceNew = w.findChild<QPushButton*>(QStringLiteral("traceNewAnswer"));
+    QVERIFY(!traceNew->isHidden());
+    QCOMPARE(traceNew->text(), QStringLiteral("Trace “Zuluball”"));
+    // The re-trace is cached in the edit's state: the History view's detail lists it.
+    const qint64 id = w.historyModel()->rows()[0].id;
+    const engram::ui::EditDetail detail = w.workbench().editDetail(id);
+    QCOMPARE(detail.traces.size(), 1);
+    QVERIFY2(detail.traces[0].contains(QStringLiteral("Peanaim Fosha competes in → p(%1)").arg(answer.trimmed())), qPrintable(detail.traces[0]));
+    traceNew->click();
+    QVERIFY(finished.wait(120000));
+    QCOMPARE(w.lastTrace().answer.trimmed(), QStringLiteral("Zuluball"));
+    QVERIFY(w.lastTrace().cleanProb > 0.5);
+    QVERIFY(traceNew->isHidden());
+    QVERIFY(diff->isHidden());  // a difference only between traces of one answer
+    QVERIFY(w.findChild<QLabel*>(QStringLiteral("traceNote"))->text().startsWith(QStringLiteral("Tracing p(Zuluball), the model's answer")));
+    QCOMPARE(w.workbench().editDetail(id).traces.size(), 2);
 }
 
 void TestWorkbench::hparamOverridesAndBaseSideBySide() {
@@ -763,6 +848,95 @@ void TestWorkbench::helpMenuAboutAndVersion() {
     QVERIFY(p.waitForFinished(60000));
     QCOMPARE(p.exitCode(), 2);
     QVERIFY(p.readAllStandardError().contains("one project at a time"));
+}
+
+// The fingerprint, the project path and the state hash stay on one line each, shortened in the
+// middle, with the whole value in the tooltip.
+void TestWorkbench::modelPanelElides() {
+    QTemporaryDir tmp;
+    const QString file = tmp.filePath(QStringLiteral("a-project-with-a-rather-long-name-for-a-narrow-panel.engram"));
+    MainWindow w;
+    w.openModelNow(demo());
+    w.workbench().createProject(file);
+    w.openProjectNow(file);
+    auto* dock = w.findChild<QDockWidget*>(QStringLiteral("modelDock"));
+    dock->setFixedWidth(230);
+    w.resize(1100, 700);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    QApplication::processEvents();
+    auto* path = w.findChild<engram::ui::ElidedLabel*>(QStringLiteral("projectLabel"));
+    auto* fingerprint = w.findChild<engram::ui::ElidedLabel*>(QStringLiteral("fingerprintLabel"));
+    auto* state = w.findChild<engram::ui::ElidedLabel*>(QStringLiteral("stateLabel"));
+    QVERIFY(path && fingerprint && state);
+    QCOMPARE(path->fullText(), file);
+    QCOMPARE(path->toolTip(), file);
+    QVERIFY(path->isElided());
+    QVERIFY(path->text().contains(QStringLiteral("…")));
+    QVERIFY(path->text().endsWith(QStringLiteral(".engram")));  // elided in the middle: the file's name stays readable
+    QVERIFY(!path->wordWrap());
+    QCOMPARE(fingerprint->fullText(), w.workbench().fingerprint());
+    QCOMPARE(fingerprint->fullText().size(), 64);
+    QVERIFY(fingerprint->toolTip().contains(fingerprint->fullText()));
+    QVERIFY(fingerprint->isElided());
+    QCOMPARE(state->fullText(), w.workbench().stateHash());
+    for (auto* l : {path, fingerprint, state}) QVERIFY(l->fontMetrics().horizontalAdvance(l->text()) <= l->contentsRect().width());
+    // Wide enough, nothing is shortened.
+    dock->setFixedWidth(900);
+    QApplication::processEvents();
+    QVERIFY(!fingerprint->isElided());
+}
+
+// Help > Guided Walk: four steps on the Fact World model, each with a button that does it: trace,
+// edit, ask, undo. It shows on the first start only unless asked to.
+void TestWorkbench::guidedWalk() {
+    QSettings().remove(QStringLiteral("guide"));
+    MainWindow w;
+    w.setGuideModel(demo());
+    w.openModelNow(demo());
+    const QString base = w.workbench().stateHash();
+    QVERIFY(w.showGuideIfFirstRun());
+    engram::ui::GuidePanel* guide = w.guide();
+    QVERIFY(guide && !guide->isHidden());
+    QCOMPARE(guide->stepCount(), 4);
+    const QStringList titles{QStringLiteral("1. Locate"), QStringLiteral("2. Edit"), QStringLiteral("3. Verify"), QStringLiteral("4. Undo")};
+    for (int i = 0; i < 4; ++i) QCOMPARE(guide->step(i).title, titles[i]);
+    QSignalSpy finished(&w, &MainWindow::jobFinished);
+    guide->runCurrentStep();  // locate: a trace
+    QVERIFY(finished.wait(120000));
+    QCOMPARE(w.tabs()->currentIndex(), 1);
+    QCOMPARE(w.lastTrace().answer.trimmed(), QStringLiteral("Loraifelball"));
+    w.findChild<QPushButton*>(QStringLiteral("guideNext"))->click();
+    QCOMPARE(guide->currentStep(), 1);
+    QCOMPARE(w.findChild<QLabel*>(QStringLiteral("guideTitle"))->text(), titles[1]);
+    guide->runCurrentStep();  // edit
+    QVERIFY(finished.wait(120000));
+    w.waitIdle();  // and its re-trace
+    QCOMPARE(w.historyModel()->rowCount(), 1);
+    guide->showStep(2);
+    guide->runCurrentStep();  // verify: the prompt view, edited beside base
+    QCOMPARE(w.tabs()->currentIndex(), 0);
+    QCOMPARE(topToken(w), QStringLiteral("Zuluball"));
+    guide->showStep(3);
+    guide->runCurrentStep();  // undo
+    QCOMPARE(topToken(w), QStringLiteral("Loraifelball"));
+    QCOMPARE(w.workbench().stateHash(), base);
+    // Finishing dismisses it: not shown at the next start, but still in the Help menu.
+    w.findChild<QPushButton*>(QStringLiteral("guideNext"))->click();
+    QVERIFY(guide->isHidden());
+    MainWindow again;
+    QVERIFY(!again.showGuideIfFirstRun());
+    QAction* walk = again.findChild<QAction*>(QStringLiteral("guideAction"));
+    QVERIFY(walk);
+    walk->trigger();
+    QVERIFY(again.guide() && !again.guide()->isHidden());
+    QCOMPARE(again.guide()->currentStep(), 0);
+    // "At every start" keeps it coming.
+    again.findChild<QCheckBox*>(QStringLiteral("guideAtStart"))->setChecked(true);
+    again.guide()->dismiss();
+    MainWindow third;
+    QVERIFY(third.showGuideIfFirstRun());
+    QSettings().remove(QStringLiteral("guide"));
 }
 
 QTEST_MAIN(TestWorkbench)

@@ -102,15 +102,21 @@ QString Workbench::projectFile() const { return m_project ? q(m_project->file().
 
 QString Workbench::modelName() const { return m_model ? q(m_model->dir().filename().string()) : QString(); }
 
-QString Workbench::modelSummary() const {
+QString Workbench::modelShape() const {
     if (!m_model) return QString();
     const Model& m = *m_model;
-    return QStringLiteral("%1 · %2 M parameters · %3 layers · stored %4 · fingerprint %5…")
+    return QStringLiteral("%1 · %2 M parameters · %3 layers · stored %4")
         .arg(q(m.arch_name()))
         .arg(double(m.parameter_count()) / 1e6, 0, 'f', 2)
         .arg(m.hparams().n_layer)
-        .arg(QString::fromLatin1(dtype_name(m.stored_dtype())))
-        .arg(q(m.fingerprint().substr(0, 12)));
+        .arg(QString::fromLatin1(dtype_name(m.stored_dtype())));
+}
+
+QString Workbench::fingerprint() const { return m_model ? q(m_model->fingerprint()) : QString(); }
+
+QString Workbench::modelSummary() const {
+    if (!m_model) return QString();
+    return modelShape() + QStringLiteral(" · fingerprint %1…").arg(fingerprint().left(12));
 }
 
 QString Workbench::stateHash() const { return m_model ? q(state_hash(*m_model)) : QString(); }
@@ -214,14 +220,19 @@ TraceSummary Workbench::traceShape(const QString& prompt, const QString& subject
     out.subjectBegin = int(input.subject_begin);
     out.subjectEnd = int(input.subject_end);
     out.nLayer = int(m_model->hparams().n_layer);
+    out.window = defaultTraceWindow();
     return out;
 }
+
+int Workbench::defaultTraceWindow() const { return default_trace_window(m_model ? m_model->hparams().n_layer : 0); }
+
+int Workbench::layerCount() const { return m_model ? int(m_model->hparams().n_layer) : 0; }
 
 namespace {
 
 // What keys a trace from the workbench in the project's cache (with the model state).
-nlohmann::json trace_params(const std::string& text, const std::string& subject, int samples, const std::string& answer) {
-    return {{"source", "workbench"}, {"text", text}, {"subject", subject}, {"samples", samples}, {"answer", answer}, {"noise", "s3"}, {"window", 10}};
+nlohmann::json trace_params(const std::string& text, const std::string& subject, int samples, const std::string& answer, int window) {
+    return {{"source", "workbench"}, {"text", text}, {"subject", subject}, {"samples", samples}, {"answer", answer}, {"noise", "s3"}, {"window", window}};
 }
 
 nlohmann::json summary_json(const TraceSummary& t) {
@@ -229,7 +240,8 @@ nlohmann::json summary_json(const TraceSummary& t) {
     for (const QString& x : t.tokens) tokens.push_back(s(x));
     return {{"tokens", tokens},       {"subject_begin", t.subjectBegin}, {"subject_end", t.subjectEnd},     {"n_layer", t.nLayer},
             {"window", t.window},     {"answer", s(t.answer)},           {"clean_prob", t.cleanProb},       {"corrupted_prob", t.corruptedProb},
-            {"seconds", t.seconds},   {"prompt", s(t.prompt)},           {"subject", s(t.subject)},         {"samples", t.samples}};
+            {"seconds", t.seconds},   {"prompt", s(t.prompt)},           {"subject", s(t.subject)},         {"samples", t.samples},
+            {"top_answer", s(t.topAnswer)}};
 }
 
 // A cached trace back into values; false when the record is not one the workbench wrote.
@@ -249,6 +261,7 @@ bool stored_trace(const nlohmann::json& summary, const at::Tensor& scores, Store
         t.prompt = q(summary.at("prompt").get<std::string>());
         t.subject = q(summary.at("subject").get<std::string>());
         t.samples = summary.at("samples").get<int>();
+        t.topAnswer = q(summary.value("top_answer", std::string()));  // absent in traces cached before it was kept
         t.fromCache = true;
         if (scores.dim() != 3 || scores.size(0) != 3 || scores.size(1) != t.tokens.size() || scores.size(2) != t.nLayer) return false;
         const at::Tensor d = scores.to(at::kDouble).contiguous();
@@ -268,10 +281,11 @@ bool stored_trace(const nlohmann::json& summary, const at::Tensor& scores, Store
 }  // namespace
 
 TraceSummary Workbench::trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow, const std::atomic<bool>* cancel,
-                              int samples, const QString& answer) const {
+                              int samples, const QString& answer, int window) const {
     if (!m_model || !m_model->is_decoder()) throw Error(ErrorKind::Argument, "causal tracing needs a language model");
+    if (window <= 0) window = defaultTraceWindow();
     const std::string text = eval::fill_placeholder(s(templateAt(prompt, subject)), s(subject));
-    const nlohmann::json params = trace_params(text, s(subject), samples, s(answer));
+    const nlohmann::json params = trace_params(text, s(subject), samples, s(answer), window);
     const std::string hash = m_project ? state_hash(*m_model) : std::string();
     if (m_project) {
         nlohmann::json summary;
@@ -287,6 +301,7 @@ TraceSummary Workbench::trace(const QString& prompt, const QString& subject, con
     const TraceInput input = make_trace_input(*m_model, text, s(subject));
     TraceOptions o;
     o.samples = samples;
+    o.window = window;
     o.cancel = cancel;
     if (!answer.isEmpty()) o.target = s(answer);
     // The noise scale: 3x the std of subject-token embeddings. On the Fact World model over the
@@ -314,6 +329,8 @@ TraceSummary Workbench::trace(const QString& prompt, const QString& subject, con
     out.prompt = prompt;
     out.subject = subject;
     out.samples = samples;
+    const QVector<TokenProb> top = topTokens(q(text), 1);
+    out.topAnswer = top.isEmpty() ? QString() : top[0].token;
     if (m_project && !r.cancelled && r.kinds.size() == 3) {
         at::Tensor scores = at::empty({3, int64_t(out.tokens.size()), r.n_layer}, at::kDouble);
         for (const TraceKindResult& k : r.kinds)
@@ -474,6 +491,83 @@ QVector<HistoryRow> Workbench::history() const {
         rows.push_back(r);
     }
     return rows;
+}
+
+namespace {
+
+QString json_text(const nlohmann::json& v) {
+    if (v.is_string()) return q(v.get<std::string>());
+    if (v.is_number_float()) return QString::number(v.get<double>(), 'g', 6);
+    return q(v.dump());
+}
+
+QVector<QPair<QString, QString>> json_pairs(const nlohmann::json& o) {
+    QVector<QPair<QString, QString>> out;
+    if (o.is_object())
+        for (auto it = o.begin(); it != o.end(); ++it) out.push_back({q(it.key()), json_text(it.value())});
+    return out;
+}
+
+// Metrics nest per request ({"requests": [{"delta_norm": ...}]}): one row per leaf, "requests[0].delta_norm".
+void flatten(const QString& key, const nlohmann::json& v, QVector<QPair<QString, QString>>* out) {
+    if (v.is_object() && !v.empty()) {
+        for (auto it = v.begin(); it != v.end(); ++it) flatten(key.isEmpty() ? q(it.key()) : key + QLatin1Char('.') + q(it.key()), it.value(), out);
+    } else if (v.is_array() && !v.empty() && (v[0].is_object() || v[0].is_array())) {
+        for (size_t i = 0; i < v.size(); ++i) flatten(QStringLiteral("%1[%2]").arg(key).arg(i), v[i], out);
+    } else {
+        out->push_back({key, json_text(v)});
+    }
+}
+
+// "Peanaim Fosha: "Peanaim Fosha competes in" Loraifelball → Zuluball" for a fact; the JSON otherwise.
+QString request_text(const nlohmann::json& r) {
+    if (!r.is_object() || !r.contains("target_new")) return json_text(r);
+    QString prompt = q(r.value("prompt", std::string()));
+    const QString subject = q(r.value("subject", std::string()));
+    prompt.replace(QStringLiteral("{}"), subject);
+    const QString was = q(r.value("target_true", std::string()));
+    return QStringLiteral("%1: “%2” %3→ %4").arg(subject, prompt, was.isEmpty() ? QString() : was + QLatin1Char(' '), json_text(r["target_new"]));
+}
+
+}  // namespace
+
+EditDetail Workbench::editDetail(qint64 id) const {
+    if (!m_project) throw Error(ErrorKind::Argument, "no project is open");
+    const Edit e = m_project->edit(id);
+    EditDetail d;
+    d.id = e.id;
+    d.method = q(e.method);
+    d.status = q(edit_status_name(e.status));
+    d.created = q(e.created_at);
+    d.stateHash = q(e.state_hash_after);
+    d.seconds = e.duration_s;
+    for (int64_t c : e.computed_on) d.computedOn.push_back(c);
+    if (e.requests.is_array())
+        for (const auto& r : e.requests) d.requests << request_text(r);
+    d.hparams = json_pairs(e.hparams);
+    flatten(QString(), e.metrics, &d.metrics);
+    for (const Delta& delta : e.deltas) {
+        QStringList dims;
+        for (int64_t n : delta.shape) dims << QString::number(n);
+        Edit one;
+        one.deltas = {delta};
+        d.deltas.push_back({q(delta.tensor), QString::fromLatin1(delta_kind_name(delta.kind)), QLatin1Char('[') + dims.join(QStringLiteral(", ")) + QLatin1Char(']'),
+                            delta.rank(), update_norm(one)});
+    }
+    for (const Artifact& a : e.artifacts) d.artifacts << QStringLiteral("%1 (%2)").arg(q(a.name), q(a.kind));
+    for (const Project::TraceEntry& t : m_project->traces()) {
+        if (t.state_hash != e.state_hash_after) continue;
+        const auto& sm = t.summary;
+        QString line = q(t.params.value("text", std::string()));
+        if (sm.is_object() && sm.contains("answer"))
+            line += QStringLiteral(" → p(%1) clean %2, corrupted %3")
+                        .arg(q(sm.value("answer", std::string())).trimmed())
+                        .arg(sm.value("clean_prob", 0.0), 0, 'f', 4)
+                        .arg(sm.value("corrupted_prob", 0.0), 0, 'f', 4);
+        if (t.params.contains("window")) line += QStringLiteral(", window %1").arg(json_text(t.params["window"]));
+        d.traces << line;
+    }
+    return d;
 }
 
 QVector<qint64> Workbench::activeIds() const {

@@ -73,12 +73,33 @@ struct HistoryRow {
     double norm = -1;  // Frobenius norm of the whole update; -1: not recorded
 };
 
+// Everything recorded about one edit, for the History view's detail panel.
+struct EditDetail {
+    qint64 id = 0;
+    QString method, status, created;
+    QString stateHash;              // the model's state right after the edit was recorded
+    double seconds = 0;             // computing it
+    QVector<qint64> computedOn;     // the edits active in the model it was computed on
+    QStringList requests;           // one line per request
+    QVector<QPair<QString, QString>> hparams, metrics;  // key -> value text
+    struct Tensor {
+        QString name, kind;         // HF tensor name; low_rank, dense_rows or dense
+        QString shape;              // "[out, in]" of the weight
+        qint64 rank = 0;            // r (low rank), rows (dense rows), 0 (dense)
+        double norm = 0;            // Frobenius norm of the change
+    };
+    QVector<Tensor> deltas;
+    QStringList artifacts;          // "name (kind)"
+    QStringList traces;             // the causal traces cached for stateHash
+};
+
 // A causal trace (ROME's three kinds) as plain values. kind: 0 hidden, 1 MLP, 2 attention.
 struct TraceSummary {
     QStringList tokens;
     int subjectBegin = 0, subjectEnd = 0;  // [begin, end) corrupted tokens
-    int nLayer = 0, window = 10;
-    QString answer;
+    int nLayer = 0, window = 10;  // window: layers restored together in the MLP and attention maps
+    QString answer;     // the answer traced
+    QString topAnswer;  // the model's own top-1 answer to the prompt (differs after an edit when the old answer is traced)
     double cleanProb = 0, corruptedProb = 0;
     bool cancelled = false;
     double seconds = 0;
@@ -159,6 +180,8 @@ public:
     QString projectFile() const;
     QString modelName() const;
     QString modelSummary() const;  // architecture, parameters, dtype, fingerprint
+    QString modelShape() const;    // architecture, parameters, layers, dtype
+    QString fingerprint() const;   // SHA-256 of the base weights, in hex
     QString stateHash() const;
     bool isDecoder() const;
 
@@ -173,12 +196,16 @@ public:
     double probability(const QString& prompt, const QString& target) const;  // p(target | prompt), all target tokens
 
     // Causal tracing of `subject` in `prompt` (ROME defaults: 10 samples, noise 3x the subjects'
-    // embedding std, window 10). Rows arrive through onRow on the calling thread as they finish.
+    // embedding std). Rows arrive through onRow on the calling thread as they finish.
     // `answer`: trace this continuation instead of the clean top-1 (to compare before and after an edit).
+    // `window`: layers restored together for the MLP and attention maps; 0: defaultTraceWindow().
     // With a project open, a finished trace is cached in it, keyed by the model state and the
     // request; asking again in the same state reads it back (fromCache) and streams its rows.
-    TraceSummary trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow,
-                       const std::atomic<bool>* cancel = nullptr, int samples = 10, const QString& answer = QString()) const;
+    TraceSummary trace(const QString& prompt, const QString& subject, const TraceRowFn& onRow, const std::atomic<bool>* cancel = nullptr,
+                       int samples = 10, const QString& answer = QString(), int window = 0) const;
+    // About a fifth of the loaded model's depth (ROME restores 10 of GPT-2 XL's 48 layers together).
+    int defaultTraceWindow() const;
+    int layerCount() const;
     // The newest trace cached in the project for the current model state, if any.
     bool latestTrace(StoredTrace* out) const;
     // The tokens and subject range a trace of this prompt will have (nothing is run).
@@ -195,6 +222,7 @@ public:
     qint64 undo();  // the edit undone, 0 if none
     qint64 redo();  // the edit redone, 0 if none
     QVector<HistoryRow> history() const;
+    EditDetail editDetail(qint64 id) const;  // throws when the project has no such edit
     QVector<qint64> activeIds() const;
     // Exactly these edits active (what undoing a rollback or revert needs); returns the state hash.
     QString restoreActive(const QVector<qint64>& ids);

@@ -37,6 +37,7 @@
 #include <QTableView>
 #include <QTableWidget>
 #include <QThread>
+#include <QTreeWidget>
 #include <QToolButton>
 #include <QUndoStack>
 #include <QUrl>
@@ -50,6 +51,8 @@
 
 #include "engram/about.h"
 #include "models/history_model.h"
+#include "views/guide_panel.h"
+#include "widgets/elided_label.h"
 #include "widgets/heatmap_widget.h"
 #include "widgets/plot_export.h"
 #include "widgets/qcustomplot_include.h"
@@ -147,9 +150,23 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent), m_bench(std::make
     m_modelLabel->setObjectName(QStringLiteral("modelLabel"));
     m_modelLabel->setWordWrap(true);
     m_modelLabel->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    // Hashes and paths on one line each, shortened in the middle; the whole value in the tooltip.
+    auto* facts = new QFormLayout;
+    facts->setContentsMargins(0, 0, 0, 0);
+    facts->setFieldGrowthPolicy(QFormLayout::AllNonFixedFieldsGrow);
+    auto fact = [&](const QString& name, const QString& label) {
+        auto* v = new ElidedLabel(Qt::ElideMiddle, panel);
+        v->setObjectName(name);
+        facts->addRow(label, v);
+        return v;
+    };
+    m_fingerprintLabel = fact(QStringLiteral("fingerprintLabel"), tr("fingerprint"));
+    m_projectLabel = fact(QStringLiteral("projectLabel"), tr("project"));
+    m_stateLabel = fact(QStringLiteral("stateLabel"), tr("state"));
     auto* open = new QPushButton(tr("Open model…"), panel);
     connect(open, &QPushButton::clicked, this, &MainWindow::openModelDialog);
     pl->addWidget(m_modelLabel);
+    pl->addLayout(facts);
     pl->addWidget(open);
     m_panelLayout = pl;  // the built-in models add their buttons below
     pl->addStretch();
@@ -238,6 +255,8 @@ void MainWindow::buildMenus() {
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     QAction* docs = help->addAction(tr("&Documentation"), this, &MainWindow::openDocumentation);
     docs->setShortcut(QKeySequence::HelpContents);
+    QAction* walk = help->addAction(tr("Guided &Walk: Locate, Edit, Verify, Undo"), this, [this] { showGuide(); });
+    walk->setObjectName(QStringLiteral("guideAction"));
     help->addAction(tr("&About Engram"), this, &MainWindow::showAbout);
 }
 
@@ -252,6 +271,31 @@ QString MainWindow::documentationIndex() const {
         if (QFileInfo::exists(index)) return index;
     }
     return QString();
+}
+
+void MainWindow::setGuideModel(const QString& factWorld) { m_guideModel = factWorld; }
+
+GuidePanel* MainWindow::showGuide() {
+    if (!m_guide) {
+        m_guide = new GuidePanel(this, m_guideModel);
+        addDockWidget(Qt::RightDockWidgetArea, m_guide);
+    }
+    m_guide->showStep(0);
+    m_guide->show();
+    m_guide->raise();
+    return m_guide;
+}
+
+bool MainWindow::showGuideIfFirstRun() {
+    if (!GuidePanel::showAtStart()) return false;
+    showGuide();
+    return true;
+}
+
+void MainWindow::showPrediction(const QString& prompt) {
+    m_prompt->setText(prompt);
+    m_tabs->setCurrentIndex(0);
+    predict();
 }
 
 void MainWindow::openDocumentation() {
@@ -395,15 +439,34 @@ QWidget* MainWindow::buildTraceView() {
     m_traceSamples->setObjectName(QStringLiteral("traceSamples"));
     m_traceSamples->setRange(1, 100000);
     m_traceSamples->setValue(10);  // ROME's default
+    // The MLP/attention window: "auto" is about a fifth of the depth (ROME's 10 of 48 layers), which
+    // the model panel's refresh() writes into the special text; any number overrides it.
+    m_traceWindow = new QSpinBox(w);
+    m_traceWindow->setObjectName(QStringLiteral("traceWindow"));
+    m_traceWindow->setRange(0, 999);
+    m_traceWindow->setValue(0);
+    m_traceWindow->setSpecialValueText(tr("auto"));
+    m_traceWindow->setSuffix(tr(" layers"));
+    m_traceWindow->setToolTip(tr("Layers restored together around each cell of the MLP and attention maps.\n"
+                                 "Auto: about a fifth of the depth, as ROME's 10 of GPT-2 XL's 48 layers (round(layers / 5), at least 1).\n"
+                                 "Set a number to override it."));
     form->addRow(tr("Prompt"), m_tracePrompt);
     form->addRow(tr("Subject"), m_traceSubject);
     form->addRow(tr("Noise samples"), m_traceSamples);
+    form->addRow(tr("Window (MLP, attention)"), m_traceWindow);
     l->addLayout(form);
     auto* row = new QHBoxLayout;
     m_traceButton = new QPushButton(tr("Trace"), w);
     m_traceButton->setObjectName(QStringLiteral("traceButton"));
     connect(m_traceButton, &QPushButton::clicked, this, &MainWindow::runTrace);
     m_traceNote = new QLabel(tr("Click a cell of the MLP map to prepare a ROME edit at that layer."), w);
+    m_traceNote->setObjectName(QStringLiteral("traceNote"));
+    m_traceNote->setWordWrap(true);
+    // After an edit the re-trace follows the answer from before it; this traces the model's new one.
+    m_traceNewAnswer = new QPushButton(w);
+    m_traceNewAnswer->setObjectName(QStringLiteral("traceNewAnswer"));
+    m_traceNewAnswer->hide();
+    connect(m_traceNewAnswer, &QPushButton::clicked, this, [this] { runTrace(); });
     m_retrace = new QCheckBox(tr("Re-trace after each edit"), w);
     m_retrace->setObjectName(QStringLiteral("retraceCheck"));
     m_retrace->setChecked(true);
@@ -413,6 +476,7 @@ QWidget* MainWindow::buildTraceView() {
     connect(m_diffKind, &QComboBox::currentIndexChanged, this, [this] { showDifference(); });
     row->addWidget(m_traceButton);
     row->addWidget(m_traceNote, 1);
+    row->addWidget(m_traceNewAnswer);
     row->addWidget(m_retrace);
     row->addWidget(m_diffKind);
     l->addLayout(row);
@@ -656,25 +720,40 @@ void MainWindow::runTrace() {
         m_traceScores[k] = QVector<QVector<double>>(m_trace.tokens.size(), QVector<double>(m_trace.nLayer, std::numeric_limits<double>::quiet_NaN()));
         showTraceRow(k, -1, {});  // empty maps with their token labels until the rows arrive
     }
-    const int samples = m_traceSamples->value();
-    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary, samples, answer] {
-               *summary = bench->trace(prompt, subject, onRow, cancel, samples, answer);
+    const int samples = m_traceSamples->value(), window = m_traceWindow->value();
+    m_trace.window = window > 0 ? window : m_bench->defaultTraceWindow();
+    const bool diff = m_diffPending;
+    m_traceNewAnswer->hide();
+    runJob(tr("Tracing"), [bench, prompt, subject, onRow, cancel, summary, samples, answer, window] {
+               *summary = bench->trace(prompt, subject, onRow, cancel, samples, answer, window);
            },
-           [this, summary] {
+           [this, summary, diff] {
                m_trace = *summary;
                for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
-               if (m_diffPending) {
-                   m_diffPending = false;
-                   m_haveDiff = !m_trace.cancelled;
-                   showDifference();
-               }
-               m_traceNote->setText(tr("p(%1): clean %2, corrupted %3%4 — click an MLP cell to prepare an edit")
-                                        .arg(m_trace.answer.trimmed())
-                                        .arg(m_trace.cleanProb, 0, 'f', 4)
-                                        .arg(m_trace.corruptedProb, 0, 'f', 4)
-                                        .arg(m_trace.cancelled ? tr(" (cancelled; the finished rows are kept)")
-                                             : m_trace.fromCache ? tr(" (read from the project's cache)") : QString()));
+               m_diffPending = false;
+               m_haveDiff = diff && !m_trace.cancelled;  // a difference only between traces of one answer
+               if (m_haveDiff) showDifference();
+               else m_diffMap->hide();
+               showTraceNote(diff);
            });
+}
+
+// Which answer the maps follow, and, when the model answers something else now (the re-trace after
+// an edit follows the answer from before it), a button that traces the new answer.
+void MainWindow::showTraceNote(bool afterEdit) {
+    const QString traced = m_trace.answer.trimmed(), top = m_trace.topAnswer.trimmed();
+    const QString figures = tr("clean %1, corrupted %2").arg(m_trace.cleanProb, 0, 'f', 4).arg(m_trace.corruptedProb, 0, 'f', 4);
+    const QString state = m_trace.cancelled ? tr(" (cancelled; the finished rows are kept)")
+                          : m_trace.fromCache ? tr(" (read from the project's cache)") : QString();
+    const bool other = !top.isEmpty() && top != traced;
+    if (other)
+        m_traceNote->setText(tr("Tracing p(%1), %2: %3%4. The model now answers “%5”.")
+                                 .arg(traced, afterEdit ? tr("the answer before the last edit") : tr("not the model's top answer"), figures, state, top));
+    else
+        m_traceNote->setText(tr("Tracing p(%1), the model's answer: %2%3 — click an MLP cell to prepare an edit").arg(traced, figures, state));
+    m_traceNewAnswer->setText(tr("Trace “%1”").arg(top));
+    m_traceNewAnswer->setToolTip(tr("Trace the model's current answer, “%1”, instead of “%2”").arg(top, traced));
+    m_traceNewAnswer->setVisible(other && !m_trace.cancelled);
 }
 
 void MainWindow::showTraceRow(int kind, int token, const QVector<double>& scores) {
@@ -1121,7 +1200,20 @@ QWidget* MainWindow::buildHistoryView() {
     m_historyView->setSelectionBehavior(QAbstractItemView::SelectRows);
     m_historyView->horizontalHeader()->setSectionResizeMode(HistoryModel::Change, QHeaderView::Stretch);
     m_historyView->verticalHeader()->hide();
-    l->addWidget(m_historyView, 1);
+    // Beside the table: everything recorded about the selected edit.
+    m_editDetail = new QTreeWidget(w);
+    m_editDetail->setObjectName(QStringLiteral("editDetail"));
+    m_editDetail->setHeaderLabels({tr("selected edit"), tr("value")});
+    m_editDetail->setColumnCount(2);
+    m_editDetail->header()->setSectionResizeMode(0, QHeaderView::ResizeToContents);
+    m_editDetail->setWordWrap(false);
+    m_editDetail->setTextElideMode(Qt::ElideMiddle);
+    auto* tableAndDetail = new QSplitter(w);
+    tableAndDetail->addWidget(m_historyView);
+    tableAndDetail->addWidget(m_editDetail);
+    tableAndDetail->setStretchFactor(0, 3);
+    tableAndDetail->setStretchFactor(1, 2);
+    l->addWidget(tableAndDetail, 1);
     auto* row = new QHBoxLayout;
     auto* undo = new QPushButton(tr("Undo"), w);
     auto* redo = new QPushButton(tr("Redo"), w);
@@ -1155,8 +1247,69 @@ QWidget* MainWindow::buildHistoryView() {
     m_normPlot->legend->setVisible(true);
     l->addWidget(m_normPlot);
     addExportMenu(m_normPlot, -2);
-    connect(m_historyView->selectionModel(), &QItemSelectionModel::selectionChanged, this, [this] { updateNormChart(); });
+    connect(m_historyView->selectionModel(), &QItemSelectionModel::selectionChanged, this, [this] {
+        updateNormChart();
+        showEditDetail();
+    });
+    showEditDetail();
     return w;
+}
+
+void MainWindow::showEditDetail() {
+    m_editDetail->clear();
+    const qint64 id = selectedEditId();
+    if (!id) {
+        m_editDetail->addTopLevelItem(new QTreeWidgetItem({tr("Select an edit to see what was recorded")}));
+        return;
+    }
+    EditDetail d;
+    try {
+        d = m_bench->editDetail(id);
+    } catch (const std::exception& e) {
+        m_editDetail->addTopLevelItem(new QTreeWidgetItem({tr("Edit %1 could not be read").arg(id), QString::fromStdString(e.what())}));
+        return;
+    }
+    auto section = [this](const QString& name, const QString& summary = QString()) {
+        auto* item = new QTreeWidgetItem({name, summary});
+        QFont bold = item->font(0);
+        bold.setBold(true);
+        item->setFont(0, bold);
+        m_editDetail->addTopLevelItem(item);
+        item->setExpanded(true);
+        return item;
+    };
+    auto add = [](QTreeWidgetItem* parent, const QString& key, const QString& value) {
+        auto* item = new QTreeWidgetItem(parent, {key, value});
+        item->setToolTip(1, value);
+        return item;
+    };
+    QTreeWidgetItem* edit = section(tr("Edit %1").arg(d.id), QStringLiteral("%1, %2").arg(d.method, d.status));
+    add(edit, tr("recorded"), d.created);
+    add(edit, tr("computed in"), tr("%1 s").arg(d.seconds, 0, 'f', 2));
+    QStringList basis;
+    for (qint64 c : d.computedOn) basis << QString::number(c);
+    add(edit, tr("computed on edits"), basis.isEmpty() ? tr("none (the base model)") : basis.join(QStringLiteral(", ")));
+    add(edit, tr("state hash"), d.stateHash);
+    QTreeWidgetItem* requests = section(tr("Requests"), QString::number(d.requests.size()));
+    for (int i = 0; i < d.requests.size(); ++i) add(requests, QString::number(i + 1), d.requests[i]);
+    QTreeWidgetItem* deltas = section(tr("Deltas"), tr("%n tensor(s)", nullptr, int(d.deltas.size())));
+    for (const EditDetail::Tensor& t : d.deltas) {
+        QTreeWidgetItem* item = add(deltas, t.name, tr("‖Δ‖ = %1").arg(t.norm, 0, 'g', 4));
+        add(item, tr("kind"), t.kind + (t.rank > 0 ? QStringLiteral(" (%1 %2)").arg(t.kind == QLatin1String("dense_rows") ? tr("rows") : tr("rank")).arg(t.rank) : QString()));
+        add(item, tr("shape"), t.shape);
+    }
+    QTreeWidgetItem* metrics = section(tr("Metrics"), QString::number(d.metrics.size()));
+    for (const auto& [k, v] : d.metrics) add(metrics, k, v);
+    QTreeWidgetItem* hparams = section(tr("Hyperparameters"), QString::number(d.hparams.size()));
+    for (const auto& [k, v] : d.hparams) add(hparams, k, v);
+    hparams->setExpanded(false);  // long; the rest fits above the fold
+    if (!d.artifacts.isEmpty()) {
+        QTreeWidgetItem* artifacts = section(tr("Artifacts"), QString::number(d.artifacts.size()));
+        for (const QString& a : d.artifacts) add(artifacts, QString(), a);
+    }
+    QTreeWidgetItem* traces = section(tr("Traces in its state"), QString::number(d.traces.size()));
+    for (const QString& t : d.traces) add(traces, QString(), t);
+    if (d.traces.isEmpty()) add(traces, QString(), tr("none cached (trace with this edit's state active)"));
 }
 
 qint64 MainWindow::selectedEditId() const {
@@ -1178,21 +1331,25 @@ void MainWindow::updateNormChart() {
     QVector<double> keys(drift.size());
     std::iota(keys.begin(), keys.end(), 0.0);
     double top = 1e-9;
-    auto addBars = [&](const QVector<double>& values, double offset, const QColor& color, const QString& name) {
+    // Both bars stand on their layer's tick: the drift wide and light behind, the edit's ‖Δ‖ narrow in front.
+    auto addBars = [&](const QVector<double>& values, double width, const QColor& color, const QString& name) {
         if (values.isEmpty()) return;
         auto* bars = new QCPBars(m_normPlot->xAxis, m_normPlot->yAxis);
-        QVector<double> k = keys;
-        for (double& x : k) x += offset;
-        bars->setData(k, values);
-        bars->setWidth(0.38);
+        bars->setData(keys, values);
+        bars->setWidth(width);
         bars->setPen(Qt::NoPen);
         bars->setBrush(color);
         bars->setName(name);
         for (double v : values) top = std::max(top, v);
     };
-    addBars(drift, -0.2, QColor(0x9e, 0x9a, 0xc8), tr("cumulative drift ‖W − W_base‖"));
-    addBars(selected, 0.2, QColor(0x31, 0xa3, 0x54), tr("edit %1: ‖Δ‖").arg(id));
-    m_normPlot->xAxis->setRange(-0.7, std::max<int>(1, int(drift.size())) - 0.3);
+    addBars(drift, 0.8, QColor(0xcb, 0xc9, 0xe2), tr("cumulative drift ‖W − W_base‖"));
+    addBars(selected, 0.4, QColor(0x31, 0xa3, 0x54), tr("edit %1: ‖Δ‖").arg(id));
+    QSharedPointer<QCPAxisTickerFixed> ticker(new QCPAxisTickerFixed);
+    ticker->setTickStep(1.0);  // layers are whole numbers; more than a dozen thin out to 2, 5, 10...
+    ticker->setScaleStrategy(QCPAxisTickerFixed::ssMultiples);
+    m_normPlot->xAxis->setTicker(ticker);
+    m_normPlot->xAxis->setSubTicks(false);
+    m_normPlot->xAxis->setRange(-0.6, std::max<int>(1, int(drift.size())) - 0.4);
     m_normPlot->yAxis->setRange(0, top * 1.1);
     m_normPlot->replot();
 }
@@ -1244,15 +1401,21 @@ void MainWindow::exportModelDialog() {
 
 void MainWindow::refresh() {
     if (m_bench->hasModel()) {
-        QString text = QStringLiteral("<b>%1</b><br>%2").arg(m_bench->modelName().toHtmlEscaped(), m_bench->modelSummary().toHtmlEscaped());
-        if (m_bench->hasProject()) text += QStringLiteral("<br>project: %1").arg(m_bench->projectFile().toHtmlEscaped());
-        text += QStringLiteral("<br>state %1…").arg(m_bench->stateHash().left(12));
-        m_modelLabel->setText(text);
+        m_modelLabel->setText(QStringLiteral("<b>%1</b><br>%2").arg(m_bench->modelName().toHtmlEscaped(), m_bench->modelShape().toHtmlEscaped()));
+        m_fingerprintLabel->setFullText(m_bench->fingerprint(), tr("SHA-256 of the base weights: %1").arg(m_bench->fingerprint()));
+        m_projectLabel->setFullText(m_bench->hasProject() ? m_bench->projectFile() : tr("none (an edit starts one)"));
+        m_stateLabel->setFullText(m_bench->stateHash(), tr("The state hash of the weights as they are now: %1").arg(m_bench->stateHash()));
+        // The causal trace's automatic window, for this model.
+        m_traceWindow->setMaximum(std::max(1, m_bench->layerCount()));
+        m_traceWindow->setSpecialValueText(tr("auto: %1 of %2 layers").arg(m_bench->defaultTraceWindow()).arg(m_bench->layerCount()));
     } else {
         m_modelLabel->setText(tr("No model open"));
+        for (ElidedLabel* l : {m_fingerprintLabel, m_projectLabel, m_stateLabel}) l->setFullText(QString());
     }
+    for (ElidedLabel* l : {m_fingerprintLabel, m_projectLabel, m_stateLabel}) l->setVisible(m_bench->hasModel());
     m_history->setRows(m_bench->history());
     updateNormChart();
+    showEditDetail();
     if (m_bench->modelSummary() != m_hparamsFor) {
         m_hparamsFor = m_bench->modelSummary();
         resetHParams();
@@ -1485,12 +1648,10 @@ void MainWindow::showStoredTrace(const StoredTrace& t) {
     m_traceSubject->setText(t.summary.subject);
     m_traceSamples->setValue(t.summary.samples);
     for (int k = 0; k < 3; ++k) showTraceRow(k, -1, {});
+    m_traceWindow->setValue(t.summary.window == m_bench->defaultTraceWindow() ? 0 : t.summary.window);
     m_haveDiff = false;
     m_diffMap->hide();
-    m_traceNote->setText(tr("Restored from the project: p(%1) = %2 clean, %3 corrupted. Click an MLP cell to prepare an edit.")
-                             .arg(t.summary.answer.trimmed())
-                             .arg(t.summary.cleanProb, 0, 'f', 3)
-                             .arg(t.summary.corruptedProb, 0, 'f', 3));
+    showTraceNote(false);
 }
 
 bool MainWindow::saveProjectAs(const QString& file) {

@@ -28,11 +28,14 @@ class QTabWidget;
 class QTableView;
 class QTableWidget;
 class QToolButton;
+class QTreeWidget;
 class QUndoStack;
 class QVBoxLayout;
 
 namespace engram::ui {
 
+class ElidedLabel;
+class GuidePanel;
 class HeatmapWidget;
 class HistoryModel;
 class VitAttributionFigure;
@@ -90,6 +93,14 @@ public:
     void setPresentationMode(bool on);
     // A File menu entry that opens a built-in demo model.
     void addDemoModel(const QString& title, const QString& dir);
+    // The prompt view asking `prompt` (the current model beside the base when edits are active).
+    void showPrediction(const QString& prompt);
+    // The guided walk (Help > Guided Walk) on the Fact World model at `factWorld`.
+    void setGuideModel(const QString& factWorld);
+    GuidePanel* showGuide();
+    // Shows the walk on a first start (and on every start when asked to); true when it was shown.
+    bool showGuideIfFirstRun();
+    GuidePanel* guide() const { return m_guide; }
     // Saves one PNG per main view into `dir`.
     // `only`: the tab indexes to save (empty: all).
     bool saveScreenshots(const QString& dir, QString* error = nullptr, const QVector<int>& only = {});
@@ -142,11 +153,13 @@ private:
     void showPatchMapOf(int layer, int head);
     void addExportMenu(QWidget* plot, int kind);
     void updateNormChart();
+    void showEditDetail();
     QWidget* buildEvaluateView();
     void drawCurves();
     qint64 selectedEditId() const;
     void showTraceRow(int kind, int token, const QVector<double>& scores);
     void showDifference();
+    void showTraceNote(bool afterEdit);
     void traceCellClicked(int kind, int row, int column);
     QWidget* buildHistoryView();
     void refresh();  // model panel, history, prediction
@@ -161,6 +174,9 @@ private:
     HistoryModel* m_history = nullptr;
     QTabWidget* m_tabs = nullptr;
     QLabel* m_modelLabel = nullptr;
+    ElidedLabel* m_fingerprintLabel = nullptr;
+    ElidedLabel* m_projectLabel = nullptr;
+    ElidedLabel* m_stateLabel = nullptr;
     QLineEdit* m_prompt = nullptr;
     QTableWidget* m_topTable = nullptr;
     QLabel* m_predictNote = nullptr;
@@ -180,6 +196,7 @@ private:
     QTableWidget* m_result = nullptr;
     QTableView* m_historyView = nullptr;
     QCustomPlot* m_normPlot = nullptr;
+    QTreeWidget* m_editDetail = nullptr;
     QComboBox* m_evalMethod = nullptr;
     QCheckBox* m_evalBlue = nullptr;
     QCheckBox* m_evalDistinct = nullptr;
@@ -196,6 +213,8 @@ private:
     QPushButton* m_traceButton = nullptr;
     QLabel* m_traceNote = nullptr;
     QSpinBox* m_traceSamples = nullptr;
+    QSpinBox* m_traceWindow = nullptr;  // 0: auto (Workbench::defaultTraceWindow)
+    QPushButton* m_traceNewAnswer = nullptr;
     QFont m_normalFont;
     QPalette m_normalPalette;
     bool m_presenting = false;
@@ -220,6 +239,8 @@ private:
     int m_vitIndex = -1;
     bool m_fillingHeads = false;
     QMenu* m_fileMenu = nullptr;
+    GuidePanel* m_guide = nullptr;
+    QString m_guideModel;
     QMenu* m_recentMenu = nullptr;
     QVBoxLayout* m_panelLayout = nullptr;
     QAction* m_undoAction = nullptr;

@@ -145,7 +145,15 @@ void HeatmapWidget::setData(const HeatmapData& data) {
         high = std::max(std::abs(lo), std::abs(hi));  // symmetric about 0
         low = -high;
     }
-    if (!(high > low)) high = low + std::max(1e-9, std::abs(low) * 1e-6);
+    const double span = std::max(data.minSpan, 1e-12);
+    if (!(high - low >= span)) {
+        if (data.kind == HeatmapKind::Difference) {
+            high = std::max(high, span / 2);
+            low = std::min(low, -span / 2);
+        } else {
+            high = low + span;
+        }
+    }
     QCPColorGradient gradient;
     gradient.clearColorStops();
     const QVector<QColor> stops = colorStops(data.kind);

@@ -34,6 +34,11 @@ struct HeatmapData {
     QString answer;                   // the colour bar reads p(answer)
     double low = std::numeric_limits<double>::quiet_NaN();   // colour range start (the corrupted probability); NaN: data min
     double high = std::numeric_limits<double>::quiet_NaN();  // colour range end; NaN: data max (as ROME's pcolor)
+    // The narrowest colour range drawn. A map whose values differ by less (float rounding after an
+    // edit left the answer at one probability everywhere) draws as one colour instead of
+    // stretching that noise over the whole scale. Trace maps widen upwards from `low`, the
+    // difference map symmetrically about 0.
+    double minSpan = 1e-3;
     QString title, xLabel, colorBarLabel;  // overrides of the ROME texts when non-empty
 };
 

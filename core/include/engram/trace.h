@@ -21,6 +21,7 @@
 // They agree within 1e-5 (tests/core/tst_trace.cpp).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -132,6 +133,11 @@ struct TraceResult {
 // "causal trace". A cancelled trace returns normally with cancelled = true and the rows finished
 // so far (row_done).
 TraceResult causal_trace(const Model& model, const TraceInput& input, const TraceOptions& options);
+
+// The MLP/attention window for a model of n_layer layers: about a fifth of its depth, as ROME's 10
+// of GPT-2 XL's 48 (round(n_layer / 5), at least 1). A fixed 10 covers all of a shallow model, and
+// every row of its maps comes out one flat colour.
+inline int default_trace_window(int64_t n_layer) { return int(std::max<int64_t>(1, (n_layer + 2) / 5)); }
 
 // ROME's average_causal_effects buckets: first / middle / last subject token, first subsequent
 // token, further tokens, last token.
