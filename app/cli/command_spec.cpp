@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "engram/error.h"
+#include "engram/methods.h"
 
 namespace engram::cli {
 
@@ -70,6 +71,7 @@ std::vector<CommandSpec> build() {
                  {{"batch", "B", "forward: sequences per batch (default 8)"},
                   {"seq", "T", "forward: tokens per sequence, at most 1024 (default 128)"},
                   {"iters", "N", "forward: timed iterations (default 3)"},
+                  {"codebook", "N", "forward: also time it with a GRACE codebook of N random entries installed (default 0: no)"},
                   kDevice},
                  "bench forward prints the forward pass's GFLOP/s beside a square matmul's in the same run; bench load times "
                  "mapping and fingerprinting a ~500 MB checkpoint. Also: bench trace, bench edit (see their --help).",
@@ -133,7 +135,7 @@ std::vector<CommandSpec> build() {
     // --- locate-then-edit ---
     s.push_back({"edit", "editing", "edit one fact (or a batch from a file); prints p(new) and p(old) before and after", {},
                  {model_dir(lm),
-                  {"method", "M", "rome, memit, memit_seq, alphaedit, pmet or ft, optionally +blue; grace; synthetic (see below) (required)"},
+                  {"method", "M", method_name_list() + " (+blue where BLUE applies); synthetic (see below) (required)"},
                   {"blue", "", "BLUE: edit the boundary layers (first and last of the method's layers)"},
                   {"prompt", "P", "the prompt with {} where the subject goes, e.g. \"{} was born in\""},
                   {"subject", "S", "the subject"},
@@ -152,7 +154,7 @@ std::vector<CommandSpec> build() {
                  "engram-cli edit --method rome --prompt \"{} lives in\" --subject \"Ada Okafor\" --target Lisbon --db demo.engram"});
     s.push_back({"eval", "editing", "the sequential batch protocol: T cases edited in batches of B, then scored; a row per method", {},
                  {model_dir(lm),
-                  {"method", "M[,M...]", "methods to compare, e.g. memit,memit+blue (required)"},
+                  {"method", "M[,M...]", "methods to compare (" + method_name_list(false) + ", +blue where BLUE applies), e.g. memit,memit+blue (required)"},
                   {"blue", "", "apply BLUE to every method"},
                   {"dataset", "FILE", "CounterFact, zsRE or MQuAKE records (default: the demo world's counterfact.json)"},
                   {"format", "F", "counterfact, counterfact_flat, zsre or mquake (default: detected)"},

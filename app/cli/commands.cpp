@@ -188,6 +188,13 @@ int cmd_predict(const Argv& argv) {
             top.push_back({{"token", tok.decode({id})}, {"id", id}, {"prob", p[i].item<double>()}});
         }
         json line = {{"prompt", prompt}, {"top", top}};
+        // Adapter edits (a project's GRACE codebook): what each did with this prompt.
+        const std::vector<AdapterRoute> routes = explain_adapters(*model, encode_prompt(tok, prompt));
+        if (!routes.empty()) {
+            json a = json::array();
+            for (const AdapterRoute& r : routes) a.push_back({{"adapter", r.adapter}, {"replaced", r.replaced}, {"detail", r.detail}});
+            line["adapters"] = a;
+        }
         if (args.flag("json")) {
             std::cout << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
         } else {
@@ -195,6 +202,7 @@ int cmd_predict(const Argv& argv) {
             for (const auto& t : top)
                 std::cout << "  " << std::fixed << std::setprecision(4) << t["prob"].get<double>() << "  "
                           << json(t["token"]).dump(-1, ' ', false, json::error_handler_t::replace) << " (" << t["id"] << ")\n";
+            for (const AdapterRoute& r : routes) std::cout << "  " << describe_route(r) << "\n";
         }
     }
     return 0;
@@ -277,7 +285,8 @@ int cmd_bench(const Argv& argv) {
     if (seq > 1024) throw Error(ErrorKind::Argument, "--seq must be at most 1024 (GPT-2's context)");
     std::cout << "bench forward: random GPT-2-small-shaped model, batch " << batch << " x seq " << seq << " on " << device.str()
               << " (" << at::get_num_threads() << " threads)\n";
-    ForwardBenchResult r = bench_forward(batch, seq, iters, device);
+    const int64_t codebook = args.integer("codebook", 0, 0);
+    ForwardBenchResult r = bench_forward(batch, seq, iters, device, codebook);
     std::cout << std::fixed << std::setprecision(1) << "  parameters        " << double(r.parameters) / 1e6 << " M\n"
               << "  forward           " << std::setprecision(3) << r.seconds_per_forward * 1e3 << " ms (mean of " << r.iterations << ")\n"
               << "  tokens/s          " << std::setprecision(0) << r.tokens_per_second << "\n"
@@ -285,6 +294,10 @@ int cmd_bench(const Argv& argv) {
               << " GFLOP per forward)\n"
               << "  matmul peak       " << r.matmul_peak_gflops << " GFLOP/s (square fp32 matmul, same run)\n"
               << "  ratio             " << std::setprecision(2) << r.forward_gflops / r.matmul_peak_gflops << " of peak (target >= 0.50)\n";
+    if (r.codebook_entries > 0)
+        std::cout << std::setprecision(3) << "  GRACE codebook    " << r.codebook_entries << " entries: " << r.seconds_per_forward_codebook * 1e3
+                  << " ms against " << r.seconds_per_forward_plain * 1e3 << " ms without (interleaved, mean of " << r.iterations
+                  << "); ratio " << r.seconds_per_forward_codebook / r.seconds_per_forward_plain << " (target <= 1.05)\n";
     return 0;
 }
 

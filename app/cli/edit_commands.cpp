@@ -23,6 +23,7 @@
 #include "engram/editing.h"
 #include "engram/error.h"
 #include "engram/evaluate.h"
+#include "engram/methods.h"
 #include "engram/model.h"
 #include "engram/runtime.h"
 #include "engram/store.h"
@@ -54,7 +55,7 @@ std::pair<EditMethod, bool> parse_method(const std::string& text, bool blue_flag
         }
     }
     auto method = edit_method_from_name(m);
-    if (!method) throw Error(ErrorKind::Argument, "--method " + text + ": expected rome, memit, memit_seq, alphaedit, pmet, ft (optionally +blue) or grace");
+    if (!method) throw Error(ErrorKind::Argument, "--method " + text + ": expected " + method_name_list() + " (+blue where BLUE applies)");
     return {*method, blue};
 }
 

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <set>
 
 #include "engram/adapter.h"
 #include "engram/datasets.h"
@@ -19,6 +20,7 @@
 #include "engram/editing.h"
 #include "engram/error.h"
 #include "engram/evaluate.h"
+#include "engram/methods.h"
 #include "engram/model.h"
 #include "engram/store.h"
 #include "engram/tokenizer.h"
@@ -355,6 +357,32 @@ private Q_SLOTS:
         p->undo(*m);
         QCOMPARE(state_hash(*m), head);
         QVERIFY(m->adapters().empty());
+    }
+
+    void registryListsEveryMethodAndSetting() {
+        // Every method the names parse to is in the registry, with a compute function, and every
+        // setting a method reads is a real hyperparameter with a line of help.
+        const nlohmann::json keys = EditHParams().to_json();
+        std::set<std::string> listed;
+        for (const MethodInfo& m : edit_methods()) {
+            QVERIFY(m.compute != nullptr);
+            QCOMPARE(edit_method_from_name(m.name), std::optional<EditMethod>(m.method));
+            QCOMPARE(std::string(edit_method_name(m.method)), std::string(m.name));
+            listed.insert(m.name);
+            for (const char* k : m.settings) {
+                QVERIFY2(keys.contains(k), k);
+                QVERIFY2(std::string(setting_help(k)).size() > 10, k);
+            }
+        }
+        for (const char* name : {"rome", "memit", "memit_seq", "alphaedit", "pmet", "ft", "grace"}) QVERIFY2(listed.count(name), name);
+        for (const auto& [k, v] : keys.items())
+            if (k != "method") QVERIFY2(std::string(setting_help(k)).size() > 10, k.c_str());
+        QCOMPARE(method_info(EditMethod::Grace).produces, Produces::Adapters);
+        // A form shows the method's own settings only: ROME has no L2 or ft_lr.
+        const nlohmann::ordered_json rome = method_settings(default_edit_hparams({"gpt2", 6, 128, 512}, EditMethod::Rome, false));
+        QVERIFY(rome.contains("v_lr") && rome.contains("layers"));
+        QVERIFY(!rome.contains("L2") && !rome.contains("ft_lr") && !rome.contains("grace_eps"));
+        QVERIFY(method_name_list().find("grace") != std::string::npos);
     }
 
     void badSettingsAreRefused() {

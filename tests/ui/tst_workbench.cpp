@@ -69,6 +69,7 @@ private Q_SLOTS:
     void evaluateOverlaysRuns();
     void retraceShowsDifference();
     void hparamOverridesAndBaseSideBySide();
+    void graceEditBesideTheWeights();
     void screenshotsEveryView();
     void saveAsRecentAndCachedTrace();
     void settingsApply();
@@ -547,6 +548,35 @@ void TestWorkbench::retraceShowsDifference() {
     QCOMPARE(w.workbench().editDetail(id).traces.size(), 2);
 }
 
+void TestWorkbench::graceEditBesideTheWeights() {
+    // A GRACE edit from the Edit view: the prompt's answer changes, the Prompt view says which
+    // codebook entry did it, the base table shows the unedited answer, History names the adapter,
+    // and undo brings the base state hash back.
+    QTemporaryDir tmp;
+    MainWindow w;
+    w.openModelNow(demo());
+    w.workbench().createProject(tmp.filePath(QStringLiteral("g.engram")));
+    const QString baseHash = w.workbench().stateHash();
+    w.fillEditForm(QStringLiteral("{} competes in"), QStringLiteral("Peanaim Fosha"), QStringLiteral("Zuluball"), QStringLiteral("grace"), -1);
+    QSignalSpy applied(&w, &MainWindow::editApplied);
+    w.applyEdit();
+    QVERIFY(applied.wait(120000));
+    QCOMPARE(w.historyModel()->rows()[0].method, QStringLiteral("grace · adapter"));
+    QVERIFY2(w.historyModel()->rows()[0].layers.contains(QStringLiteral("codebook, 1 entries")), qPrintable(w.historyModel()->rows()[0].layers));
+    auto* prompt = w.findChild<QLineEdit*>(QStringLiteral("promptEdit"));
+    prompt->setText(QStringLiteral("Peanaim Fosha competes in"));
+    w.predict();
+    QCOMPARE(topToken(w), QStringLiteral("Zuluball"));
+    auto* base = w.findChild<QTableWidget*>(QStringLiteral("baseTable"));
+    QVERIFY(!base->isHidden());
+    QCOMPARE(base->item(0, 0)->text().trimmed(), QStringLiteral("Loraifelball"));
+    const QString note = w.findChild<QLabel*>(QStringLiteral("predictNote"))->text();
+    QVERIFY2(note.contains(QStringLiteral("replaced the layer-")) && note.contains(QStringLiteral("radius")), qPrintable(note));
+    QVERIFY(w.workbench().stateHash() != baseHash);
+    w.workbench().undo();
+    QCOMPARE(w.workbench().stateHash(), baseHash);
+}
+
 void TestWorkbench::hparamOverridesAndBaseSideBySide() {
     MainWindow w;
     w.openModelNow(demo());
@@ -557,6 +587,22 @@ void TestWorkbench::hparamOverridesAndBaseSideBySide() {
         if (hp->item(r, 0)->text() == QLatin1String("layers")) layersRow = r;
     QVERIFY(layersRow >= 0);
     QCOMPARE(hp->item(layersRow, 1)->text(), QStringLiteral("[0]"));  // the demo default for ROME
+    // Only ROME's own settings, each with a tooltip; GRACE shows its own.
+    for (int r = 0; r < hp->rowCount(); ++r) {
+        QVERIFY2(hp->item(r, 0)->text() != QLatin1String("L2") && hp->item(r, 0)->text() != QLatin1String("ft_lr"),
+                 qPrintable(hp->item(r, 0)->text()));
+        QVERIFY2(!hp->item(r, 0)->toolTip().isEmpty(), qPrintable(hp->item(r, 0)->text()));
+    }
+    {
+        auto* combo = w.findChild<QComboBox*>(QStringLiteral("methodCombo"));
+        combo->setCurrentText(QStringLiteral("grace"));
+        QStringList keys;
+        for (int r = 0; r < hp->rowCount(); ++r) keys << hp->item(r, 0)->text();
+        QVERIFY2(keys.contains(QStringLiteral("grace_eps")) && !keys.contains(QStringLiteral("v_lr")), qPrintable(keys.join(u' ')));
+        combo->setCurrentText(QStringLiteral("rome"));
+        for (int r = 0; r < hp->rowCount(); ++r)
+            if (hp->item(r, 0)->text() == QLatin1String("layers")) layersRow = r;
+    }
     hp->item(layersRow, 1)->setText(QStringLiteral("[2]"));
     QSignalSpy applied(&w, &MainWindow::editApplied);
     w.applyEdit();

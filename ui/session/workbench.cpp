@@ -16,6 +16,7 @@
 #include "engram/edit.h"
 #include "engram/edit_hparams.h"
 #include "engram/editing.h"
+#include "engram/methods.h"
 #include "engram/error.h"
 #include "engram/evaluate.h"
 #include "engram/model.h"
@@ -149,19 +150,32 @@ QVector<TokenProb> Workbench::topTokensOfBase(const QString& prompt, int k) {
     for (const auto& ref : m_model->weight_refs())
         if (!m_model->is_base(ref.slot, ref.layer)) saved.emplace_back(ref, m_model->weight(ref.slot, ref.layer));
     for (auto& [ref, t] : saved) m_model->restore_base(ref.slot, ref.layer);
+    const AdapterSet adapters = m_model->adapters();  // and the adapters (a copy is a snapshot)
+    m_model->adapters().clear();
     QVector<TokenProb> out;
     try {
         out = topTokens(prompt, k);
     } catch (...) {
         for (auto& [ref, t] : saved) m_model->weight(ref.slot, ref.layer) = t;
+        m_model->adapters() = adapters;
         throw;
     }
     for (auto& [ref, t] : saved) m_model->weight(ref.slot, ref.layer) = t;
+    m_model->adapters() = adapters;
+    return out;
+}
+
+QStringList Workbench::adapterNotes(const QString& prompt) const {
+    QStringList out;
+    if (!m_model || m_model->adapters().empty() || !m_model->tokenizer()) return out;
+    for (const AdapterRoute& r : explain_adapters(*m_model, m_model->tokenizer()->encode(s(prompt), true).ids))
+        out << q(describe_route(r));
     return out;
 }
 
 bool Workbench::edited() const {
     if (!m_model) return false;
+    if (!m_model->adapters().empty()) return true;
     for (const auto& ref : m_model->weight_refs())
         if (!m_model->is_base(ref.slot, ref.layer)) return true;
     return false;
@@ -191,9 +205,10 @@ QVector<QPair<QString, QString>> Workbench::defaultHParams(const QString& method
     if (!m_model || !m_model->is_decoder()) return out;
     const auto m = edit_method_from_name(s(method));
     if (!m) return out;
-    const nlohmann::json j = default_edit_hparams(model_shape(*m_model), *m, blue).to_json();
+    // The chosen method's own settings only (the registry's list), in its order.
+    const nlohmann::ordered_json j = method_settings(default_edit_hparams(model_shape(*m_model), *m, blue));
     for (auto it = j.begin(); it != j.end(); ++it) {
-        if (it.key() == "method" || it.key() == "blue" || it.key() == "context_templates") continue;
+        if (it.key() == "blue" || it.key() == "context_templates") continue;
         out.push_back({q(it.key()), it.value().is_string() ? q(it.value().get<std::string>()) : q(it.value().dump())});
     }
     return out;
@@ -485,6 +500,13 @@ QVector<HistoryRow> Workbench::history() const {
             QStringList ls;
             for (const auto& l : e.hparams["layers"]) ls << QString::number(l.get<int>());
             r.layers = ls.join(QStringLiteral(", "));
+        }
+        // Edits beside the weights: the adapter's kind and layer, and the codebook's size.
+        if (e.metrics.is_object() && e.metrics.contains("adapter") && e.metrics["adapter"].is_string()) {
+            r.layers = QStringLiteral("%1 (codebook, %2 entries)")
+                           .arg(r.layers)
+                           .arg(e.metrics.value("codebook_entries", int64_t(0)));
+            r.method += QStringLiteral(" · adapter");
         }
         r.status = q(edit_status_name(e.status));
         r.norm = e.metrics.is_object() ? e.metrics.value("update_norm", -1.0) : -1.0;

@@ -190,7 +190,10 @@ public:
     QVector<TokenProb> topTokensOfBase(const QString& prompt, int k);
     QStringList promptTokens(const QString& prompt) const;
     QString generate(const QString& prompt, int maxNewTokens) const;  // greedy continuation
-    bool edited() const;  // the weights differ from the base
+    bool edited() const;  // the weights differ from the base, or adapters are installed
+    // For each installed adapter, one line on what it does with the prompt (which GRACE entry, at
+    // what distance, against what radius); empty without adapters.
+    QStringList adapterNotes(const QString& prompt) const;
     // The method's default hyperparameters for this model, as key -> value text (what --set takes).
     QVector<QPair<QString, QString>> defaultHParams(const QString& method, bool blue) const;
     double probability(const QString& prompt, const QString& target) const;  // p(target | prompt), all target tokens

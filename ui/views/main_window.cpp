@@ -49,6 +49,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "engram/methods.h"
 #include "engram/about.h"
 #include "models/history_model.h"
 #include "views/guide_panel.h"
@@ -366,6 +367,7 @@ QWidget* MainWindow::buildPromptView() {
     m_generated->setTextInteractionFlags(Qt::TextSelectableByMouse);
     l->addWidget(m_generated);
     m_predictNote = new QLabel(w);
+    m_predictNote->setObjectName(QStringLiteral("predictNote"));
     l->addWidget(m_predictNote);
     return w;
 }
@@ -383,7 +385,11 @@ QWidget* MainWindow::buildEditView() {
     m_editTarget->setObjectName(QStringLiteral("editTarget"));
     m_method = new QComboBox(w);
     m_method->setObjectName(QStringLiteral("methodCombo"));
-    for (const char* m : {"rome", "memit", "memit_seq", "alphaedit", "pmet", "ft"}) m_method->addItem(QString::fromLatin1(m));
+    for (const MethodInfo& m : edit_methods()) {  // the registry, in menu order
+        m_method->addItem(QString::fromLatin1(m.name));
+        m_method->setItemData(m_method->count() - 1, QStringLiteral("%1: %2").arg(QString::fromLatin1(m.title), QString::fromLatin1(m.summary)),
+                              Qt::ToolTipRole);
+    }
     m_blue = new QCheckBox(tr("BLUE (boundary layers; MEMIT, AlphaEdit, PMET)"), w);
     m_layer = new QSpinBox(w);
     m_layer->setObjectName(QStringLiteral("layerSpin"));
@@ -1061,7 +1067,11 @@ QWidget* MainWindow::buildEvaluateView() {
     auto* row = new QHBoxLayout;
     m_evalMethod = new QComboBox(w);
     m_evalMethod->setObjectName(QStringLiteral("evalMethod"));
-    for (const char* m : {"memit", "alphaedit", "pmet", "memit_seq", "rome", "ft"}) m_evalMethod->addItem(QString::fromLatin1(m));
+    for (const MethodInfo& m : edit_methods()) {
+        m_evalMethod->addItem(QString::fromLatin1(m.name));
+        m_evalMethod->setItemData(m_evalMethod->count() - 1, QString::fromLatin1(m.summary), Qt::ToolTipRole);
+    }
+    m_evalMethod->setCurrentText(QStringLiteral("memit"));
     m_evalBlue = new QCheckBox(tr("BLUE"), w);
     m_evalDistinct = new QCheckBox(tr("distinct subjects"), w);
     m_evalDistinct->setObjectName(QStringLiteral("evalDistinct"));
@@ -1438,7 +1448,10 @@ void MainWindow::predict() {
         if (edited) fillTopTable(m_baseTable, m_bench->topTokensOfBase(m_prompt->text(), 10));
         int active = 0;
         for (const auto& r : m_history->rows()) active += r.status == QLatin1String("active");
-        m_predictNote->setText(active ? tr("%n edit(s) active", nullptr, active) : tr("the base model"));
+        QString note = active ? tr("%n edit(s) active", nullptr, active) : tr("the base model");
+        // Adapter edits: which one changed this prompt's output, and why.
+        for (const QString& line : m_bench->adapterNotes(m_prompt->text())) note += QStringLiteral("\n") + line;
+        m_predictNote->setText(note);
     } catch (const std::exception& e) {
         showError(tr("Prediction failed"), QString::fromStdString(e.what()));
     }
@@ -1472,6 +1485,7 @@ void MainWindow::resetHParams() {
     for (int i = 0; i < m_hparamDefaults.size(); ++i) {
         auto* key = new QTableWidgetItem(m_hparamDefaults[i].first);
         key->setFlags(Qt::ItemIsEnabled);
+        key->setToolTip(QString::fromLatin1(setting_help(m_hparamDefaults[i].first.toStdString())));
         m_hparams->setItem(i, 0, key);
         m_hparams->setItem(i, 1, new QTableWidgetItem(m_hparamDefaults[i].second));
     }

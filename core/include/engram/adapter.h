@@ -68,6 +68,9 @@ public:
     virtual nlohmann::json describe() const = 0;  // {"entries": N, ...} for history and info
     virtual void to(c10::Device device) = 0;
     virtual bool empty() const = 0;               // no entries: removed from the set
+    // What the adapter does with one query (the wrapped linear's input at the routed position,
+    // [in]): {"replaced": bool, ...kind-specific (GRACE: entry, distance, eps)}.
+    virtual nlohmann::json explain(const at::Tensor& query) const = 0;
 };
 
 // The adapters installed in a model. Copies share the adapters (an op replaces the adapter it
@@ -103,5 +106,19 @@ private:
     };
     std::map<std::string, Entry> by_name_;
 };
+
+class Model;
+
+// Why the installed adapters change (or leave) a prompt's output: each adapter's view of the
+// prompt's last token, for the Prompt view and `predict`.
+struct AdapterRoute {
+    std::string adapter, kind;
+    int layer = 0;
+    bool replaced = false;
+    nlohmann::json detail;  // Adapter::explain
+};
+std::vector<AdapterRoute> explain_adapters(const Model& model, const std::vector<int64_t>& prompt_ids);
+// One line: "grace.L4.mlp.down replaced the layer-4 MLP output: entry 1f2e... at distance 0.00 <= radius 1.00".
+std::string describe_route(const AdapterRoute& route);
 
 }  // namespace engram

@@ -16,6 +16,10 @@ struct ForwardBenchResult {
     double forward_gflops = 0;      // useful FLOPs of one forward / time
     double matmul_peak_gflops = 0;  // a large square matmul on the same device, same run
     double flops_per_forward = 0;
+    // With a GRACE codebook installed (codebook_entries > 0): the same forward, timed interleaved
+    // with the plain one in the same run.
+    int64_t codebook_entries = 0;
+    double seconds_per_forward_plain = 0, seconds_per_forward_codebook = 0;
 };
 
 struct HParams;
@@ -26,7 +30,9 @@ HParams gpt2_small_hparams(int64_t n_layer = 12);
 // A GPT-2-small-shaped model (12 layers, 768 wide, 50257 vocab) with random weights, built in
 // memory. FLOPs count 2 per multiply-add of every matmul: projections, MLP, attention scores and
 // mixing, and the LM head.
-ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device);
+// codebook_entries > 0 also times the forward with a GRACE codebook of that many random entries on
+// the down-projection of layer 3/4 of the depth (routing on every row's last token).
+ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device, int64_t codebook_entries = 0);
 
 struct LoadBenchResult {
     double checkpoint_mb = 0;

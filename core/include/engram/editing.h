@@ -30,6 +30,7 @@ namespace engram {
 
 class Model;
 class Tokenizer;
+struct MethodInfo;  // methods.h
 
 struct EditRequest {
     std::string prompt;       // a template with one "{}" where the subject goes
@@ -175,6 +176,7 @@ public:
     const at::Tensor& null_space_projection(int layer);  // AlphaEdit P_l [n_ff, n_ff] float64
 
 private:
+    friend const std::vector<MethodInfo>& edit_methods();  // the registry takes the compute members
     Model& model_;
     EditHParams hp_;
     StatsOptions stats_options_;

@@ -1,5 +1,8 @@
 // The installed-adapter set and the kind registry (adapter.h).
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cstdio>
 
 #include "adapters/kinds.h"
 #include "engram/adapter.h"
@@ -100,6 +103,37 @@ std::vector<AdapterSet::Installed> AdapterSet::list() const {
     std::vector<Installed> out;
     for (const auto& [name, e] : by_name_) out.push_back({name, e.kind, e.slot, e.layer, e.adapter->describe()});
     return out;
+}
+
+std::vector<AdapterRoute> explain_adapters(const Model& model, const std::vector<int64_t>& ids) {
+    std::vector<AdapterRoute> out;
+    const auto installed = model.adapters().list();
+    if (installed.empty() || ids.empty()) return out;
+    c10::InferenceMode guard;
+    Hooks hooks;
+    for (const auto& a : installed) hooks.capture(Site::MlpKey, a.layer);  // the down-projection's input
+    ForwardInput in;
+    in.input_ids = at::tensor(ids, at::kLong).unsqueeze(0);
+    in.last_logits_only = true;
+    model.forward(in, &hooks);
+    for (const auto& a : installed) {
+        AdapterRoute r{a.name, a.kind, a.layer, false, nlohmann::json::object()};
+        r.detail = model.adapters().find(a.name)->explain(hooks.captured(Site::MlpKey, a.layer)[0][int64_t(ids.size()) - 1]);
+        r.replaced = r.detail.value("replaced", false);
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+std::string describe_route(const AdapterRoute& r) {
+    char buf[256];
+    const std::string entry = r.detail.value("entry", std::string());
+    const double d = r.detail.value("distance", 0.0), eps = r.detail.value("eps", 0.0);
+    if (entry.empty()) return r.adapter + ": empty";
+    std::snprintf(buf, sizeof buf, "entry %.8s at distance %.3g %s radius %.3g", entry.c_str(), d, r.replaced ? "<=" : ">", eps);
+    return r.adapter + (r.replaced ? " replaced the layer-" + std::to_string(r.layer) + " MLP output at the last token: "
+                                   : " left the output alone: nearest ") +
+           buf;
 }
 
 }  // namespace engram

@@ -187,6 +187,13 @@ void GraceCodebook::to(c10::Device device) {
     restack();
 }
 
+nlohmann::json GraceCodebook::explain(const at::Tensor& query) const {
+    if (entries_.empty()) return {{"replaced", false}};
+    const auto [i, d] = nearest(query.reshape({1, -1})).at(0);
+    return {{"replaced", within(i, d)}, {"entry", entries_[size_t(i)].id}, {"distance", d}, {"eps", entries_[size_t(i)].eps},
+            {"entries", entries_.size()}};
+}
+
 std::unique_ptr<Adapter> make_grace_codebook(int64_t out_features, int64_t in_features) {
     return std::make_unique<GraceCodebook>(out_features, in_features);
 }

@@ -37,6 +37,7 @@ public:
     nlohmann::json describe() const override;
     void to(c10::Device device) override;
     bool empty() const override { return entries_.empty(); }
+    nlohmann::json explain(const at::Tensor& query) const override;
 
     const std::vector<Entry>& entries() const { return entries_; }
     const std::string& replacement() const { return replacement_; }

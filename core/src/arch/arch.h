@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engram/model.h"
+#include "models/layers.h"
 
 namespace engram {
 
@@ -40,6 +41,11 @@ struct Family {
     ForwardFn forward;
     // The config.json that read_hparams turns back into the same HParams (for saving checkpoints).
     nlohmann::json (*write_config)(const HParams&);
+    // Decoders: the pieces layers::decoder_forward and the fast causal trace run (nullptr for ViT).
+    // embed: ids [B, T] at positions n_past + t (or position_ids [B, T]) -> the residual [B, T, n_embd].
+    at::Tensor (*embed)(const Model&, const at::Tensor& ids, int64_t n_past, const at::Tensor& position_ids) = nullptr;
+    layers::BlockFn block = nullptr;
+    at::Tensor (*final_norm)(const Model&, const at::Tensor& h) = nullptr;
 };
 
 extern const Family kGpt2Family;

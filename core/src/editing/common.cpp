@@ -2,8 +2,11 @@
 // target tokens and the model-generated context templates (specs/locate_then_edit.md §1.2, §1.3).
 #include "engram/editing.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 
+#include "editing/internal.h"
 #include "engram/datasets.h"
 #include "engram/error.h"
 #include "engram/model.h"
@@ -188,5 +191,26 @@ std::vector<std::vector<std::string>> memit_context_templates(const Model& model
     }
     return {{"{}"}, gens};
 }
+
+namespace editing {
+
+Delta low_rank_delta(const Model& model, int layer, const at::Tensor& u, const at::Tensor& v) {
+    Delta d;
+    d.tensor = model.tensor_name(Slot::FfnDown, layer);
+    d.kind = DeltaKind::LowRank;
+    const at::Tensor& w = model.weight(Slot::FfnDown, layer);
+    d.shape = {w.size(0), w.size(1)};
+    d.u = u.to(at::kCPU).to(at::kDouble).contiguous();  // [n_embd, r]
+    d.v = v.to(at::kCPU).to(at::kDouble).contiguous();  // [n_ff, r]
+    return d;
+}
+
+at::Tensor spd_solve(const at::Tensor& A, const at::Tensor& B) {
+    auto [L, info] = at::linalg_cholesky_ex(A);
+    if (info.item<int64_t>() != 0) return at::linalg_solve(A, B);
+    return at::cholesky_solve(B, L);
+}
+
+}  // namespace editing
 
 }  // namespace engram

@@ -8,8 +8,33 @@
 
 #include "engram/editing.h"
 #include "engram/hooks.h"
+#include "engram/model.h"
 
 namespace engram::editing {
+
+// Restores the down-projection slots of the given layers when the computation ends, whatever
+// happens (the caller applies the returned edit value).
+class SlotRestore {
+public:
+    SlotRestore(Model& model, const std::vector<int>& layers) : model_(model) {
+        for (int l : layers) saved_.emplace_back(l, model.weight(Slot::FfnDown, l));
+    }
+    ~SlotRestore() {
+        for (auto& [l, t] : saved_) model_.weight(Slot::FfnDown, l) = t;
+    }
+    SlotRestore(const SlotRestore&) = delete;
+    SlotRestore& operator=(const SlotRestore&) = delete;
+
+private:
+    Model& model_;
+    std::vector<std::pair<int, at::Tensor>> saved_;
+};
+
+// The low-rank delta u v^T of layer's down-projection, stored in float64.
+Delta low_rank_delta(const Model& model, int layer, const at::Tensor& u, const at::Tensor& v);
+// Solves A X = B for a symmetric positive definite A by Cholesky (half the work of LU); an A that
+// is not numerically positive definite is solved by LU as before.
+at::Tensor spd_solve(const at::Tensor& A, const at::Tensor& B);
 
 // A token row with the position at which its site value is read or changed.
 struct Row {

@@ -75,7 +75,7 @@ LoadBenchResult bench_load(const std::string& dir) {
     return r;
 }
 
-ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device) {
+ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations, c10::Device device, int64_t codebook_entries) {
     c10::InferenceMode guard;
     const HParams hp = gpt2_small_hparams();
     auto model = Model::random(Arch::Gpt2, hp, 1234);
@@ -102,6 +102,39 @@ ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations,
     r.tokens_per_second = tokens / r.seconds_per_forward;
     r.forward_gflops = r.flops_per_forward / r.seconds_per_forward / 1e9;
     r.matmul_peak_gflops = measure_matmul_peak(device);
+    if (codebook_entries <= 0) return r;
+
+    // The codebook: random keys of the key's scale, so queries rarely match (the lookup is the cost).
+    const int layer = int(hp.n_layer * 3 / 4);
+    const AdapterSet plain = model->adapters();
+    at::Tensor keys = at::randn({codebook_entries, hp.n_ff}), values = at::randn({codebook_entries, hp.n_embd});
+    for (int64_t i = 0; i < codebook_entries; ++i) {
+        AdapterOp op;
+        op.adapter = "grace.L" + std::to_string(layer) + ".mlp.down";
+        op.kind = "grace_codebook";
+        op.slot = Slot::FfnDown;
+        op.layer = layer;
+        op.op = "insert";
+        op.params = {{"entry", std::to_string(i)}, {"eps", 1.0}, {"label", {i}}};
+        op.tensors = {{"key", keys[i].clone()}, {"value", values[i].clone()}};
+        model->apply_adapter_op(op);
+    }
+    const AdapterSet with = model->adapters();
+    r.codebook_entries = codebook_entries;
+    out = model->forward(in).logits;  // warm-up
+    sync(device, out);
+    double t_plain = 0, t_with = 0;
+    for (int64_t i = 0; i < iterations; ++i) {
+        for (bool codebook : {false, true}) {
+            model->adapters() = codebook ? with : plain;
+            auto t = Clock::now();
+            out = model->forward(in).logits;
+            sync(device, out);
+            (codebook ? t_with : t_plain) += std::chrono::duration<double>(Clock::now() - t).count();
+        }
+    }
+    r.seconds_per_forward_plain = t_plain / double(iterations);
+    r.seconds_per_forward_codebook = t_with / double(iterations);
     return r;
 }
 

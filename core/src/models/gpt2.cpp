@@ -35,47 +35,48 @@ HParams gpt2_hparams(const nlohmann::json& c) {
 
 using V = std::vector<int64_t>;
 
-ForwardOutput gpt2_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache* cache) {
-    const HParams& hp = m.hparams();
-    const at::Tensor ids = in.input_ids.to(m.device());
-    const int64_t B = ids.size(0), T = ids.size(1), n_past = layers::past_length(cache);
-    if (n_past + T > hp.n_ctx)
-        throw Error(ErrorKind::Argument, "sequence of " + std::to_string(n_past + T) + " tokens exceeds n_positions " + std::to_string(hp.n_ctx));
+at::Tensor gpt2_embed(const Model& m, const at::Tensor& ids, int64_t n_past, const at::Tensor& position_ids) {
+    const int64_t T = ids.size(1);
+    if (n_past + T > m.hparams().n_ctx)
+        throw Error(ErrorKind::Argument, "sequence of " + std::to_string(n_past + T) + " tokens exceeds n_positions " +
+                                             std::to_string(m.hparams().n_ctx));
     const auto& g = m.globals;
-    const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
-    const at::Tensor route = layers::route_positions(m, in, B, T);
-    at::Tensor h = layers::start_residual(in, hooks, [&] {
-        at::Tensor pos = in.position_ids.defined() ? in.position_ids.to(m.device()) : at::arange(n_past, n_past + T, ids.options());
-        return at::embedding(g[size_t(Slot::TokEmbd)], ids) + at::embedding(g[size_t(Slot::PosEmbd)], pos);
-    });  // [B, T, n_embd]
-    at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, 0, h.options());
+    at::Tensor pos = position_ids.defined() ? position_ids.to(m.device()) : at::arange(n_past, n_past + T, ids.options());
+    return at::embedding(g[size_t(Slot::TokEmbd)], ids) + at::embedding(g[size_t(Slot::PosEmbd)], pos);
+}
 
-    for (int il = range.begin; il < range.end; ++il) {
-        const SlotTensors& L = m.layers[il];
-        auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+layers::BlockOut gpt2_block(const Model& m, int il, const layers::BlockIn& in) {
+    const HParams& hp = m.hparams();
+    const SlotTensors& L = m.layers[il];
+    auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+    Hooks* hooks = in.hooks;
+    const int64_t B = in.h.size(0), Tn = in.h.size(1), Tq = Tn - in.q_from;
 
-        at::Tensor x = layers::layer_norm(h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
-        at::Tensor qkv = at::linear(x, w(Slot::AttnQkv), w(Slot::AttnQkvB));  // [B, T, 3*n_embd]
-        auto parts = qkv.view({B, T, 3, hp.n_head, hp.head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, hd]
-        auto [k, v] = layers::update_cache(cache, il, hp.n_layer, parts[1], parts[2]);
-        double scale = 1.0 / std::sqrt(double(hp.head_dim));
-        if (hp.scale_attn_by_inverse_layer_idx) scale /= double(il + 1);
-        at::Tensor heads = layers::attention(parts[0], k, v, bias, scale, hooks, il);
-        at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
-        hook(hooks, Site::AttnOut, il, attn_out);
-        h = h + attn_out;
+    at::Tensor x = layers::layer_norm(in.h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
+    at::Tensor qkv = at::linear(x, w(Slot::AttnQkv), w(Slot::AttnQkvB));  // [B, Tn, 3*n_embd]
+    auto parts = qkv.view({B, Tn, 3, hp.n_head, hp.head_dim}).permute({2, 0, 3, 1, 4});  // [3, B, H, Tn, hd]
+    at::Tensor k = layers::with_past(in.past_k, parts[1]), v = layers::with_past(in.past_v, parts[2]);
+    at::Tensor q = in.q_from == 0 ? parts[0] : parts[0].narrow(2, in.q_from, Tq);
+    double scale = 1.0 / std::sqrt(double(hp.head_dim));
+    if (hp.scale_attn_by_inverse_layer_idx) scale /= double(il + 1);
+    at::Tensor heads = layers::attention(q, k, v, in.bias, scale, hooks, il);
+    at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
+    hook(hooks, Site::AttnOut, il, attn_out);
+    at::Tensor h = (in.q_from == 0 ? in.h : in.h.narrow(1, in.q_from, Tq)) + attn_out;
 
-        x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
-        at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
-        hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
-        hook(hooks, Site::MlpOut, il, mlp_out);
-        h = h + mlp_out;
-        hook(hooks, Site::BlockOut, il, h);
-    }
-    if (!range.logits) return {};
-    h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
-    return {layers::project_logits(h, in, g[size_t(Slot::Output)], at::Tensor())};
+    x = layers::layer_norm(h, w(Slot::FfnNorm), w(Slot::FfnNormB), hp.norm_eps);
+    at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, Tq, n_ff]
+    hook(hooks, Site::MlpKey, il, key);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), in.route);
+    hook(hooks, Site::MlpOut, il, mlp_out);
+    h = h + mlp_out;
+    hook(hooks, Site::BlockOut, il, h);
+    return {h, k, v};
+}
+
+at::Tensor gpt2_final_norm(const Model& m, const at::Tensor& h) {
+    const auto& g = m.globals;
+    return layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], m.hparams().norm_eps);
 }
 
 nlohmann::json gpt2_config(const HParams& hp) {
@@ -110,8 +111,11 @@ const Family kGpt2Family{
         {Slot::OutNorm, false, "ln_f.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
         {Slot::OutNormB, false, "ln_f.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
     },
-    gpt2_forward,
+    layers::decoder_forward,
     gpt2_config,
+    gpt2_embed,
+    gpt2_block,
+    gpt2_final_norm,
 };
 
 }  // namespace engram

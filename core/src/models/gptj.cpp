@@ -37,42 +37,42 @@ HParams gptj_hparams(const nlohmann::json& c) {
 
 using V = std::vector<int64_t>;
 
-ForwardOutput gptj_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache* cache) {
+at::Tensor gptj_embed(const Model& m, const at::Tensor& ids, int64_t, const at::Tensor&) {
+    return at::embedding(m.globals[size_t(Slot::TokEmbd)], ids);
+}
+
+// Parallel attention and MLP on one layer norm (GPT-J), rotary in interleaved pairs.
+layers::BlockOut gptj_block(const Model& m, int il, const layers::BlockIn& in) {
     const HParams& hp = m.hparams();
-    const at::Tensor ids = in.input_ids.to(m.device());
-    const int64_t B = ids.size(0), T = ids.size(1), n_past = layers::past_length(cache);
+    const SlotTensors& L = m.layers[il];
+    auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+    Hooks* hooks = in.hooks;
+    const int64_t B = in.h.size(0), Tn = in.h.size(1), Tq = Tn - in.q_from;
+
+    at::Tensor x = layers::layer_norm(in.h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
+    at::Tensor xq = in.q_from == 0 ? x : x.narrow(1, in.q_from, Tq);
+    at::Tensor q = at::linear(xq, w(Slot::AttnQ)).view({B, Tq, hp.n_head, hp.head_dim});
+    at::Tensor k = at::linear(x, w(Slot::AttnK)).view({B, Tn, hp.n_head, hp.head_dim});
+    at::Tensor v = at::linear(x, w(Slot::AttnV)).view({B, Tn, hp.n_head, hp.head_dim});
+    q = layers::apply_rope_interleaved(q, layers::rotary_rows(in.rot, in.q_from, Tq)).transpose(1, 2);  // [B, H, Tq, hd]
+    k = layers::apply_rope_interleaved(k, in.rot).transpose(1, 2);                                     // [B, H, Tn, hd]
+    at::Tensor kc = layers::with_past(in.past_k, k), vc = layers::with_past(in.past_v, v.transpose(1, 2));
+    at::Tensor heads = layers::attention(q, kc, vc, in.bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
+    at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut));
+    hook(hooks, Site::AttnOut, il, attn_out);
+
+    at::Tensor key = layers::activation(at::linear(xq, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, Tq, n_ff]
+    hook(hooks, Site::MlpKey, il, key);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), in.route);
+    hook(hooks, Site::MlpOut, il, mlp_out);
+    at::Tensor h = (in.q_from == 0 ? in.h : in.h.narrow(1, in.q_from, Tq)) + attn_out + mlp_out;
+    hook(hooks, Site::BlockOut, il, h);
+    return {h, kc, vc};
+}
+
+at::Tensor gptj_final_norm(const Model& m, const at::Tensor& h) {
     const auto& g = m.globals;
-    const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
-    const at::Tensor route = layers::route_positions(m, in, B, T);
-    at::Tensor h = layers::start_residual(in, hooks, [&] { return at::embedding(g[size_t(Slot::TokEmbd)], ids); });  // [B, T, n_embd]
-    at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, 0, h.options());
-    layers::Rotary rot = layers::rotary_tables(hp, hp.rotary_dim, n_past, T, h.options(), in.position_ids);
-
-    for (int il = range.begin; il < range.end; ++il) {
-        const SlotTensors& L = m.layers[il];
-        auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
-
-        at::Tensor x = layers::layer_norm(h, w(Slot::AttnNorm), w(Slot::AttnNormB), hp.norm_eps);
-        at::Tensor q = at::linear(x, w(Slot::AttnQ)).view({B, T, hp.n_head, hp.head_dim});
-        at::Tensor k = at::linear(x, w(Slot::AttnK)).view({B, T, hp.n_head, hp.head_dim});
-        at::Tensor v = at::linear(x, w(Slot::AttnV)).view({B, T, hp.n_head, hp.head_dim});
-        q = layers::apply_rope_interleaved(q, rot).transpose(1, 2);  // [B, H, T, hd]
-        k = layers::apply_rope_interleaved(k, rot).transpose(1, 2);
-        auto [kc, vc] = layers::update_cache(cache, il, hp.n_layer, k, v.transpose(1, 2));
-        at::Tensor heads = layers::attention(q, kc, vc, bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
-        at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut));
-        hook(hooks, Site::AttnOut, il, attn_out);
-
-        at::Tensor key = layers::activation(at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB)), hp.activation);  // [B, T, n_ff]
-        hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
-        hook(hooks, Site::MlpOut, il, mlp_out);
-        h = h + attn_out + mlp_out;
-        hook(hooks, Site::BlockOut, il, h);
-    }
-    if (!range.logits) return {};
-    h = layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], hp.norm_eps);
-    return {layers::project_logits(h, in, g[size_t(Slot::Output)], g[size_t(Slot::OutputB)])};
+    return layers::layer_norm(h, g[size_t(Slot::OutNorm)], g[size_t(Slot::OutNormB)], m.hparams().norm_eps);
 }
 
 bool untied(const HParams& h) { return !h.tied_output; }
@@ -109,8 +109,11 @@ const Family kGptjFamily{
         {Slot::Output, false, "/lm_head.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }, untied},
         {Slot::OutputB, false, "/lm_head.bias", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab}; }, untied},
     },
-    gptj_forward,
+    layers::decoder_forward,
     gptj_config,
+    gptj_embed,
+    gptj_block,
+    gptj_final_norm,
 };
 
 }  // namespace engram

@@ -1,5 +1,7 @@
 #include "models/layers.h"
 
+#include "arch/arch.h"
+
 #include <cmath>
 #include <limits>
 
@@ -210,6 +212,50 @@ at::Tensor adapted_linear(const Model& model, Slot slot, int layer, const at::Te
     at::Tensor y = at::linear(x, w, b);
     if (route.defined() && model.adapters().has(slot, layer)) model.adapters().on_linear(slot, layer, x, y, route);
     return y;
+}
+
+at::Tensor with_past(const at::Tensor& past, const at::Tensor& now) {
+    if (!past.defined() || past.size(2) == 0) return now;
+    return at::cat({past, now}, 2);
+}
+
+Rotary rotary_rows(const Rotary& rot, int64_t q_from, int64_t t_query) {
+    if (!rot.cos.defined() || q_from == 0) return rot;
+    const int64_t dim = rot.cos.dim() - 2;  // [T, r] or, per row, [B, T, r]
+    return {rot.cos.narrow(dim, q_from, t_query), rot.sin.narrow(dim, q_from, t_query)};
+}
+
+ForwardOutput decoder_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache* cache) {
+    const Family& fam = family_of(m.arch());
+    const HParams& hp = m.hparams();
+    const at::Tensor ids = in.input_ids.to(m.device());
+    const int64_t B = ids.size(0), T = ids.size(1), n_past = past_length(cache);
+    const LayerRange range = layer_range(in, hp.n_layer, B, T, hp.n_embd);
+    BlockIn bi;
+    bi.route = route_positions(m, in, B, T);
+    bi.hooks = hooks;
+    bi.h = start_residual(in, hooks, [&] { return fam.embed(m, ids, n_past, in.position_ids); });  // [B, T, n_embd]
+    bi.bias = attention_bias(B, T, n_past, in.attention_mask, true, hp.sliding_window, bi.h.options());
+    if (hp.rotary_dim > 0) bi.rot = rotary_tables(hp, hp.rotary_dim, n_past, T, bi.h.options(), in.position_ids);
+    if (cache && cache->k.empty()) {
+        cache->k.resize(size_t(hp.n_layer));
+        cache->v.resize(size_t(hp.n_layer));
+    }
+    for (int il = range.begin; il < range.end; ++il) {
+        if (cache) {
+            bi.past_k = cache->k[size_t(il)];
+            bi.past_v = cache->v[size_t(il)];
+        }
+        BlockOut out = fam.block(m, il, bi);
+        if (cache) {
+            cache->k[size_t(il)] = out.k;
+            cache->v[size_t(il)] = out.v;
+        }
+        bi.h = out.h;
+    }
+    if (!range.logits) return {};
+    const auto& g = m.globals;
+    return {project_logits(fam.final_norm(m, bi.h), in, g[size_t(Slot::Output)], g[size_t(Slot::OutputB)])};
 }
 
 }  // namespace engram::layers

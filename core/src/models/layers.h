@@ -64,6 +64,34 @@ at::Tensor route_positions(const Model& model, const ForwardInput& input, int64_
 at::Tensor adapted_linear(const Model& model, Slot slot, int layer, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                           const at::Tensor& route);
 
+// ---------------------------------------------------------------------------------------------
+// One decoder block, written once per family and run by Model::forward (with or without a KV
+// cache), partial runs, and the fast causal trace.
+
+struct BlockIn {
+    at::Tensor h;               // [B, Tn, n_embd]: the residual entering the layer at positions [p0, p0 + Tn)
+    at::Tensor past_k, past_v;  // [B, n_head_kv, p0, head_dim] or undefined (p0 = 0)
+    int64_t q_from = 0;         // outputs are computed for positions [q_from, Tn) only; earlier ones give keys/values
+    at::Tensor bias;            // [B, 1, Tn - q_from, p0 + Tn] additive attention bias of the query rows
+    Rotary rot;                 // rotary tables of the Tn positions (families with rotary embeddings)
+    at::Tensor route;           // [B] adapter routing among the query rows (route_positions), or undefined
+    Hooks* hooks = nullptr;     // every site of the block; its values cover the query rows
+};
+struct BlockOut {
+    at::Tensor h;     // [B, Tn - q_from, n_embd]: the residual after the block
+    at::Tensor k, v;  // [B, n_head_kv, p0 + Tn, head_dim]: past and new keys/values
+};
+using BlockFn = BlockOut (*)(const Model& model, int layer, const BlockIn& in);
+
+// The keys/values after the past ones.
+at::Tensor with_past(const at::Tensor& past, const at::Tensor& now);
+// Rotary tables of the query rows [q_from, Tn) out of those of all Tn positions.
+Rotary rotary_rows(const Rotary& rot, int64_t q_from, int64_t t_query);
+
+// The decoder families' Model::forward: embeddings, the blocks with the cache, the final norm and
+// the logits, from the family's table (arch.h).
+ForwardOutput decoder_forward(const Model& model, const ForwardInput& input, Hooks* hooks, KvCache* cache);
+
 // [B, T] positions of the new tokens.
 int64_t past_length(const KvCache* cache);
 

@@ -43,45 +43,44 @@ HParams llama_hparams(const nlohmann::json& c) {
 
 using V = std::vector<int64_t>;
 
-ForwardOutput llama_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache* cache) {
+at::Tensor llama_embed(const Model& m, const at::Tensor& ids, int64_t, const at::Tensor&) {
+    return at::embedding(m.globals[size_t(Slot::TokEmbd)], ids);
+}
+
+// RMSNorm, rotary in halves, grouped-query attention, a gated MLP (SwiGLU).
+layers::BlockOut llama_block(const Model& m, int il, const layers::BlockIn& in) {
     const HParams& hp = m.hparams();
-    const at::Tensor ids = in.input_ids.to(m.device());
-    const int64_t B = ids.size(0), T = ids.size(1), n_past = layers::past_length(cache);
-    const auto& g = m.globals;
-    const layers::LayerRange range = layers::layer_range(in, hp.n_layer, B, T, hp.n_embd);
-    const at::Tensor route = layers::route_positions(m, in, B, T);
-    at::Tensor h = layers::start_residual(in, hooks, [&] { return at::embedding(g[size_t(Slot::TokEmbd)], ids); });  // [B, T, n_embd]
-    at::Tensor bias = layers::attention_bias(B, T, n_past, in.attention_mask, true, hp.sliding_window, h.options());
-    layers::Rotary rot = layers::rotary_tables(hp, hp.rotary_dim, n_past, T, h.options(), in.position_ids);
+    const SlotTensors& L = m.layers[il];
+    auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+    Hooks* hooks = in.hooks;
+    const int64_t B = in.h.size(0), Tn = in.h.size(1), Tq = Tn - in.q_from;
 
-    for (int il = range.begin; il < range.end; ++il) {
-        const SlotTensors& L = m.layers[il];
-        auto w = [&](Slot s) -> const at::Tensor& { return L[size_t(s)]; };
+    at::Tensor x = layers::rms_norm(in.h, w(Slot::AttnNorm), hp.norm_eps);
+    at::Tensor xq = in.q_from == 0 ? x : x.narrow(1, in.q_from, Tq);
+    at::Tensor q = at::linear(xq, w(Slot::AttnQ), w(Slot::AttnQB)).view({B, Tq, hp.n_head, hp.head_dim}).transpose(1, 2);
+    at::Tensor k = at::linear(x, w(Slot::AttnK), w(Slot::AttnKB)).view({B, Tn, hp.n_head_kv, hp.head_dim}).transpose(1, 2);
+    at::Tensor v = at::linear(x, w(Slot::AttnV), w(Slot::AttnVB)).view({B, Tn, hp.n_head_kv, hp.head_dim}).transpose(1, 2);
+    q = layers::apply_rope_half(q, layers::rotary_rows(in.rot, in.q_from, Tq));  // [B, H, Tq, hd]
+    k = layers::apply_rope_half(k, in.rot);                                       // [B, Hkv, Tn, hd]
+    at::Tensor kc = layers::with_past(in.past_k, k), vc = layers::with_past(in.past_v, v);
+    at::Tensor heads = layers::attention(q, kc, vc, in.bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
+    at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
+    hook(hooks, Site::AttnOut, il, attn_out);
+    at::Tensor h = (in.q_from == 0 ? in.h : in.h.narrow(1, in.q_from, Tq)) + attn_out;
 
-        at::Tensor x = layers::rms_norm(h, w(Slot::AttnNorm), hp.norm_eps);
-        at::Tensor q = at::linear(x, w(Slot::AttnQ), w(Slot::AttnQB)).view({B, T, hp.n_head, hp.head_dim}).transpose(1, 2);
-        at::Tensor k = at::linear(x, w(Slot::AttnK), w(Slot::AttnKB)).view({B, T, hp.n_head_kv, hp.head_dim}).transpose(1, 2);
-        at::Tensor v = at::linear(x, w(Slot::AttnV), w(Slot::AttnVB)).view({B, T, hp.n_head_kv, hp.head_dim}).transpose(1, 2);
-        q = layers::apply_rope_half(q, rot);  // [B, H, T, hd]
-        k = layers::apply_rope_half(k, rot);  // [B, Hkv, T, hd]
-        auto [kc, vc] = layers::update_cache(cache, il, hp.n_layer, k, v);
-        at::Tensor heads = layers::attention(q, kc, vc, bias, 1.0 / std::sqrt(double(hp.head_dim)), hooks, il);
-        at::Tensor attn_out = at::linear(heads, w(Slot::AttnOut), w(Slot::AttnOutB));
-        hook(hooks, Site::AttnOut, il, attn_out);
-        h = h + attn_out;
+    x = layers::rms_norm(h, w(Slot::FfnNorm), hp.norm_eps);
+    at::Tensor gate = layers::activation(at::linear(x, w(Slot::FfnGate), w(Slot::FfnGateB)), hp.activation);
+    at::Tensor key = gate * at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB));  // [B, Tq, n_ff]
+    hook(hooks, Site::MlpKey, il, key);
+    at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), in.route);
+    hook(hooks, Site::MlpOut, il, mlp_out);
+    h = h + mlp_out;
+    hook(hooks, Site::BlockOut, il, h);
+    return {h, kc, vc};
+}
 
-        x = layers::rms_norm(h, w(Slot::FfnNorm), hp.norm_eps);
-        at::Tensor gate = layers::activation(at::linear(x, w(Slot::FfnGate), w(Slot::FfnGateB)), hp.activation);
-        at::Tensor key = gate * at::linear(x, w(Slot::FfnUp), w(Slot::FfnUpB));  // [B, T, n_ff]
-        hook(hooks, Site::MlpKey, il, key);
-        at::Tensor mlp_out = layers::adapted_linear(m, Slot::FfnDown, il, key, w(Slot::FfnDown), w(Slot::FfnDownB), route);
-        hook(hooks, Site::MlpOut, il, mlp_out);
-        h = h + mlp_out;
-        hook(hooks, Site::BlockOut, il, h);
-    }
-    if (!range.logits) return {};
-    h = layers::rms_norm(h, g[size_t(Slot::OutNorm)], hp.norm_eps);
-    return {layers::project_logits(h, in, g[size_t(Slot::Output)], at::Tensor())};
+at::Tensor llama_final_norm(const Model& m, const at::Tensor& h) {
+    return layers::rms_norm(h, m.globals[size_t(Slot::OutNorm)], m.hparams().norm_eps);
 }
 
 bool qkv_bias(const HParams& h) { return h.attn_qkv_bias; }
@@ -132,8 +131,11 @@ const Family kLlamaFamily{
         {Slot::OutNorm, false, "norm.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},
         {Slot::Output, false, "/lm_head.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }, untied},
     },
-    llama_forward,
+    layers::decoder_forward,
     llama_config,
+    llama_embed,
+    llama_block,
+    llama_final_norm,
 };
 
 }  // namespace engram

@@ -14,7 +14,8 @@
 #include "engram/hooks.h"
 #include "engram/model.h"
 #include "engram/tokenizer.h"
-#include "trace/blocks.h"
+#include "arch/arch.h"
+#include "models/layers.h"
 
 namespace engram {
 
@@ -232,6 +233,81 @@ void naive_trace(const Model& model, const Prepared& P, const TraceOptions& o, i
 // ----------------------------------------------------------------------------------------------
 // Fast: see trace.h for the ideas; the numbers are the naive ones up to float rounding.
 
+// The fast path runs the families' own blocks (the code Model::forward runs, arch.h), starting at
+// any layer from a stored residual, reusing the keys/values of positions before p0 and computing
+// outputs only from q_from on. Restorations patch the attention and MLP outputs through hooks.
+
+using BlockPatch = std::function<void(Site site, at::Tensor& value, int64_t q_from)>;
+
+struct BlockRun {
+    at::Tensor h;         // [B, Tn - q_from, n_embd] the residual after the block
+    at::Tensor attn_out;  // [B, Tn - q_from, n_embd]
+    at::Tensor mlp_out;   // [B, Tn - q_from, n_embd]
+    at::Tensor k, v;      // [B, n_head_kv, p0 + Tn, head_dim]
+};
+
+// 2 x the multiply-adds of one block's matmuls (a weight a family lacks counts nothing).
+double block_flops(const Model& m, int layer, int64_t B, int64_t Tn, int64_t Tq, int64_t Tk) {
+    auto n = [&](Slot s) {
+        const at::Tensor& t = m.weight(s, layer);
+        return t.defined() ? double(t.numel()) : 0.0;
+    };
+    const HParams& hp = m.hparams();
+    const double all = double(B * Tn), rows = double(B * Tq);
+    double f = m.arch() == Arch::Gpt2 ? 2 * all * n(Slot::AttnQkv) : 2 * rows * n(Slot::AttnQ) + 2 * all * (n(Slot::AttnK) + n(Slot::AttnV));
+    f += 2 * rows * (n(Slot::AttnOut) + n(Slot::FfnUp) + n(Slot::FfnGate) + n(Slot::FfnDown));
+    return f + 4.0 * double(B * hp.n_head * Tq * Tk * hp.head_dim);  // scores and mixing
+}
+
+// h: [B, Tn, n_embd], the residual entering `layer` at positions [p0, p0 + Tn); past_k/past_v:
+// [B, n_head_kv, p0, head_dim] (undefined when p0 == 0).
+BlockRun run_block(const Model& model, int layer, const at::Tensor& h, int64_t p0, const at::Tensor& past_k, const at::Tensor& past_v,
+                   int64_t q_from, const BlockPatch& patch, double* flops) {
+    const Family& fam = family_of(model.arch());
+    if (!fam.block)
+        throw Error(ErrorKind::Unsupported, "causal tracing needs a decoder (GPT-2, GPT-J or LLaMA family), not " + model.arch_name());
+    const HParams& hp = model.hparams();
+    const int64_t B = h.size(0), Tn = h.size(1), Tq = Tn - q_from;
+    layers::BlockIn in;
+    in.h = h;
+    in.past_k = past_k;
+    in.past_v = past_v;
+    in.q_from = q_from;
+    in.bias = layers::attention_bias(B, Tq, p0 + q_from, at::Tensor(), true, hp.sliding_window, h.options());
+    if (hp.rotary_dim > 0) in.rot = layers::rotary_tables(hp, hp.rotary_dim, p0, Tn, h.options());
+    // Adapters route on the prompt's last token: the last of the rows computed here.
+    if (!model.adapters().empty()) in.route = at::full({B}, Tq - 1, at::kLong);
+    BlockRun out;
+    Hooks hooks;
+    for (Site site : {Site::AttnOut, Site::MlpOut})
+        hooks.on(site, layer, [&, site](at::Tensor& value) {
+            if (patch) patch(site, value, q_from);
+            (site == Site::AttnOut ? out.attn_out : out.mlp_out) = value;
+        });
+    in.hooks = &hooks;
+    layers::BlockOut b = fam.block(model, layer, in);
+    out.h = b.h;
+    out.k = b.k;
+    out.v = b.v;
+    if (flops) *flops += block_flops(model, layer, B, Tn, Tq, p0 + Tn);
+    return out;
+}
+
+// The residual stream entering layer 0. ids: [B, T].
+at::Tensor embed(const Model& model, const at::Tensor& ids) {
+    const Family& fam = family_of(model.arch());
+    if (!fam.embed) throw Error(ErrorKind::Unsupported, "causal tracing needs a decoder, not " + model.arch_name());
+    return fam.embed(model, ids, 0, at::Tensor());
+}
+
+// Logits from final residual states h: [B, n_embd] -> [B, n_vocab].
+at::Tensor final_logits(const Model& model, const at::Tensor& h, double* flops) {
+    const auto& g = model.globals;
+    const at::Tensor& out_w = g[size_t(Slot::Output)];
+    if (flops) *flops += 2.0 * double(h.numel() / h.size(-1)) * double(out_w.numel());
+    return at::linear(family_of(model.arch()).final_norm(model, h), out_w, g[size_t(Slot::OutputB)]);
+}
+
 struct BaseRun {
     std::vector<at::Tensor> h_in;  // [L + 1] of [R, T, n_embd]: the residual entering each layer (h_in[L]: after the last)
     std::vector<at::Tensor> attn, mlp, k, v;  // [L] of [R, T, n_embd] / [R, n_head_kv, T, head_dim]
@@ -241,7 +317,7 @@ BaseRun run_base(const Model& model, at::Tensor h, int64_t L, double* flops) {
     BaseRun r;
     r.h_in.push_back(h);
     for (int64_t l = 0; l < L; ++l) {
-        trace_detail::BlockResult b = trace_detail::run_block(model, int(l), h, 0, at::Tensor(), at::Tensor(), 0, nullptr, flops);
+        BlockRun b = run_block(model, int(l), h, 0, at::Tensor(), at::Tensor(), 0, nullptr, flops);
         r.attn.push_back(b.attn_out);
         r.mlp.push_back(b.mlp_out);
         r.k.push_back(b.k);
@@ -357,13 +433,13 @@ void fast_trace(const Model& model, const Prepared& P, const TraceOptions& o, co
                     if (a & (attn ? kFreezeAttn : kFreezeMlp)) rows.copy_(corrupt_v.select(1, t));
                 }
             };
-            trace_detail::BlockResult r = trace_detail::run_block(model, int(s), h, t, pk, pv, q_from, patch, &result.flops);
+            BlockRun r = run_block(model, int(s), h, t, pk, pv, q_from, patch, &result.flops);
             for (int64_t g = 0; g < G; ++g) active[size_t(g)].state = r.h.narrow(0, g * S, S);
         }
         // Logits at the last position of every group.
         std::vector<at::Tensor> lasts;
         for (const Group& g : active) lasts.push_back(g.state.select(1, g.state.size(1) - 1));
-        at::Tensor logits = trace_detail::final_logits(model, at::cat(lasts, 0), &result.flops);  // [G*S, n_vocab]
+        at::Tensor logits = final_logits(model, at::cat(lasts, 0), &result.flops);  // [G*S, n_vocab]
         at::Tensor p = at::softmax(logits.to(at::kFloat), -1).select(1, answer).view({int64_t(active.size()), S}).mean(1).to(at::kDouble).cpu();
         auto pa = p.accessor<double, 1>();
         std::vector<std::vector<double>> rows(result.kinds.size(), std::vector<double>(size_t(L), kNaN));
@@ -571,12 +647,12 @@ TraceResult causal_trace(const Model& model, const TraceInput& input, const Trac
             if (model.tokenizer()) result.answer_token = model.tokenizer()->decode({result.answer_id});
             naive_trace(model, P, o, result.answer_id, result);
         } else {
-            BaseRun clean = run_base(model, trace_detail::embed(model, P.ids), P.L, &result.flops);
-            at::Tensor h0 = trace_detail::embed(model, P.ids).expand({P.S, T, hp.n_embd}).contiguous();
+            BaseRun clean = run_base(model, embed(model, P.ids), P.L, &result.flops);
+            at::Tensor h0 = embed(model, P.ids).expand({P.S, T, hp.n_embd}).contiguous();
             corrupt_rows(h0, P.noise, P.b, o.replace, P.pos_rows);
             BaseRun corrupt = run_base(model, h0, P.L, &result.flops);
-            at::Tensor clean_logits = trace_detail::final_logits(model, clean.h_in.back().select(1, T - 1), &result.flops);  // [1, n_vocab]
-            at::Tensor corrupt_logits = trace_detail::final_logits(model, corrupt.h_in.back().select(1, T - 1), &result.flops);
+            at::Tensor clean_logits = final_logits(model, clean.h_in.back().select(1, T - 1), &result.flops);  // [1, n_vocab]
+            at::Tensor corrupt_logits = final_logits(model, corrupt.h_in.back().select(1, T - 1), &result.flops);
             const std::string prompt_text = model.tokenizer() ? model.tokenizer()->decode(input.ids, true) : "";
             result.answer_id = answer_from_target(model, input, prompt_text, o, clean_logits.select(0, 0).to(at::kFloat));
             result.clean_prob = at::softmax(clean_logits.to(at::kFloat), -1)[0][result.answer_id].item<double>();
