@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "widgets/qcustomplot_include.h"
 #include "widgets/vit_attribution_figure.h"
 
 using engram::ui::VitAttributionData;
@@ -29,6 +30,7 @@ private Q_SLOTS:
     void coloursDiverge();
     void showsTopHeadPatchMaps();
     void patchMapsAreRowMajor();
+    void patchMapsReadableOverImage();
     void textsNameTheScore();
     void exportsImages_data();
     void exportsImages();
@@ -193,6 +195,37 @@ void TestVitFigure::showsTopHeadPatchMaps() {
     d.topHeads.clear();
     w.setData(d);
     QCOMPARE(w.patchMapCount(), 0);
+}
+
+// In a figure the size of the Vision view's (about 1000 x 330 px), the top heads' maps are drawn
+// over the image in its own colours at a readable size: each panel at least 100 px a side and
+// at least half the input image's side, not a thumbnail.
+void TestVitFigure::patchMapsReadableOverImage() {
+    VitAttributionFigure w;
+    VitAttributionData d = sample();
+    d.topHeads.push_back(d.topHeads[0]);
+    d.topHeads.back().layer = 2;
+    d.topHeads.back().head = 3;
+    w.setData(d);
+    w.resize(1000, 330);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    w.plot()->replot(QCustomPlot::rpImmediateRefresh);
+    QCOMPARE(w.patchMapCount(), 4);
+    const QRect input = w.imagePanelRect();
+    QVERIFY(input.width() > 0);
+    for (int i = 0; i < 4; ++i) {
+        const QRect r = w.patchPanelRect(i);
+        QVERIFY2(r.width() >= 100 && r.height() >= 100, qPrintable(QStringLiteral("panel %1: %2 x %3").arg(i).arg(r.width()).arg(r.height())));
+        QVERIFY(r.width() * 2 >= input.width());
+    }
+    // Where a map is near 0 the image shows through in its own colours: patch (0, 1) of the first
+    // map (|value| 0.006 of 0.30) is the dark blue ground, faded, so blue leads red (a grey
+    // underlay under the map's faint red would not).
+    const QImage shot = w.grab().toImage();
+    const QRect p0 = w.patchPanelRect(0);
+    const QColor ground = shot.pixelColor(p0.left() + p0.width() * 3 / 16, p0.top() + p0.height() / 16);
+    QVERIFY2(ground.blue() > ground.red() + 10, qPrintable(ground.name()));
 }
 
 void TestVitFigure::patchMapsAreRowMajor() {

@@ -1221,8 +1221,8 @@ QWidget* MainWindow::buildHistoryView() {
     auto* tableAndDetail = new QSplitter(w);
     tableAndDetail->addWidget(m_historyView);
     tableAndDetail->addWidget(m_editDetail);
-    tableAndDetail->setStretchFactor(0, 3);
-    tableAndDetail->setStretchFactor(1, 2);
+    tableAndDetail->setStretchFactor(0, 1);
+    tableAndDetail->setStretchFactor(1, 1);
     l->addWidget(tableAndDetail, 1);
     auto* row = new QHBoxLayout;
     auto* undo = new QPushButton(tr("Undo"), w);

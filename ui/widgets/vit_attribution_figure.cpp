@@ -2,6 +2,7 @@
 
 #include <QHash>
 #include <QPainter>
+#include <QResizeEvent>
 #include <QVBoxLayout>
 
 #include "widgets/plot_export.h"
@@ -56,16 +57,15 @@ QImage crispCopy(const QImage& image) {
     return rgb.scaled(rgb.width() * k, rgb.height() * k, Qt::IgnoreAspectRatio, Qt::FastTransformation);
 }
 
-// The image under a patch map: grey and light, so the diverging overlay reads on top of it.
+// The image under a patch map: its own colours, faded halfway to white, so the object stays
+// recognisable and the diverging overlay still reads on top of it.
 QImage dimmedCopy(const QImage& rgb) {
     QImage out(rgb.size(), QImage::Format_RGB32);
+    auto fade = [](int v) { return 255 - int(std::lround((255 - v) * 0.5)); };
     for (int y = 0; y < rgb.height(); ++y) {
         const QRgb* src = reinterpret_cast<const QRgb*>(rgb.constScanLine(y));
         QRgb* dst = reinterpret_cast<QRgb*>(out.scanLine(y));
-        for (int x = 0; x < rgb.width(); ++x) {
-            const int g = 255 - int(std::lround((255 - qGray(src[x])) * 0.32));
-            dst[x] = qRgb(g, g, g);
-        }
+        for (int x = 0; x < rgb.width(); ++x) dst[x] = qRgb(fade(qRed(src[x])), fade(qGreen(src[x])), fade(qBlue(src[x])));
     }
     return out;
 }
@@ -485,7 +485,8 @@ void VitAttributionFigure::rebuild() {
         panels->setRowSpacing(2);
         auto* patchScale = new QCPColorScale(m_plot);
         styleScale(patchScale, QStringLiteral("patch contribution"));
-        const int perRow = nPanels <= 2 ? 1 : 2;
+        const int perRow = panelsPerRow(nPanels, size());
+        m_perRow = perRow;
         for (int i = 0; i < nPanels; ++i) {
             const auto& hm = m_data.topHeads[i];
             const double score = hm.layer >= 0 && hm.layer < nLayer && hm.head >= 0 && hm.head < m_data.heads[hm.layer].size()
@@ -521,7 +522,9 @@ void VitAttributionFigure::rebuild() {
         body->addElement(0, col, caption(m_plot, nPanels == 1 ? QStringLiteral("top head by |effect|")
                                                               : QStringLiteral("top %1 heads by |effect|").arg(nPanels),
                                          headFont));
-        body->setColumnStretchFactor(col, perRow == 2 ? 0.9 : 0.5);
+        // Room for each panel to be about as large as the input image: a panel must show its
+        // patches, not a thumbnail.
+        body->setColumnStretchFactor(col, perRow == 1 ? 0.8 : perRow == 2 ? 1.8 : 0.6 * perRow);
         ++col;
         body->addElement(1, col, patchScale);
         body->setColumnStretchFactor(col, 0.001);
@@ -529,6 +532,20 @@ void VitAttributionFigure::rebuild() {
     }
     body->setRowStretchFactors({0.001, 1});
     m_plot->replot(QCustomPlot::rpImmediateRefresh);
+}
+
+// A wide, short figure (the Vision view's) puts the panels in one row, where each gets the body's
+// full height; a squarer one stacks them two by two.
+int VitAttributionFigure::panelsPerRow(int nPanels, const QSize& size) {
+    if (nPanels <= 1) return 1;
+    if (size.height() > 0 && size.width() > 2.6 * size.height()) return nPanels;
+    return 2;
+}
+
+void VitAttributionFigure::resizeEvent(QResizeEvent* event) {
+    QWidget::resizeEvent(event);
+    const int n = std::min<int>(kMaxPatchMaps, int(m_data.topHeads.size()));
+    if (n > 0 && panelsPerRow(n, size()) != m_perRow) rebuild();
 }
 
 // After each layout pass: images keep their aspect ratio, and cell values show only where they fit.
@@ -573,6 +590,24 @@ int VitAttributionFigure::patchMapCount() const { return int(m_patchMaps.size())
 double VitAttributionFigure::patchMapValue(int index, int row, int column) const { return m_patchMaps[index]->data()->cell(column, row); }
 double VitAttributionFigure::patchRangeUpper() const { return m_patchMaps.isEmpty() ? std::nan("") : m_patchMaps[0]->dataRange().upper; }
 QString VitAttributionFigure::patchMapTitle(int index) const { return m_patchTitles.value(index); }
+
+QRect VitAttributionFigure::patchPanelRect(int index) const {
+    if (index < 0 || index >= m_patchMaps.size()) return {};
+    const QCPAxis* x = m_patchMaps[index]->keyAxis();
+    const QCPAxis* y = m_patchMaps[index]->valueAxis();
+    const double grid = m_imagePanels.value(index + 1).spanX;  // panel 0 is the input image
+    const QRectF r = QRectF(QPointF(x->coordToPixel(0), y->coordToPixel(0)), QPointF(x->coordToPixel(grid), y->coordToPixel(grid))).normalized();
+    return QRect(m_plot->mapTo(this, r.topLeft().toPoint()), r.size().toSize());
+}
+
+QRect VitAttributionFigure::imagePanelRect() const {
+    if (m_imagePanels.isEmpty()) return {};
+    const ImagePanel& p = m_imagePanels[0];
+    const QCPAxis* x = p.rect->axis(QCPAxis::atBottom);
+    const QCPAxis* y = p.rect->axis(QCPAxis::atLeft);
+    const QRectF r = QRectF(QPointF(x->coordToPixel(0), y->coordToPixel(0)), QPointF(x->coordToPixel(p.spanX), y->coordToPixel(p.spanY))).normalized();
+    return QRect(m_plot->mapTo(this, r.topLeft().toPoint()), r.size().toSize());
+}
 
 QColor VitAttributionFigure::gridCellColor(int layer, int head) const {
     const double v = gridValue(layer, head);

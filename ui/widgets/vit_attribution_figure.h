@@ -1,8 +1,8 @@
 // A Vision-Transformer attention-head attribution figure (a
 // head x layer grid linked to an image/patch overlay). Left, the input image; middle, the direct
 // logit attribution of every head as a layer x head grid (layer 0 at the top, crisp cells) with an
-// optional MLP column beside it; right, up to four small panels, one per top head, each showing
-// the dimmed image under that head's per-patch map. Both maps are diverging (ColorBrewer RdBu
+// optional MLP column beside it; right, up to four panels, one per top head, each showing the
+// image (faded) under that head's per-patch map, at about the input image's size. Both maps are diverging (ColorBrewer RdBu
 // reversed: blue supports the class, white is 0, red opposes it) on a range symmetric about 0, so
 // the colour of 0 never moves.
 //
@@ -69,6 +69,9 @@ public:
     double patchMapValue(int index, int row, int column) const;
     double patchRangeUpper() const;          // the patch maps share one symmetric range [-upper, upper]
     QString patchMapTitle(int index) const;  // "L{layer} H{head}" and the head's score
+    // Where the input image and a patch map's image are drawn, in this widget's pixels (after a replot).
+    QRect imagePanelRect() const;
+    QRect patchPanelRect(int index) const;
     QString titleText() const;
     QString scoreText() const;               // "logit(circle)" or "logit(circle) − logit(square)"
     QString colorBarText() const;
@@ -90,7 +93,12 @@ public:
     bool exportTo(const QString& path, const QString& format = QString(), QString* error = nullptr, int width = 0, int height = 0);
     QSize exportSize() const;
 
+protected:
+    void resizeEvent(QResizeEvent* event) override;
+
 private:
+    static int panelsPerRow(int nPanels, const QSize& size);
+
     // An axis rect that shows an image spanning [0, spanX] x [0, spanY] in plot coordinates; its
     // ranges are widened after each layout so the image keeps its aspect ratio.
     struct ImagePanel {
@@ -110,6 +118,7 @@ private:
     QVector<QString> m_patchTitles;
     QVector<ImagePanel> m_imagePanels;
     QVector<QCPItemText*> m_cellTexts;  // the values written in the cells, shown while they fit
+    int m_perRow = 0;                   // patch panels per row in the current layout
 };
 
 }  // namespace engram::ui
