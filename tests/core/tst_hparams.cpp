@@ -28,9 +28,10 @@ const ModelShape kLlama3 = shape("llama", 32, 4096);
 const ModelShape kDemo = shape("gpt2", 6, 128);
 
 const EditMethod kAllMethods[] = {EditMethod::Rome,      EditMethod::Memit, EditMethod::MemitSeq,
-                                  EditMethod::AlphaEdit, EditMethod::Pmet,  EditMethod::Ft};
+                                  EditMethod::AlphaEdit, EditMethod::Pmet,  EditMethod::Ft,
+                                  EditMethod::Grace};
 
-bool blue_capable(EditMethod m) { return m != EditMethod::Rome && m != EditMethod::Ft; }
+bool blue_capable(EditMethod m) { return m != EditMethod::Rome && m != EditMethod::Ft && m != EditMethod::Grace; }
 
 std::vector<int> range(int first, int last) {
     std::vector<int> v;
@@ -97,6 +98,12 @@ void compare_all(const EditHParams& a, const EditHParams& b) {
     QCOMPARE(a.ft_lr, b.ft_lr);
     QCOMPARE(a.ft_steps, b.ft_steps);
     QCOMPARE(a.ft_norm_constraint, b.ft_norm_constraint);
+    QCOMPARE(a.grace_eps, b.grace_eps);
+    QCOMPARE(a.grace_edit_lr, b.grace_edit_lr);
+    QCOMPARE(a.grace_n_iter, b.grace_n_iter);
+    QCOMPARE(a.grace_val_init, b.grace_val_init);
+    QCOMPARE(a.grace_eps_expand, b.grace_eps_expand);
+    QCOMPARE(a.grace_replacement, b.grace_replacement);
 }
 
 }  // namespace
@@ -131,6 +138,7 @@ private Q_SLOTS:
 
     void jsonRoundTrip();
     void mergeJsonKeepsAndRejects();
+    void graceDefaultsAndFileNames();
 };
 
 void TestHParams::methodNames() {
@@ -634,6 +642,12 @@ void TestHParams::jsonRoundTrip() {
     hp.ft_lr = 1e-5;
     hp.ft_steps = 9;
     hp.ft_norm_constraint = 1e-3;
+    hp.grace_eps = 3.5;
+    hp.grace_edit_lr = 0.25;
+    hp.grace_n_iter = 7;
+    hp.grace_val_init = "warm";
+    hp.grace_eps_expand = "moving_average";
+    hp.grace_replacement = "all";
 
     const json j = hp.to_json();
     // The keys are the struct's field names, method as its name.
@@ -641,7 +655,8 @@ void TestHParams::jsonRoundTrip() {
         "method", "blue", "layers", "fact_token", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay",
         "clamp_norm_factor", "kl_factor", "mom2_adjustment", "mom2_update_weight", "mom2_n_samples", "mom2_dataset",
         "rrome_fix", "context_template_length_params", "context_templates", "seed", "merge_same_subject", "nullspace_threshold", "L2",
-        "nll_loss_factor", "ft_lr", "ft_steps", "ft_norm_constraint"};
+        "nll_loss_factor", "ft_lr", "ft_steps", "ft_norm_constraint", "grace_eps", "grace_edit_lr", "grace_n_iter", "grace_val_init",
+        "grace_eps_expand", "grace_replacement"};
     QCOMPARE(j.size(), keys.size());
     for (const auto& k : keys) QVERIFY2(j.contains(k), k.c_str());
     QCOMPARE(j.at("method").get<std::string>(), std::string("pmet"));
@@ -684,3 +699,41 @@ void TestHParams::mergeJsonKeepsAndRejects() {
 
 QTEST_APPLESS_MAIN(TestHParams)
 #include "tst_hparams.moc"
+
+// GRACE's reference rows (EasyEdit's GRACE hparams: GPT-2 XL and GPT-J layer 35 / 25 with 200
+// steps, Llama layer 27 with 50), the demo row, and EasyEdit's key names in a file.
+void TestHParams::graceDefaultsAndFileNames() {
+    const std::tuple<ModelShape, int, int> rows[] = {{kGpt2Xl, 35, 200}, {kGptj, 25, 200}, {kLlama3, 27, 50}, {kDemo, 4, 100}};
+    for (const auto& [shape, layer, steps] : rows) {
+        const EditHParams hp = default_edit_hparams(shape, EditMethod::Grace, false);
+        QCOMPARE(hp.layers, std::vector<int>{layer});
+        QCOMPARE(hp.grace_n_iter, steps);
+        QCOMPARE(hp.grace_eps, 1.0);
+        QCOMPARE(hp.grace_edit_lr, 1.0);
+        QCOMPARE(hp.grace_val_init, std::string("cold"));
+        QCOMPARE(hp.grace_replacement, std::string("last"));
+    }
+    // EasyEdit's key names; dist_fn (only Euclidean distances exist here) is refused, naming it.
+    const std::string keys = "alg_name: GRACE\nedit_lr: 0.5\nn_iter: 12\neps: 3.0\nval_init: warm\neps_expand: moving_average\n"
+                             "replacement: replace_all\n";
+    EditHParams hp = default_edit_hparams(kDemo, EditMethod::Grace, false);
+    {
+        TempFile bad("grace.yaml", keys + "dist_fn: cos\n");
+        try {
+            apply_hparams_file(hp, bad.path);
+            QFAIL("dist_fn accepted");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("dist_fn") != std::string::npos, e.what());
+        }
+    }
+    TempFile file("grace.yaml", keys);
+    hp = default_edit_hparams(kDemo, EditMethod::Grace, false);
+    apply_hparams_file(hp, file.path);
+    QCOMPARE(hp.grace_edit_lr, 0.5);
+    QCOMPARE(hp.grace_n_iter, 12);
+    QCOMPARE(hp.grace_eps, 3.0);
+    QCOMPARE(hp.grace_val_init, std::string("warm"));
+    QCOMPARE(hp.grace_eps_expand, std::string("moving_average"));
+    QCOMPARE(hp.grace_replacement, std::string("replace_all"));
+    validate_edit_hparams(hp, kDemo);
+}
