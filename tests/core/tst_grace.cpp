@@ -385,6 +385,28 @@ private Q_SLOTS:
         QVERIFY(method_name_list().find("grace") != std::string::npos);
     }
 
+    void singleEditProtocolRestoresTheCodebook() {
+        // eval --single: each edit is scored on its own and taken back, the codebook included.
+        auto m = Model::load(demo_dir());
+        eval::DatasetOptions dopt;
+        dopt.limit = 3;
+        dopt.zsre_target = eval::ZsreTarget::Alt;
+        const eval::Dataset ds = eval::load_dataset(demo_dir() / "zsre.json", dopt);
+        eval::SequentialOptions so;
+        so.edits = 3;
+        so.batch = 1;
+        so.restore_between = true;
+        so.fluency_cases = 0;
+        so.unedited_cases = 0;
+        so.perplexity_file = demo_dir() / "held_out.txt";
+        const auto r = eval::run_sequential(*m, ds, default_edit_hparams(model_shape(*m), EditMethod::Grace, false), {}, so);
+        QVERIFY(m->adapters().empty());
+        QCOMPARE(state_hash(*m), state_hash_of_base(m->fingerprint()));
+        qInfo("single GRACE edits: reliability %.1f -> %.1f, locality %.1f", r.pre.reliability, r.post.reliability, r.post.locality);
+        QVERIFY(r.post.reliability >= 90);
+        QVERIFY(r.post.locality >= 90);
+    }
+
     void badSettingsAreRefused() {
         auto m = Model::load(demo_dir());
         EditHParams hp = default_edit_hparams(model_shape(*m), EditMethod::Grace, false);

@@ -119,6 +119,7 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
         Edit e = session.compute(reqs);
         // Single-edit protocol: keep the touched tensors to put back after scoring this batch.
         std::vector<std::pair<Model::WeightRef, at::Tensor>> saved;
+        const AdapterSet saved_adapters = model.adapters();  // GRACE's codebook is restored too
         if (o.restore_between)
             for (const Delta& d : e.deltas)
                 if (auto ref = model.find_weight(d.tensor)) saved.emplace_back(*ref, model.weight(ref->slot, ref->layer));
@@ -132,6 +133,7 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
             std::vector<CaseMetrics> m = score_cases(model, mine, pre_mine);
             single_metrics.insert(single_metrics.end(), m.begin(), m.end());
             for (auto it = saved.rbegin(); it != saved.rend(); ++it) model.weight(it->first.slot, it->first.layer) = it->second;
+            model.adapters() = saved_adapters;
             res.eval_seconds += since(t_eval);
         }
         report("edit", hi, T, "batch " + std::to_string(b + 1) + "/" + std::to_string(n_batches));
