@@ -102,7 +102,7 @@ std::vector<CommandSpec> build() {
                   {"samples", "N", "noise samples per run (default 10)"},
                   {"noise", "RULE", "s3 (3x the subject embeddings' std, the default), a number, uX (uniform) or tNU (Student t)"},
                   {"replace", "", "replace the subject embeddings with noise instead of adding it"},
-                  {"window", "W", "layers restored together for mlp/attn (default 10)"},
+                  {"window", "W", "layers restored together for mlp/attn (default: a fifth of the depth, at least 1; 10 on 48 layers)"},
                   {"seed", "S", "noise seed (default 1)"},
                   {"sever", "mlp|attn", "also trace with that sublayer frozen at its corrupted value"},
                   {"subjects", "FILE", "subjects for the noise scale, one per line"},

@@ -107,7 +107,8 @@ TraceOptions trace_options(const Args& args, const Model& model) {
     TraceOptions o;
     o.kinds = parse_kinds(args.get("kind").value_or("all"));
     o.samples = int(args.integer("samples", 10, 1));
-    o.window = int(args.integer("window", 10, 1));
+    // ROME's 10 of GPT-2 XL's 48 layers, as a fraction of the depth (10 would cover a shallow model whole).
+    o.window = args.has("window") ? int(args.integer("window", 10, 1)) : default_trace_window(model.hparams().n_layer);
     o.seed = uint64_t(args.integer("seed", 1, 0));
     o.noise = parse_noise_rule(args.get("noise").value_or("s3"));
     o.replace = args.flag("replace");
