@@ -82,6 +82,7 @@ private Q_SLOTS:
     void rejectsMissingShard();
     void rejectsUnknownArchitecture();
     void rejectsBrokenConfigJson();
+    void rejectsHostileSizesBeforeAllocating();
     void rejectsMissingTensor();
     void writerRoundTrips();
     void fingerprintIgnoresSharding();
@@ -205,6 +206,35 @@ void TestSafetensors::rejectsBrokenConfigJson() {
     expect_error([&] { Model::load(dir); }, ErrorKind::Config, {"config.json", "'n_layer'", "integer"});
     fs::remove(dir / "config.json");
     expect_error([&] { Model::load(dir); }, ErrorKind::Io, {"config.json", "missing"});
+}
+
+// Sizes a checkpoint cannot back are refused with a clear error, before anything is sized by them
+// (two billion layers used to end in std::bad_alloc).
+void TestSafetensors::rejectsHostileSizesBeforeAllocating() {
+    TempDir tmp("st");
+    const std::pair<const char*, const char*> cases[] = {
+        {"gpt2-tiny", "n_layer"}, {"gpt2-tiny", "n_embd"}, {"gpt2-tiny", "n_head"}, {"gpt2-tiny", "vocab_size"},
+        {"llama-tiny", "num_hidden_layers"}, {"llama-tiny", "num_attention_heads"}, {"llama-tiny", "intermediate_size"},
+        {"gptj-tiny", "n_layer"}, {"gptj-tiny", "rotary_dim"}, {"vit-tiny", "num_hidden_layers"}, {"vit-tiny", "image_size"},
+    };
+    for (const auto& [fixture, key] : cases)
+        for (int64_t value : {int64_t(2000000000), int64_t(0), int64_t(-3)}) {
+            fs::path dir = copy_fixture(tmp, fixture);
+            nlohmann::json config = read_json_file(dir / "config.json");
+            config[key] = value;
+            std::ofstream(dir / "config.json") << config.dump();
+            const QString what = QString("%1 %2=%3").arg(fixture, key).arg(value);
+            try {
+                Model::load(dir);
+                QFAIL(qPrintable(what + ": accepted"));
+            } catch (const Error& e) {
+                QVERIFY2(e.kind() == ErrorKind::Config || e.kind() == ErrorKind::Argument || e.kind() == ErrorKind::Unsupported,
+                         qPrintable(what + ": " + e.what()));
+            } catch (const std::exception& e) {
+                QFAIL(qPrintable(what + ": not an engram::Error: " + e.what()));
+            }
+            fs::remove_all(dir);
+        }
 }
 
 void TestSafetensors::rejectsMissingTensor() {

@@ -111,6 +111,11 @@ struct ModelLoader {
         const HParams& hp = model->hparams_;
         if (hp.n_layer <= 0 || hp.n_embd <= 0)
             throw Error(ErrorKind::Config, config_path.string() + ": the layer count and hidden size must be positive");
+        // Every layer needs tensors of its own: a layer count the checkpoint cannot hold is refused
+        // before anything is sized by it (a hostile config.json would otherwise allocate per layer).
+        if (static_cast<uint64_t>(hp.n_layer) > ck->tensors().size())
+            throw Error(ErrorKind::Config, config_path.string() + ": " + std::to_string(hp.n_layer) + " layers, but the checkpoint holds only " +
+                                               std::to_string(ck->tensors().size()) + " tensors");
         model->stored_dtype_ = ck->stored_dtype();
 
         model->layers.resize(hp.n_layer);
