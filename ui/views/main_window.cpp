@@ -386,7 +386,7 @@ QWidget* MainWindow::buildEditView() {
     m_method = new QComboBox(w);
     m_method->setObjectName(QStringLiteral("methodCombo"));
     for (const MethodInfo& m : edit_methods()) {  // the registry, in menu order
-        m_method->addItem(QString::fromLatin1(m.name));
+        m_method->addItem(QString::fromLatin1(edit_method_name(m.method)));
         m_method->setItemData(m_method->count() - 1, QStringLiteral("%1: %2").arg(QString::fromLatin1(m.title), QString::fromLatin1(m.summary)),
                               Qt::ToolTipRole);
     }
@@ -1068,7 +1068,7 @@ QWidget* MainWindow::buildEvaluateView() {
     m_evalMethod = new QComboBox(w);
     m_evalMethod->setObjectName(QStringLiteral("evalMethod"));
     for (const MethodInfo& m : edit_methods()) {
-        m_evalMethod->addItem(QString::fromLatin1(m.name));
+        m_evalMethod->addItem(QString::fromLatin1(edit_method_name(m.method)));
         m_evalMethod->setItemData(m_evalMethod->count() - 1, QString::fromLatin1(m.summary), Qt::ToolTipRole);
     }
     m_evalMethod->setCurrentText(QStringLiteral("memit"));

@@ -78,13 +78,12 @@ public:
 class AdapterSet {
 public:
     bool empty() const { return by_name_.empty(); }
-    // Applies `op`, creating the adapter on its first op. Checks the attach point against the model's
-    // shape (n_layer, in/out sizes given by the caller as the wrapped weight's [out, in]).
-    void apply(const AdapterOp& op, int64_t n_layer, int64_t out_features, int64_t in_features);
+    // Applies `op`, creating the adapter on its first op (sized by the wrapped weight's [out, in]).
+    // Model::apply_adapter_op checks the attach point and layer against the model first.
+    void apply(const AdapterOp& op, int64_t out_features, int64_t in_features);
     void remove(const std::string& name) { by_name_.erase(name); }
     void clear() { by_name_.clear(); }
     const Adapter* find(const std::string& name) const;
-    bool has(Slot slot, int layer) const;
     void on_linear(Slot slot, int layer, const at::Tensor& x, at::Tensor& y, const at::Tensor& route) const;
     void hash_into(Sha256& h) const;
     void to(c10::Device device);

@@ -20,8 +20,7 @@ namespace engram {
 enum class Produces { Deltas, Adapters };
 
 struct MethodInfo {
-    EditMethod method;
-    const char* name;      // as --method takes it (edit_method_name)
+    EditMethod method;     // its name, as --method takes it: edit_method_name(method)
     const char* title;     // as menus show it
     const char* summary;   // one line
     Produces produces;

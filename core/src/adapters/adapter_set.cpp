@@ -39,13 +39,8 @@ std::unique_ptr<Adapter> make_adapter(const std::string& kind, int64_t out_featu
 
 }  // namespace
 
-void AdapterSet::apply(const AdapterOp& op, int64_t n_layer, int64_t out_features, int64_t in_features) {
+void AdapterSet::apply(const AdapterOp& op, int64_t out_features, int64_t in_features) {
     if (op.adapter.empty()) throw Error(ErrorKind::Format, "adapter op without an adapter name");
-    if (std::string(attach_module_name(op.slot)) == "?")
-        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": adapters attach to mlp.down (the MLP down-projection)");
-    if (op.layer < 0 || op.layer >= n_layer)
-        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": layer " + std::to_string(op.layer) + " is out of range for a " +
-                                             std::to_string(n_layer) + "-layer model");
     auto it = by_name_.find(op.adapter);
     std::unique_ptr<Adapter> next;
     if (it == by_name_.end()) {
@@ -66,12 +61,6 @@ void AdapterSet::apply(const AdapterOp& op, int64_t n_layer, int64_t out_feature
 const Adapter* AdapterSet::find(const std::string& name) const {
     auto it = by_name_.find(name);
     return it == by_name_.end() ? nullptr : it->second.adapter.get();
-}
-
-bool AdapterSet::has(Slot slot, int layer) const {
-    for (const auto& [name, e] : by_name_)
-        if (e.slot == slot && e.layer == layer) return true;
-    return false;
 }
 
 void AdapterSet::on_linear(Slot slot, int layer, const at::Tensor& x, at::Tensor& y, const at::Tensor& route) const {

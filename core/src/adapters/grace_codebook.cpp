@@ -9,6 +9,7 @@
 
 #include "adapters/kinds.h"
 #include "engram/error.h"
+#include "engram/model.h"
 #include "engram/sha256.h"
 
 namespace engram::adapters {
@@ -192,6 +193,19 @@ nlohmann::json GraceCodebook::explain(const at::Tensor& query) const {
     const auto [i, d] = nearest(query.reshape({1, -1})).at(0);
     return {{"replaced", within(i, d)}, {"entry", entries_[size_t(i)].id}, {"distance", d}, {"eps", entries_[size_t(i)].eps},
             {"entries", entries_.size()}};
+}
+
+std::string grace_codebook_name(int layer) { return "grace.L" + std::to_string(layer) + ".mlp.down"; }
+
+AdapterOp grace_op(int layer, const std::string& what, nlohmann::json params) {
+    AdapterOp op;
+    op.adapter = grace_codebook_name(layer);
+    op.kind = "grace_codebook";
+    op.slot = Slot::FfnDown;
+    op.layer = layer;
+    op.op = what;
+    op.params = std::move(params);
+    return op;
 }
 
 std::unique_ptr<Adapter> make_grace_codebook(int64_t out_features, int64_t in_features) {

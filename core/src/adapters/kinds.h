@@ -57,5 +57,8 @@ private:
 };
 
 std::unique_ptr<Adapter> make_grace_codebook(int64_t out_features, int64_t in_features);
+// The codebook on layer L's down-projection ("grace.L<L>.mlp.down") and an op on it.
+std::string grace_codebook_name(int layer);
+AdapterOp grace_op(int layer, const std::string& op, nlohmann::json params);
 
 }  // namespace engram::adapters

@@ -29,8 +29,6 @@ namespace engram {
 
 namespace {
 
-std::string codebook_name(int layer) { return "grace.L" + std::to_string(layer) + ".mlp.down"; }
-
 std::string replacement_of(const std::string& setting) {
     return setting == "all" || setting == "replace_all" ? "all" : "last";
 }
@@ -42,23 +40,12 @@ at::Tensor cold_value(int64_t n, uint64_t seed) {
     return at::tensor(v, at::kFloat);
 }
 
-AdapterOp op_on(const std::string& name, int layer, const std::string& what, nlohmann::json params) {
-    AdapterOp op;
-    op.adapter = name;
-    op.kind = "grace_codebook";
-    op.slot = Slot::FfnDown;
-    op.layer = layer;
-    op.op = what;
-    op.params = std::move(params);
-    return op;
-}
-
 }  // namespace
 
 Edit EditSession::compute_grace(const std::vector<EditRequest>& requests) {
     if (!model_.is_decoder()) throw Error(ErrorKind::Unsupported, "GRACE edits decoder language models, not " + model_.arch_name());
     const int L = hp_.layers.at(0);
-    const std::string name = codebook_name(L);
+    const std::string name = adapters::grace_codebook_name(L);
     const std::string replacement = replacement_of(hp_.grace_replacement);
     const Tokenizer& tok = *model_.tokenizer();
     const c10::Device dev = model_.device();
@@ -128,7 +115,7 @@ Edit EditSession::compute_grace(const std::vector<EditRequest>& requests) {
         if (far || (conflict && distance / 2 - 1e-5 > 0)) {
             if (conflict) {
                 action = "split";
-                ops.push_back(op_on(name, L, "set_eps", {{"entry", cb->entries()[size_t(j)].id}, {"eps", distance / 2 - 1e-5}}));
+                ops.push_back(adapters::grace_op(L, "set_eps", {{"entry", cb->entries()[size_t(j)].id}, {"eps", distance / 2 - 1e-5}}));
                 new_eps = distance / 2;
             }
             // A stable id: the request and its key.
@@ -150,11 +137,11 @@ Edit EditSession::compute_grace(const std::vector<EditRequest>& requests) {
             } else if (distance > ej.eps) {
                 action = "expand";
                 if (hp_.grace_eps_expand == "moving_average") {
-                    AdapterOp mv = op_on(name, L, "set_key", {{"entry", entry}});
+                    AdapterOp mv = adapters::grace_op(L, "set_key", {{"entry", entry}});
                     mv.tensors.emplace_back("key", ((ej.key.to(at::kCPU) + q.to(at::kCPU)) * 0.5).contiguous());
                     ops.push_back(std::move(mv));
                 }
-                ops.push_back(op_on(name, L, "set_eps", {{"entry", entry}, {"eps", distance}}));
+                ops.push_back(adapters::grace_op(L, "set_eps", {{"entry", entry}, {"eps", distance}}));
             } else {
                 action = "retrain";
             }
@@ -200,14 +187,14 @@ Edit EditSession::compute_grace(const std::vector<EditRequest>& requests) {
         }
         const at::Tensor trained = v.detach().to(at::kCPU).to(at::kFloat).contiguous();
         if (action == "insert" || action == "split") {
-            AdapterOp ins = op_on(name, L, "insert", {{"entry", entry}, {"eps", new_eps}, {"label", target}, {"replacement", replacement}});
+            AdapterOp ins = adapters::grace_op(L, "insert", {{"entry", entry}, {"eps", new_eps}, {"label", target}, {"replacement", replacement}});
             ins.tensors.emplace_back("key", q.to(at::kCPU).contiguous());
             ins.tensors.emplace_back("value", trained);
             ops.push_back(std::move(ins));
         } else {
             nlohmann::json params = {{"entry", entry}};
             if (action == "overwrite") params["label"] = target;
-            AdapterOp sv = op_on(name, L, "set_value", params);
+            AdapterOp sv = adapters::grace_op(L, "set_value", params);
             sv.tensors.emplace_back("value", trained);
             ops.push_back(std::move(sv));
         }

@@ -12,30 +12,30 @@ namespace engram {
 // private compute members.
 const std::vector<MethodInfo>& edit_methods() {
     static const std::vector<MethodInfo> kMethods = {
-    {EditMethod::Rome, "rome", "ROME", "one rank-1 change of one MLP per fact (r-ROME fix on by default)", Produces::Deltas, false, true,
+    {EditMethod::Rome, "ROME", "one rank-1 change of one MLP per fact (r-ROME fix on by default)", Produces::Deltas, false, true,
      {"layers", ENGRAM_TARGET_SETTINGS, "mom2_adjustment", "mom2_n_samples", "mom2_dataset", "rrome_fix", "context_template_length_params",
       "context_templates", "seed"},
      &EditSession::compute_rome},
-    {EditMethod::Memit, "memit", "MEMIT", "a batch of facts spread over a band of MLP layers", Produces::Deltas, true, true,
+    {EditMethod::Memit, "MEMIT", "a batch of facts spread over a band of MLP layers", Produces::Deltas, true, true,
      {"layers", ENGRAM_TARGET_SETTINGS, "mom2_update_weight", "mom2_n_samples", "mom2_dataset", "context_templates", "seed",
       "merge_same_subject", "blue"},
      &EditSession::compute_memit_family},
-    {EditMethod::MemitSeq, "memit_seq", "MEMIT_seq", "MEMIT that remembers the keys of earlier batches", Produces::Deltas, true, true,
+    {EditMethod::MemitSeq, "MEMIT_seq", "MEMIT that remembers the keys of earlier batches", Produces::Deltas, true, true,
      {"layers", ENGRAM_TARGET_SETTINGS, "mom2_update_weight", "mom2_n_samples", "mom2_dataset", "context_templates", "seed",
       "merge_same_subject", "blue"},
      &EditSession::compute_memit_family},
-    {EditMethod::AlphaEdit, "alphaedit", "AlphaEdit", "MEMIT projected onto the null space of preserved keys", Produces::Deltas, true, true,
+    {EditMethod::AlphaEdit, "AlphaEdit", "MEMIT projected onto the null space of preserved keys", Produces::Deltas, true, true,
      {"layers", ENGRAM_TARGET_SETTINGS, "mom2_n_samples", "mom2_dataset", "nullspace_threshold", "L2", "context_templates", "seed",
       "merge_same_subject", "blue"},
      &EditSession::compute_memit_family},
-    {EditMethod::Pmet, "pmet", "PMET", "MEMIT with attention and MLP targets optimised together", Produces::Deltas, true, true,
+    {EditMethod::Pmet, "PMET", "MEMIT with attention and MLP targets optimised together", Produces::Deltas, true, true,
      {"layers", ENGRAM_TARGET_SETTINGS, "nll_loss_factor", "mom2_update_weight", "mom2_n_samples", "mom2_dataset", "context_templates",
       "seed", "merge_same_subject", "blue"},
      &EditSession::compute_memit_family},
-    {EditMethod::Ft, "ft", "FT-L", "constrained fine-tuning of one MLP", Produces::Deltas, false, false,
+    {EditMethod::Ft, "FT-L", "constrained fine-tuning of one MLP", Produces::Deltas, false, false,
      {"layers", "ft_lr", "ft_steps", "ft_norm_constraint"},
      &EditSession::compute_ft},
-    {EditMethod::Grace, "grace", "GRACE", "a codebook beside one MLP: no weight changes", Produces::Adapters, false, false,
+    {EditMethod::Grace, "GRACE", "a codebook beside one MLP: no weight changes", Produces::Adapters, false, false,
      {"layers", "grace_eps", "grace_edit_lr", "grace_n_iter", "grace_val_init", "grace_eps_expand", "grace_replacement", "seed"},
      &EditSession::compute_grace},
     };
@@ -97,7 +97,7 @@ std::string method_name_list(bool last_or) {
     std::string out;
     for (size_t i = 0; i < methods.size(); ++i) {
         if (i) out += last_or && i + 1 == methods.size() ? " or " : ", ";
-        out += methods[i].name;
+        out += edit_method_name(methods[i].method);
     }
     return out;
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "engram/checkpoint.h"
+#include "adapters/kinds.h"
 #include "engram/model.h"
 
 namespace engram {
@@ -109,13 +110,7 @@ ForwardBenchResult bench_forward(int64_t batch, int64_t seq, int64_t iterations,
     const AdapterSet plain = model->adapters();
     at::Tensor keys = at::randn({codebook_entries, hp.n_ff}), values = at::randn({codebook_entries, hp.n_embd});
     for (int64_t i = 0; i < codebook_entries; ++i) {
-        AdapterOp op;
-        op.adapter = "grace.L" + std::to_string(layer) + ".mlp.down";
-        op.kind = "grace_codebook";
-        op.slot = Slot::FfnDown;
-        op.layer = layer;
-        op.op = "insert";
-        op.params = {{"entry", std::to_string(i)}, {"eps", 1.0}, {"label", {i}}};
+        AdapterOp op = adapters::grace_op(layer, "insert", {{"entry", std::to_string(i)}, {"eps", 1.0}, {"label", {i}}});
         op.tensors = {{"key", keys[i].clone()}, {"value", values[i].clone()}};
         model->apply_adapter_op(op);
     }

@@ -210,7 +210,7 @@ at::Tensor route_positions(const Model& model, const ForwardInput& input, int64_
 at::Tensor adapted_linear(const Model& model, Slot slot, int layer, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                           const at::Tensor& route) {
     at::Tensor y = at::linear(x, w, b);
-    if (route.defined() && model.adapters().has(slot, layer)) model.adapters().on_linear(slot, layer, x, y, route);
+    if (route.defined()) model.adapters().on_linear(slot, layer, x, y, route);
     return y;
 }
 

@@ -349,9 +349,11 @@ void Model::apply_adapter_op(const AdapterOp& op) {
     if (op.layer < 0 || op.layer >= hparams_.n_layer)
         throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": layer " + std::to_string(op.layer) + " is out of range for a " +
                                              std::to_string(hparams_.n_layer) + "-layer model (0.." + std::to_string(hparams_.n_layer - 1) + ")");
+    if (std::string(attach_module_name(op.slot)) == "?")
+        throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": adapters attach to mlp.down (the MLP down-projection)");
     const at::Tensor& w = weight(op.slot, op.layer);
     if (!w.defined()) throw Error(ErrorKind::Argument, "adapter " + op.adapter + ": " + arch_name_ + " has no " + attach_module_name(op.slot));
-    adapters_.apply(op, hparams_.n_layer, w.size(0), w.size(1));
+    adapters_.apply(op, w.size(0), w.size(1));
 }
 
 void Model::set_tokenizer(std::unique_ptr<Tokenizer> tokenizer) { tokenizer_ = std::move(tokenizer); }
