@@ -110,17 +110,6 @@ std::vector<EditRequest> read_requests(const fs::path& file) {
     return out;
 }
 
-// The pre-edit model's greedy continuation of the prompt, as many tokens as the new target has:
-// what "the old target" is when none was given.
-std::string greedy_answer(const Model& model, const EditRequest& r) {
-    const Tokenizer& tok = *model.tokenizer();
-    std::vector<int64_t> ids = tok.encode(r.prompt_text(), true).ids;
-    GenerateOptions g;
-    g.max_new_tokens = static_cast<int64_t>(target_ids(tok, r.target_new).size());
-    std::vector<int64_t> out = generate(model, ids, g);
-    return tok.decode(std::vector<int64_t>(out.begin() + static_cast<long>(ids.size()), out.end()), true);
-}
-
 std::string fmt_prob(double nll) {
     std::ostringstream s;
     s << std::fixed << std::setprecision(4) << std::exp(-nll);

@@ -25,15 +25,16 @@
 #include "engram/store.h"
 #include "engram/tokenizer.h"
 #include "engram/trace.h"
+#include "demo_requests.h"
 #include "test_util.h"
 
 using namespace engram;
 using engram::test::TempDir;
+using engram::test::counterfact;
+using engram::test::demo_dir;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path demo_dir() { return fs::path(ENGRAM_SOURCE_RESOURCES) / "demo" / "factworld"; }
 
 AdapterOp grace_op(const std::string& what, const std::string& entry, int layer, nlohmann::json extra = nlohmann::json::object()) {
     AdapterOp op;
@@ -75,15 +76,6 @@ at::Tensor key_at(const Model& m, const std::vector<int64_t>& ids, int layer, in
     hooks.capture(Site::MlpKey, layer);
     logits_of(m, ids, -2, &hooks);
     return hooks.captured(Site::MlpKey, layer)[0][pos].clone();
-}
-
-std::vector<EditRequest> counterfact(int n, int offset = 0) {
-    eval::DatasetOptions o;
-    o.limit = n + offset;
-    eval::Dataset ds = eval::load_dataset(demo_dir() / "counterfact.json", o);
-    std::vector<EditRequest> out;
-    for (int i = offset; i < n + offset; ++i) out.push_back(eval::requests_of(ds.cases[size_t(i)]).at(0));
-    return out;
 }
 
 double p_target(const Model& m, const EditRequest& r) {

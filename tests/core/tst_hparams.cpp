@@ -29,9 +29,11 @@ const ModelShape kDemo = shape("gpt2", 6, 128);
 
 const EditMethod kAllMethods[] = {EditMethod::Rome,      EditMethod::Memit, EditMethod::MemitSeq,
                                   EditMethod::AlphaEdit, EditMethod::Pmet,  EditMethod::Ft,
-                                  EditMethod::Grace};
+                                  EditMethod::Grace,     EditMethod::Hse};
 
-bool blue_capable(EditMethod m) { return m != EditMethod::Rome && m != EditMethod::Ft && m != EditMethod::Grace; }
+bool blue_capable(EditMethod m) {
+    return m != EditMethod::Rome && m != EditMethod::Ft && m != EditMethod::Grace && m != EditMethod::Hse;
+}
 
 std::vector<int> range(int first, int last) {
     std::vector<int> v;
@@ -104,6 +106,14 @@ void compare_all(const EditHParams& a, const EditHParams& b) {
     QCOMPARE(a.grace_val_init, b.grace_val_init);
     QCOMPARE(a.grace_eps_expand, b.grace_eps_expand);
     QCOMPARE(a.grace_replacement, b.grace_replacement);
+    QCOMPARE(a.forget_factor, b.forget_factor);
+    QCOMPARE(a.fisher_factor, b.fisher_factor);
+    QCOMPARE(a.hse_fisher_form, b.hse_fisher_form);
+    QCOMPARE(a.hse_replay, b.hse_replay);
+    QCOMPARE(a.hse_horizon, b.hse_horizon);
+    QCOMPARE(a.hse_alpha_schedule, b.hse_alpha_schedule);
+    QCOMPARE(a.hse_forget_space, b.hse_forget_space);
+    QCOMPARE(a.hse_forget_fallback, b.hse_forget_fallback);
 }
 
 }  // namespace
@@ -298,7 +308,7 @@ void TestHParams::scaledDepths() {
                         if (i) QVERIFY2(hp.layers[i] > hp.layers[i - 1], qPrintable(what));
                     }
                     QCOMPARE(hp.v_loss_layer, int(n - 1));
-                    if (!blue_capable(m)) QCOMPARE(hp.layers.size(), size_t(1));
+                    if (!blue_capable(m) && m != EditMethod::Hse) QCOMPARE(hp.layers.size(), size_t(1));
                     if (blue && n >= 2) {
                         QCOMPARE(hp.layers.size(), size_t(2));
                         const EditHParams host = default_edit_hparams(s, m, false);
@@ -648,6 +658,14 @@ void TestHParams::jsonRoundTrip() {
     hp.grace_val_init = "warm";
     hp.grace_eps_expand = "moving_average";
     hp.grace_replacement = "all";
+    hp.forget_factor = 0.4;
+    hp.fisher_factor = 0.5;
+    hp.hse_fisher_form = "score";
+    hp.hse_replay = false;
+    hp.hse_horizon = 12;
+    hp.hse_alpha_schedule = "linear";
+    hp.hse_forget_space = false;
+    hp.hse_forget_fallback = "none";
 
     const json j = hp.to_json();
     // The keys are the struct's field names, method as its name.
@@ -656,7 +674,8 @@ void TestHParams::jsonRoundTrip() {
         "clamp_norm_factor", "kl_factor", "mom2_adjustment", "mom2_update_weight", "mom2_n_samples", "mom2_dataset",
         "rrome_fix", "context_template_length_params", "context_templates", "seed", "merge_same_subject", "nullspace_threshold", "L2",
         "nll_loss_factor", "ft_lr", "ft_steps", "ft_norm_constraint", "grace_eps", "grace_edit_lr", "grace_n_iter", "grace_val_init",
-        "grace_eps_expand", "grace_replacement"};
+        "grace_eps_expand", "grace_replacement", "forget_factor", "fisher_factor", "hse_fisher_form", "hse_replay", "hse_horizon",
+        "hse_alpha_schedule", "hse_forget_space", "hse_forget_fallback"};
     QCOMPARE(j.size(), keys.size());
     for (const auto& k : keys) QVERIFY2(j.contains(k), k.c_str());
     QCOMPARE(j.at("method").get<std::string>(), std::string("pmet"));

@@ -484,6 +484,12 @@ QVector<HistoryRow> Workbench::history() const {
             if (e.requests.size() > 1) r.subject += QStringLiteral(" +%1").arg(e.requests.size() - 1);
             r.change = q(first.value("target_true", std::string())) + QStringLiteral(" → ") + q(first.value("target_new", std::string()));
         }
+        // HSE: the weight alpha its solve gave the replayed keys, and the size of the Fisher sum it left.
+        if (e.metrics.is_object() && e.metrics.contains("hse") && e.metrics["hse"].is_object()) {
+            const auto& h = e.metrics["hse"];
+            if (h.contains("alpha") && h["alpha"].is_number() && h.contains("fisher_norm") && h["fisher_norm"].is_number())
+                r.method += QStringLiteral(" (α %1, ‖F‖ %2)").arg(h["alpha"].get<double>(), 0, 'g', 3).arg(h["fisher_norm"].get<double>(), 0, 'g', 3);
+        }
         if (e.method.rfind("vit_", 0) == 0 && e.requests.is_array() && !e.requests.empty()) {
             // Image edits: how many images, toward which class.
             r.subject = QStringLiteral("%1 image(s)").arg(e.requests.size());
@@ -653,7 +659,8 @@ QVector<double> Workbench::driftByLayer() const {
 namespace {
 
 EvalPoint point_of(int64_t edits, const eval::Summary& s) {
-    return {int(edits), s.es, s.ps, s.ns, s.score, s.reliability, s.generalization, s.locality};
+    return {int(edits), s.es, s.ps, s.ns, s.score, s.reliability, s.generalization, s.locality, s.unedited_accuracy.value_or(-1.0),
+            s.perplexity.value_or(-1.0)};
 }
 
 }  // namespace

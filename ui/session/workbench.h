@@ -147,6 +147,7 @@ struct EvalPoint {
     int edits = 0;
     double es = 0, ps = 0, ns = 0, score = 0;                     // ROME/MEMIT probability metrics (x100)
     double reliability = 0, generalization = 0, locality = 0;     // EasyEdit token metrics (x100)
+    double unedited = -1, perplexity = -1;                        // top-1 on unedited facts (x100), held-out perplexity (-1: not measured)
 };
 
 struct EvalRun {

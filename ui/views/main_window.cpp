@@ -610,11 +610,12 @@ bool MainWindow::exportPlot(int kind, const QString& path, QString* error) const
             }
         } else if (kind == -3) {
             if (suffix == QLatin1String("csv")) {
-                out << "run,edits,es,ps,ns,score,reliability,generalization,locality\n";
+                out << "run,edits,es,ps,ns,score,reliability,generalization,locality,unedited_accuracy,perplexity\n";
+                auto opt = [](double v) { return v < 0 ? QString() : QString::number(v, 'g', 8); };
                 for (const EvalRun& run : m_runs)
                     for (const EvalPoint& p : QVector<EvalPoint>{run.pre} + run.curve)
                         out << run.name << "," << p.edits << "," << p.es << "," << p.ps << "," << p.ns << "," << p.score << "," << p.reliability << ","
-                            << p.generalization << "," << p.locality << "\n";
+                            << p.generalization << "," << p.locality << "," << opt(p.unedited) << "," << opt(p.perplexity) << "\n";
             } else {
                 QJsonArray runs;
                 for (const EvalRun& run : m_runs) runs.append(QJsonDocument::fromJson(run.json.toUtf8()).object());
@@ -1095,7 +1096,7 @@ QWidget* MainWindow::buildEvaluateView() {
     m_evalRun->setObjectName(QStringLiteral("evalRun"));
     connect(m_evalRun, &QPushButton::clicked, this, &MainWindow::runEvaluation);
     m_evalFamily = new QComboBox(w);
-    m_evalFamily->addItems({tr("ES / PS / NS"), tr("reliability / generalization / locality")});
+    m_evalFamily->addItems({tr("ES / PS / NS"), tr("reliability / generalization / locality"), tr("unedited facts / perplexity")});
     connect(m_evalFamily, &QComboBox::currentIndexChanged, this, [this] { drawCurves(); });
     for (QWidget* x : std::initializer_list<QWidget*>{m_evalMethod, m_evalBlue, m_evalDistinct, m_evalEdits, m_evalBatch}) row->addWidget(x);
     row->addWidget(m_evalDataset, 1);
@@ -1172,31 +1173,44 @@ void MainWindow::runEvaluation() {
 void MainWindow::drawCurves() {
     m_curves->clearGraphs();
     m_curves->legend->setVisible(!m_runs.isEmpty());  // an empty legend box otherwise
-    const bool token = m_evalFamily->currentIndex() == 1;
-    const QString names[3] = {token ? tr("reliability") : QStringLiteral("ES"), token ? tr("generalization") : QStringLiteral("PS"),
+    const int family = m_evalFamily->currentIndex();
+    const bool token = family == 1, general = family == 2;
+    // General ability: top-1 on facts outside the edited set (left axis, %) and held-out perplexity
+    // (right axis), both measured at every checkpoint.
+    const QString names[3] = {general ? tr("unedited facts") : token ? tr("reliability") : QStringLiteral("ES"),
+                              general ? tr("perplexity") : token ? tr("generalization") : QStringLiteral("PS"),
                               token ? tr("locality") : QStringLiteral("NS")};
+    const int n_metrics = general ? 2 : 3;
+    m_curves->yAxis2->setVisible(general);
+    m_curves->yAxis2->setLabel(general ? tr("perplexity") : QString());
     const Qt::PenStyle styles[3] = {Qt::SolidLine, Qt::DashLine, Qt::DotLine};
     // One colour per run (overlaid runs, e.g. MEMIT against MEMIT+BLUE), one line style per metric.
     const QColor colors[] = {QColor(0x1b, 0x9e, 0x77), QColor(0xd9, 0x5f, 0x02), QColor(0x75, 0x70, 0xb3), QColor(0xe7, 0x29, 0x8a)};
-    double maxEdits = 1;
+    double maxEdits = 1, maxPpl = 0;
     for (int r = 0; r < m_runs.size(); ++r) {
         const EvalRun& run = m_runs[r];
-        for (int m = 0; m < 3; ++m) {
-            QCPGraph* g = m_curves->addGraph();
+        for (int m = 0; m < n_metrics; ++m) {
+            const bool ppl = general && m == 1;
+            QCPGraph* g = m_curves->addGraph(m_curves->xAxis, ppl ? m_curves->yAxis2 : m_curves->yAxis);
             g->setName(QStringLiteral("%1 %2").arg(run.name, names[m]));
             g->setPen(QPen(colors[r % 4], 2, styles[m]));
             g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
             QVector<double> x, y;
             const QVector<EvalPoint> pts = QVector<EvalPoint>{run.pre} + run.curve;
             for (const EvalPoint& p : pts) {
-                x.push_back(p.edits);
-                const double v = m == 0 ? (token ? p.reliability : p.es) : m == 1 ? (token ? p.generalization : p.ps) : (token ? p.locality : p.ns);
-                y.push_back(v);
+                double v = 0;
+                if (general) v = m == 0 ? p.unedited : p.perplexity;
+                else v = m == 0 ? (token ? p.reliability : p.es) : m == 1 ? (token ? p.generalization : p.ps) : (token ? p.locality : p.ns);
                 maxEdits = std::max(maxEdits, double(p.edits));
+                if (v < 0) continue;  // not measured at this point
+                if (ppl) maxPpl = std::max(maxPpl, v);
+                x.push_back(p.edits);
+                y.push_back(v);
             }
             g->setData(x, y);
         }
     }
+    if (general) m_curves->yAxis2->setRange(0, maxPpl > 0 ? maxPpl * 1.1 : 1);
     m_curves->xAxis->setRange(0, maxEdits);
     m_curves->replot();
 }

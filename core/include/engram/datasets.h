@@ -51,6 +51,7 @@ struct Rewrite {
     std::string target_new;
     std::string target_new_id;  // CounterFact's target_new.id ("" where the layout has none): keys the attribute snippets
     std::string target_true;   // "" where the layout has none (zsRE Answer convention)
+    std::string prediction;    // zsRE's pred (a model's answer before editing; HSE forgets it); "" elsewhere
     std::string question;      // MQuAKE: the rewrite as a question; "" otherwise
     std::string prompt_text() const;  // prompt with the subject substituted
 };

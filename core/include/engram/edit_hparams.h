@@ -17,8 +17,9 @@
 
 namespace engram {
 
-enum class EditMethod { Rome, Memit, MemitSeq, AlphaEdit, Pmet, Ft, Grace };
-const char* edit_method_name(EditMethod method);  // "rome", "memit", "memit_seq", "alphaedit", "pmet", "ft", "grace"
+enum class EditMethod { Rome, Memit, MemitSeq, AlphaEdit, Pmet, Ft, Grace, Hse };
+// "rome", "memit", "memit_seq", "alphaedit", "pmet", "ft", "grace", "hse"
+const char* edit_method_name(EditMethod method);
 // Accepts our names and the reference alg_name spellings ("ROME", "MEMIT", "AlphaEdit", "PMET", "FT", "R-ROME").
 std::optional<EditMethod> edit_method_from_name(std::string_view name);
 
@@ -28,6 +29,7 @@ struct ModelShape {
     int64_t n_layer = 0;
     int64_t n_embd = 0;
     int64_t n_ff = 0;
+    int64_t n_vocab = 0;  // tells Mistral-7B from Llama-3-8B, which share every other number here
 };
 
 struct EditHParams {
@@ -83,6 +85,22 @@ struct EditHParams {
     std::string grace_val_init = "cold";        // cold: U[0, 1) (seeded); warm: the layer's current output
     std::string grace_eps_expand = "coverage";  // coverage | moving_average
     std::string grace_replacement = "last";     // last: the prompt's last token; all: every position of the prompt
+
+    // HSE (hippocampal-like sequential editing: MEMIT one batch at a time with forgetting, a Fisher
+    // penalty and the replayed keys of earlier batches; docs/methods.md "HSE"). Reference names:
+    // forget_factor, fisher_factor.
+    double forget_factor = 0.2;                 // f: f x unlikelihood of the old object + (1 - f) x NLL of the new
+    double fisher_factor = 1e-4;                // lambda of the Fisher penalty on the target's change
+    std::string hse_fisher_form = "empirical";  // empirical: the code's mean grad^2 of the whole loss, min-max
+                                                // normalised; score: the paper's grad^2 of log p(new) at the optimum, sum of lambda_i F_i
+    bool hse_replay = true;                     // the long-term editing memory: earlier batches' post-edit keys in the solve
+    int64_t hse_horizon = 0;                    // n: the planned number of batches (0: not planned; the schedule is then 1)
+    std::string hse_alpha_schedule = "inverse"; // weight of the replayed keys at batch i: inverse n/(i-1), constant 1,
+                                                // half_inverse n/2(i-1), double_inverse 2n/(i-1), linear n-i+2
+    bool hse_forget_space = true;               // the old object is scored with a leading space like the new one
+                                                // (false: as the reference code tokenizes CounterFact's target_true)
+    std::string hse_forget_fallback = "greedy"; // no target_true and no recorded prediction: greedy (the model's
+                                                // own answer before the edit) or none (an error)
 
     nlohmann::json to_json() const;
     // Reads what to_json() wrote (and tolerates missing keys: they keep the current values).

@@ -36,7 +36,8 @@ struct EditRequest {
     std::string prompt;       // a template with one "{}" where the subject goes
     std::string subject;
     std::string target_new;   // a leading space is added when missing (spec §1.6)
-    std::string target_true;  // optional: only reported
+    std::string target_true;  // optional: the old object (HSE forgets it; otherwise only reported)
+    std::string prediction;   // optional: the unedited model's answer where a dataset records it (zsRE's pred)
     int64_t case_id = -1;
 
     std::string prompt_text() const;  // the prompt with the subject substituted
@@ -125,6 +126,10 @@ struct TargetResult {
 TargetResult compute_target(const Model& model, const EditRequest& request, int layer, TargetSite site,
                             const std::vector<std::string>& templates, const EditHParams& hp);
 
+// The model's greedy continuation of the request's prompt, as many tokens as the new target has (at
+// least one): HSE's old object where a request names none.
+std::string greedy_answer(const Model& model, const EditRequest& request);
+
 // Mean keys (Site::MlpKey, the input of the down projection) over the templates at each request's
 // lookup index, all requests in one batched pass: a flat mean (ROME) or the mean of group means
 // (MEMIT compute_ks). [n_ff, n_requests] float64.
@@ -166,8 +171,9 @@ public:
     // Throws Error(Argument) for a bad request (naming its index), Error(Internal) when cancelled.
     Edit compute(const std::vector<EditRequest>& requests);
 
-    // Rebuilds the sequential state (cache_c) from edits already in the model (their "keys_L"
-    // artifacts), e.g. when continuing a project's AlphaEdit sequence in a new process.
+    // Rebuilds the sequential state from edits already in the model, e.g. when continuing a project's
+    // sequence in a new process: cache_c (AlphaEdit, MEMIT_seq) or HSE's Cov_sum from their "keys_L"
+    // artifacts, and HSE's Fisher sum ("fisher" artifacts) and batch count.
     void absorb_history(const std::vector<Edit>& applied);
 
     // The templates in use (generated once per session unless pinned in the hparams).
@@ -190,6 +196,8 @@ private:
     std::map<int, at::Tensor> cache_c_;     // [n_ff, n_ff] f64
     std::map<int, at::Tensor> c_factor_;    // [n_ff, n_ff] f64: C's Cholesky factor (undefined where C is not positive definite)
     std::map<int, at::Tensor> null_basis_;  // [n_ff, k] f64: AlphaEdit's P = U U^T
+    at::Tensor fisher_;                     // HSE: [n_embd] f64, the accumulated Fisher diagonal over the target's change
+    int64_t batches_ = 0;                   // HSE: batches already applied (cnt)
 
     void report(const std::string& stage, int64_t done, int64_t total) const;
     void check_cancel() const;
@@ -198,6 +206,7 @@ private:
     Edit compute_memit_family(const std::vector<EditRequest>& requests);
     Edit compute_ft(const std::vector<EditRequest>& requests);
     Edit compute_grace(const std::vector<EditRequest>& requests);  // editing/grace.cpp
+    Edit compute_hse(const std::vector<EditRequest>& requests);    // editing/hse.cpp
 };
 
 }  // namespace engram

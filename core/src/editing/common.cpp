@@ -60,6 +60,7 @@ std::string EditRequest::prompt_text() const { return eval::fill_placeholder(pro
 nlohmann::json EditRequest::to_json() const {
     nlohmann::json j = {{"prompt", prompt}, {"subject", subject}, {"target_new", target_new}};
     if (!target_true.empty()) j["target_true"] = target_true;
+    if (!prediction.empty()) j["prediction"] = prediction;
     if (case_id >= 0) j["case_id"] = case_id;
     return j;
 }
@@ -82,6 +83,7 @@ EditRequest EditRequest::from_json(const nlohmann::json& j) {
     r.subject = str("subject", true);
     r.target_new = str("target_new", true);
     r.target_true = str("target_true", false);
+    r.prediction = str("prediction", false);
     if (j.contains("case_id") && j.at("case_id").is_number_integer()) r.case_id = j.at("case_id").get<int64_t>();
     return r;
 }
@@ -97,6 +99,7 @@ ModelShape model_shape(const Model& model) {
     s.n_layer = model.hparams().n_layer;
     s.n_embd = model.hparams().n_embd;
     s.n_ff = model.hparams().n_ff;
+    s.n_vocab = model.hparams().n_vocab;
     return s;
 }
 

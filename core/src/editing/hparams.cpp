@@ -38,7 +38,7 @@ struct MethodName {
 const MethodName kMethodNames[] = {
     {EditMethod::Rome, "rome"},       {EditMethod::Memit, "memit"},   {EditMethod::MemitSeq, "memit_seq"},
     {EditMethod::AlphaEdit, "alphaedit"}, {EditMethod::Pmet, "pmet"}, {EditMethod::Ft, "ft"},
-    {EditMethod::Grace, "grace"},
+    {EditMethod::Grace, "grace"},     {EditMethod::Hse, "hse"},
     {EditMethod::Rome, "r-rome"},     {EditMethod::Rome, "r_rome"},   {EditMethod::MemitSeq, "memit-seq"},
     {EditMethod::Ft, "ft-l"},         {EditMethod::Ft, "ft_l"},
 };
@@ -125,6 +125,14 @@ const Field kFields[] = {
     {"grace_val_init", &EditHParams::grace_val_init},
     {"grace_eps_expand", &EditHParams::grace_eps_expand},
     {"grace_replacement", &EditHParams::grace_replacement},
+    {"forget_factor", &EditHParams::forget_factor},
+    {"fisher_factor", &EditHParams::fisher_factor},
+    {"hse_fisher_form", &EditHParams::hse_fisher_form},
+    {"hse_replay", &EditHParams::hse_replay},
+    {"hse_horizon", &EditHParams::hse_horizon},
+    {"hse_alpha_schedule", &EditHParams::hse_alpha_schedule},
+    {"hse_forget_space", &EditHParams::hse_forget_space},
+    {"hse_forget_fallback", &EditHParams::hse_forget_fallback},
 };
 
 const Field* find_field(std::string_view key) {
@@ -336,7 +344,7 @@ void read_field(EditHParams& hp, const Field& f, const nlohmann::json& v, const 
 EditMethod read_method(const nlohmann::json& v, std::string_view key, const Where& w) {
     if (v.is_string())
         if (auto m = edit_method_from_name(v.get<std::string>())) return *m;
-    fail(w, key, "expected a method name (rome, memit, memit_seq, alphaedit, pmet, ft), got " + shown(v));
+    fail(w, key, "expected a method name (rome, memit, memit_seq, alphaedit, pmet, ft, grace, hse), got " + shown(v));
 }
 
 std::string field_list() {
@@ -407,6 +415,18 @@ struct GraceRow {  // the codebook's layer (down-projection) and Adam steps per 
     double eps;
 };
 
+struct HseRow {  // HSE's band of layers and its target optimisation (11HSE hparams/HSE/<model>.json)
+    int first;
+    int last;
+    int v_num_grad_steps;
+    double v_lr;
+    double v_weight_decay;
+    double kl_factor;
+    double fisher_factor;
+    double clamp_norm_factor;
+    double mom2_update_weight;
+};
+
 struct ShapeRow {
     const char* family;
     int64_t n_layer;
@@ -417,6 +437,9 @@ struct ShapeRow {
     double alphaedit_L2;
     double alphaedit_blue_L2;
     GraceRow grace;
+    HseRow hse;
+    int64_t n_ff = 0;       // with n_embd: the row holds for this MLP width only (0: any)
+    int64_t max_vocab = 0;  // the row holds for vocabularies up to this size only (0: any)
 };
 
 const ShapeRow kShapes[] = {
@@ -429,7 +452,9 @@ const ShapeRow kShapes[] = {
      10, 80,
      // GRACE: layer 35, 200 steps, eps 1 (EasyEdit gpt2-xl; GRACE's own code wraps c_fc there, we
      // wrap the down-projection of the same layer).
-     {35, 200, 1.0}},
+     {35, 200, 1.0},
+     // HSE/gpt2-xl.json: layers 13-17, 20 steps, v_lr 0.5, v_wd 0.5, kl 0.0625, fisher 1e-4, lambda 20000.
+     {13, 17, 20, 0.5, 0.5, 0.0625, 1e-4, 0.75, 20000}},
     // GPT-J-6B: ROME/EleutherAI_gpt-j-6B.json, MEMIT/..., PMET/EleutherAI_gpt-j-6B.json (BLUE repo),
     // AlphaEdit L2 10, -blue 95.
     {"gptj", 28, 0,
@@ -437,7 +462,9 @@ const ShapeRow kShapes[] = {
      {3, 8, 0.75, 25, 0.5, 0.5, 15000},
      {3, 8, 0.75, 25, 0.5, 0.5, 15000},
      10, 95,
-     {25, 200, 1.0}},  // GRACE: EasyEdit gpt-j-6B, h[25].mlp.fc_out
+     {25, 200, 1.0},  // GRACE: EasyEdit gpt-j-6B, h[25].mlp.fc_out
+     // HSE/gpt-j-6B.json: fisher_factor 1e-4 as the file has it (the paper's appendix says 5e-1).
+     {3, 8, 25, 0.5, 0.5, 0.0625, 1e-4, 0.75, 15000}},
     // Llama-3-8B(-Instruct): ROME from the AlphaEdit repo (v_wd 1e-3, 25 steps, no C^-1); MEMIT, PMET and
     // AlphaEdit from the AlphaEdit/BLUE repos (v_lr 0.1); AlphaEdit L2 10, -blue 1.
     {"llama", 32, 0,
@@ -445,7 +472,20 @@ const ShapeRow kShapes[] = {
      {4, 8, 0.75, 25, 0.1, 0.5, 15000},
      {4, 8, 0.75, 25, 0.1, 0.5, 15000},
      10, 1,
-     {27, 50, 1.0}},  // GRACE: EasyEdit llama-7b, layers[27].mlp.down_proj
+     {27, 50, 1.0},  // GRACE: EasyEdit llama-7b, layers[27].mlp.down_proj
+     // HSE/Llama3-8B-Instruct.json: v_lr 0.1, v_wd 0.1, kl 0.05, fisher 0.1.
+     {4, 8, 25, 0.1, 0.1, 0.05, 0.1, 0.75, 15000}},
+    // Mistral-7B (width 4096, MLP 14336 like Llama-3-8B, but a 32k vocabulary): HSE/Mistral-7B-Instruct-v0.3.json
+    // (v_wd 0.05, kl 0.0875, fisher 0.5). The other methods have no Mistral files in their reference
+    // repositories and keep Llama-3's values.
+    {"llama", 32, 4096,
+     {5, 4.0, 25, 0.5, 1e-3, false},
+     {4, 8, 0.75, 25, 0.1, 0.5, 15000},
+     {4, 8, 0.75, 25, 0.1, 0.5, 15000},
+     10, 1,
+     {27, 50, 1.0},
+     {4, 8, 25, 0.1, 0.05, 0.0875, 0.5, 0.75, 15000},
+     14336, 65536},
     // The demo Fact World model (6 layers, width 128), tuned on its counterfact.json (see README "What the
     // methods do on Fact World" and tests/core/tst_editing.cpp). Causal tracing puts the early site in
     // layers 0-1 of the subject tokens. ROME at layer 0, 40 steps: v_lr 2.0 reached ES 99 / PS 91.5 /
@@ -464,13 +504,17 @@ const ShapeRow kShapes[] = {
      // GRACE at layer 4, about three quarters of the depth like the reference rows (35/48, 25/28,
      // 27/32), 100 steps, eps 1: 20 sequential zsre.json edits (alt targets) gave Rel 100 / Gen 15
      // (its pre-edit value) / Loc 100; layer 3 Rel 95.
-     {4, 100, 1.0}},
+     {4, 100, 1.0},
+     // HSE on MEMIT's band and lambda, clamp 4 and v_lr 1.0 like the demo MEMIT row; forget 0.2 and
+     // the Fisher factor tuned on counterfact.json (README "HSE on Fact World").
+     {0, 2, 40, 1.0, 0.5, 0.0625, 0.1, 4.0, 50}},
 };
 
 const ShapeRow& row_for(const ModelShape& shape) {
     // Width-specific rows first: the demo model shares GPT-2's family and could share a depth.
     for (const ShapeRow& r : kShapes)
-        if (r.n_embd != 0 && r.family == shape.family && r.n_layer == shape.n_layer && r.n_embd == shape.n_embd)
+        if (r.n_embd != 0 && r.family == shape.family && r.n_layer == shape.n_layer && r.n_embd == shape.n_embd &&
+            (r.n_ff == 0 || r.n_ff == shape.n_ff) && (r.max_vocab == 0 || (shape.n_vocab > 0 && shape.n_vocab <= r.max_vocab)))
             return r;
     const ShapeRow* best = nullptr;
     for (const ShapeRow& r : kShapes) {
@@ -551,6 +595,20 @@ EditHParams default_edit_hparams(const ModelShape& shape, EditMethod method, boo
             hp.mom2_adjustment = true;
             hp.mom2_update_weight = r.mom2_update_weight;  // present but unused by AlphaEdit's solver
             hp.L2 = blue ? row.alphaedit_blue_L2 : row.alphaedit_L2;
+            break;
+        }
+        case EditMethod::Hse: {
+            const HseRow& r = row.hse;
+            hp.layers = scale_window(r.first, r.last, row.n_layer, n);
+            hp.v_num_grad_steps = r.v_num_grad_steps;
+            hp.v_lr = r.v_lr;
+            hp.v_weight_decay = r.v_weight_decay;
+            hp.kl_factor = r.kl_factor;
+            hp.fisher_factor = r.fisher_factor;
+            hp.forget_factor = 0.2;
+            hp.clamp_norm_factor = r.clamp_norm_factor;
+            hp.mom2_adjustment = true;
+            hp.mom2_update_weight = r.mom2_update_weight;
             break;
         }
         case EditMethod::Grace:
@@ -890,6 +948,18 @@ void validate_edit_hparams(const EditHParams& hp, const ModelShape& shape) {
         invalid("grace_val_init", "must be cold or warm, got \"" + hp.grace_val_init + "\"");
     if (hp.grace_eps_expand != "coverage" && hp.grace_eps_expand != "moving_average")
         invalid("grace_eps_expand", "must be coverage or moving_average, got \"" + hp.grace_eps_expand + "\"");
+    if (!(hp.forget_factor >= 0 && hp.forget_factor < 1))
+        invalid("forget_factor", "must be in [0, 1) (the new target's NLL keeps 1 - forget_factor), got " + num(hp.forget_factor));
+    require_non_negative("fisher_factor", hp.fisher_factor);
+    if (hp.hse_fisher_form != "empirical" && hp.hse_fisher_form != "score")
+        invalid("hse_fisher_form", "must be empirical or score, got \"" + hp.hse_fisher_form + "\"");
+    if (hp.hse_horizon < 0) invalid("hse_horizon", "must not be negative (0: no planned horizon), got " + std::to_string(hp.hse_horizon));
+    if (hp.hse_alpha_schedule != "inverse" && hp.hse_alpha_schedule != "constant" && hp.hse_alpha_schedule != "half_inverse" &&
+        hp.hse_alpha_schedule != "double_inverse" && hp.hse_alpha_schedule != "linear")
+        invalid("hse_alpha_schedule",
+                "must be inverse, constant, half_inverse, double_inverse or linear, got \"" + hp.hse_alpha_schedule + "\"");
+    if (hp.hse_forget_fallback != "greedy" && hp.hse_forget_fallback != "none")
+        invalid("hse_forget_fallback", "must be greedy or none, got \"" + hp.hse_forget_fallback + "\"");
     if (hp.grace_replacement != "last" && hp.grace_replacement != "all" && hp.grace_replacement != "replace_last" &&
         hp.grace_replacement != "replace_all")
         invalid("grace_replacement", "must be last or all (replace_last, replace_all), got \"" + hp.grace_replacement + "\"");

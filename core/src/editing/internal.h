@@ -78,6 +78,24 @@ std::vector<std::string> flatten(const std::vector<std::vector<std::string>>& gr
 struct SiteTargets {
     std::vector<at::Tensor> target, init;  // per site: [n_embd] float32
     TargetResult summary;
+    // HSE (TargetExtras): the Fisher diagonal this unit adds ([n_embd] float32; undefined when not
+    // recorded or when no step was taken), and the steps whose loss held the forgetting term.
+    at::Tensor fisher;
+    int forget_steps = 0;
+    double forget_last = 0;  // the last forgetting term (f x mean unlikelihood), 0 without one
+};
+// HSE's additions to the target loss (specs: MAF and the Fisher penalty; docs/methods.md "HSE"). With
+// extras the loss is (1 - f) NLL(new) + [f U(old) when that exceeds 1e-3] + KL + weight decay
+// + 1/2 sum_j w_j delta_j^2, where U is the mean over the forgetting rows of -log(1 - p(old) + e^-20).
+struct TargetExtras {
+    // Per unit, per request: the old object's token ids; empty where the request forgets nothing
+    // (no old object, or one that shares half its tokens with the new target).
+    std::vector<std::vector<std::vector<int64_t>>> forget;
+    double forget_factor = 0;  // f
+    at::Tensor fisher_weight;  // [n_embd] float32 penalty weights w (undefined: no penalty)
+    // empirical: each unit's mean over its steps of (d loss / d delta)^2 (the reference code);
+    // score: (d log p(new) / d delta)^2 at the optimised delta (the paper's Fisher); "": none.
+    std::string fisher;
 };
 // All units at once: one forward and backward per step over every unit's rows, run from the edited
 // layer up on the cached residual below it, with logits only where the loss reads them. Each unit
@@ -85,10 +103,25 @@ struct SiteTargets {
 // batch). The arithmetic is the reference's; one result per unit.
 std::vector<SiteTargets> optimize_targets(const Model& model, const std::vector<std::vector<EditRequest>>& units, int layer,
                                           const std::vector<Site>& sites, const std::vector<std::string>& templates,
-                                          const EditHParams& hp, bool pmet);
+                                          const EditHParams& hp, bool pmet, const TargetExtras* extras = nullptr);
 // The reference: one unit over the whole model, full-vocabulary logits at every position. Kept as
 // the baseline the batched path is checked and timed against (EditSession::set_reference_path).
 SiteTargets optimize_targets_reference(const Model& model, const std::vector<EditRequest>& unit, int layer, const std::vector<Site>& sites,
                                        const std::vector<std::string>& templates, const EditHParams& hp, bool pmet);
+
+// HSE (hse.cpp). Forgetting applies when the new target and the old object share fewer than half of
+// each other's tokens (as multisets).
+bool hse_forget_condition(const std::vector<int64_t>& target, const std::vector<int64_t>& old);
+// The weight of the replayed keys (Cov_sum) for the batch after `done` applied ones.
+double hse_alpha(const EditHParams& hp, int64_t done);
+struct HseTargets {
+    std::vector<SiteTargets> targets;  // per unit
+    at::Tensor fisher_edit;            // [n_embd] f64: what this batch adds to the Fisher sum (undefined: nothing)
+    nlohmann::json forget;             // per request: the old object, where it came from, whether it was forgotten
+};
+// The units' targets one after another, each with the Fisher sum the earlier ones left (`fisher`,
+// [n_embd] f64, updated in place; undefined: none yet).
+HseTargets hse_targets(const Model& model, const std::vector<std::vector<EditRequest>>& units, int layer,
+                       const std::vector<std::string>& templates, const EditHParams& hp, at::Tensor& fisher);
 
 }  // namespace engram::editing

@@ -1,4 +1,4 @@
-// The MEMIT family: MEMIT, MEMIT_seq, AlphaEdit and PMET, with BLUE as a switch (docs/methods.md):
+// The MEMIT family: MEMIT, MEMIT_seq, AlphaEdit, PMET and HSE, with BLUE as a switch (docs/methods.md):
 // targets at the last edited layer (or one per layer with BLUE), the residual spread over the
 // layers, least squares against the key statistics C.
 #include <ATen/ATen.h>
@@ -22,7 +22,14 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
     const EditMethod method = hp_.method;
     const bool pmet = method == EditMethod::Pmet;
     const bool alpha = method == EditMethod::AlphaEdit;
-    const bool sequential = alpha || method == EditMethod::MemitSeq;
+    const bool hse = method == EditMethod::Hse;
+    const bool sequential = alpha || hse || method == EditMethod::MemitSeq;
+    // HSE threads its Fisher sum through the batch's targets; the session keeps it only when the
+    // whole batch is computed.
+    at::Tensor fisher = hse && fisher_.defined() ? fisher_.clone() : at::Tensor();
+    at::Tensor fisher_edit;
+    nlohmann::json forget_info;
+    const double hse_weight = hse ? editing::hse_alpha(hp_, batches_) : 0.0;
     std::vector<int> layers = hp_.layers;
     const int n_layers = static_cast<int>(layers.size());
     const auto& groups = context_templates();
@@ -68,7 +75,14 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
             for (int64_t i : group) units.back().push_back(requests[static_cast<size_t>(i)]);
         }
         std::vector<editing::SiteTargets> targets;
-        if (!reference_) {
+        if (hse) {
+            check_cancel();
+            report("target", 0, n);
+            editing::HseTargets h = editing::hse_targets(model_, units, z_layer, flat, hp_, fisher);
+            targets = std::move(h.targets);
+            fisher_edit = h.fisher_edit;
+            forget_info = std::move(h.forget);
+        } else if (!reference_) {
             check_cancel();
             report("target", 0, n);
             targets = editing::optimize_targets(model_, units, z_layer, z_sites, flat, hp_, pmet);
@@ -76,7 +90,7 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         int64_t done = 0;
         for (size_t u = 0; u < target_groups.size(); ++u) {
             const auto& group = target_groups[u];
-            if (reference_) {
+            if (reference_ && !hse) {
                 check_cancel();
                 report("target", done, n);
                 targets.push_back(editing::optimize_targets_reference(model_, units[u], z_layer, z_sites, flat, hp_, pmet));
@@ -86,7 +100,8 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
                 zs[static_cast<size_t>(i)] = t.target.back().to(at::kDouble);  // the block output, or PMET's MLP output
                 z_info.push_back({{"request", i}, {"layer", z_layer}, {"target_prob_before", t.summary.prob_first},
                                   {"target_prob_optimised", t.summary.prob_last}, {"steps", t.summary.steps},
-                                  {"delta_norm", (t.target.back() - t.init.back()).norm().item<double>()}, {"merged", group.size()}});
+                                  {"delta_norm", (t.target.back() - t.init.back()).norm().item<double>()}, {"merged", group.size()},
+                                  {"loss_first", t.summary.loss_first}, {"loss_last", t.summary.loss_last}});
             }
             done += static_cast<int64_t>(group.size());
         }
@@ -129,6 +144,8 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         } else {
             at::Tensor A = hp_.mom2_update_weight * stats(l).mom2 + K.mm(K.t());
             if (method == EditMethod::MemitSeq && cache_c_.count(l)) A = A + cache_c_[l];
+            // HSE: the earlier batches' post-edit keys, weighted by the schedule's alpha.
+            if (hse && hp_.hse_replay && cache_c_.count(l)) A = A + hse_weight * cache_c_[l];
             V = reference_ ? at::linalg_solve(A, K) : spd_solve(A, K);
         }
         Delta d = low_rank_delta(model_, l, R, V);
@@ -152,6 +169,33 @@ Edit EditSession::compute_memit_family(const std::vector<EditRequest>& requests)
         }
     }
     e.metrics = {{"targets", z_info}, {"layers", per_layer}};
+    if (hse) {
+        fisher_ = fisher;
+        if (fisher_edit.defined()) {
+            Artifact a;
+            a.name = "fisher";
+            a.kind = "fisher";
+            a.tensor = fisher_edit.to(at::kFloat).contiguous();
+            a.meta = {{"form", hp_.hse_fisher_form}};
+            e.artifacts.push_back(std::move(a));
+        }
+        {
+            Artifact a;  // z: the targets the solve wrote (the block output at the last layer)
+            a.name = "targets";
+            a.kind = "targets";
+            a.tensor = Z.to(at::kFloat).contiguous();
+            a.meta = {{"layer", layers.back()}};
+            e.artifacts.push_back(std::move(a));
+        }
+        e.metrics["hse"] = {{"batch", batches_ + 1},
+                            {"horizon", hp_.hse_horizon},
+                            {"alpha", hse_weight},
+                            {"alpha_schedule", hp_.hse_horizon > 0 ? hp_.hse_alpha_schedule : std::string("constant (no horizon)")},
+                            {"replay", hp_.hse_replay},
+                            {"fisher_norm", fisher.defined() ? fisher.norm().item<double>() : 0.0},
+                            {"fisher_edit_norm", fisher_edit.defined() ? fisher_edit.norm().item<double>() : 0.0},
+                            {"forget", forget_info}};
+    }
     return e;
 }
 

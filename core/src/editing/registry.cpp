@@ -38,6 +38,11 @@ const std::vector<MethodInfo>& edit_methods() {
     {EditMethod::Grace, "GRACE", "a codebook beside one MLP: no weight changes", Produces::Adapters, false, false,
      {"layers", "grace_eps", "grace_edit_lr", "grace_n_iter", "grace_val_init", "grace_eps_expand", "grace_replacement", "seed"},
      &EditSession::compute_grace},
+    {EditMethod::Hse, "HSE", "sequential MEMIT that forgets the old object and replays earlier batches' keys", Produces::Deltas, false, true,
+     {"layers", ENGRAM_TARGET_SETTINGS, "forget_factor", "fisher_factor", "hse_fisher_form", "hse_replay", "hse_horizon", "hse_alpha_schedule",
+      "hse_forget_space", "hse_forget_fallback", "mom2_update_weight", "mom2_n_samples", "mom2_dataset", "context_templates", "seed",
+      "merge_same_subject"},
+     &EditSession::compute_hse},
     };
     return kMethods;
 }
@@ -76,6 +81,14 @@ const Help kHelp[] = {
     {"ft_lr", "FT-L: Adam learning rate"},
     {"ft_steps", "FT-L: Adam steps"},
     {"ft_norm_constraint", "FT-L: each weight may move at most this far from its start"},
+    {"forget_factor", "HSE: weight f of forgetting the old object (the new target's NLL keeps 1 - f; 0: no forgetting)"},
+    {"fisher_factor", "HSE: weight of the Fisher penalty that keeps the target's change off directions earlier edits used"},
+    {"hse_fisher_form", "HSE: empirical (the authors' code: mean grad^2 of the loss, min-max normalised) or score (the paper's)"},
+    {"hse_replay", "HSE: the long-term editing memory: earlier batches' keys in the solve (off: the paper's w/o LEM)"},
+    {"hse_horizon", "HSE: the planned number of batches n in alpha = n/(i-1) (0: none, alpha = 1; eval sets it from edits/batch)"},
+    {"hse_alpha_schedule", "HSE: inverse n/(i-1), constant 1, half_inverse n/2(i-1), double_inverse 2n/(i-1) or linear n-i+2"},
+    {"hse_forget_space", "HSE: score the old object with a leading space like the new target (off: as the authors' code)"},
+    {"hse_forget_fallback", "HSE: with no old object in the request, forget the model's greedy answer (greedy) or refuse (none)"},
     {"grace_eps", "GRACE: the radius a new codebook entry gets (eps_init)"},
     {"grace_edit_lr", "GRACE: Adam learning rate on the entry's value"},
     {"grace_n_iter", "GRACE: Adam steps per edit"},

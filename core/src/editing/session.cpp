@@ -112,8 +112,16 @@ at::Tensor EditSession::solve_c(int layer, const at::Tensor& rhs) {
 }
 
 void EditSession::absorb_history(const std::vector<Edit>& applied) {
-    if (hp_.method != EditMethod::AlphaEdit && hp_.method != EditMethod::MemitSeq) return;
+    if (hp_.method != EditMethod::AlphaEdit && hp_.method != EditMethod::MemitSeq && hp_.method != EditMethod::Hse) return;
     for (const Edit& e : applied) {
+        if (hp_.method == EditMethod::Hse && e.method == "hse") {
+            ++batches_;
+            for (const Artifact& a : e.artifacts) {
+                if (a.kind != "fisher") continue;
+                const at::Tensor f = a.tensor.to(at::kDouble);
+                fisher_ = fisher_.defined() ? fisher_ + f : f;
+            }
+        }
         for (const Artifact& a : e.artifacts) {
             if (a.kind != "keys" || !a.meta.contains("layer")) continue;
             const int l = a.meta["layer"].get<int>();

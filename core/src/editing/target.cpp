@@ -253,14 +253,16 @@ SiteTargets optimize_targets_reference(const Model& model, const std::vector<Edi
 namespace {
 
 // One unit's rows: its rewriting rows (request-major, template-minor, each template(prompt) +
-// target[:-1]) and then its KL row "{} is a", in the reference's order.
+// target[:-1]), HSE's forgetting rows (the same with the old object), and then its KL row "{} is a",
+// in the reference's order.
 struct UnitRows {
     std::vector<Row> rows;
-    std::vector<std::vector<int64_t>> targets;  // per rewriting row
+    std::vector<std::vector<int64_t>> targets;  // per rewriting row, then per forgetting row
+    int64_t n_rewrite = 0, n_forget = 0;
 };
 
 UnitRows unit_rows(const Tokenizer& tok, const std::vector<EditRequest>& unit, const std::vector<std::string>& templates,
-                   const EditHParams& hp) {
+                   const EditHParams& hp, const std::vector<std::vector<int64_t>>* forget) {
     if (unit.empty()) throw Error(ErrorKind::Argument, "target optimisation needs a request");
     UnitRows u;
     for (const EditRequest& r : unit) {
@@ -275,6 +277,19 @@ UnitRows unit_rows(const Tokenizer& tok, const std::vector<EditRequest>& unit, c
             u.targets.push_back(target);
         }
     }
+    u.n_rewrite = static_cast<int64_t>(u.rows.size());
+    for (size_t i = 0; forget && i < forget->size() && i < unit.size(); ++i) {
+        const std::vector<int64_t>& old = (*forget)[i];
+        if (old.empty()) continue;
+        for (const std::string& t : templates) {
+            LocatedPrompt p = locate_subject(tok, t, unit[i].prompt, unit[i].subject);
+            Row row{p.ids, lookup_index(p, hp.fact_token)};
+            row.ids.insert(row.ids.end(), old.begin(), old.end() - 1);
+            u.rows.push_back(std::move(row));
+            u.targets.push_back(old);
+        }
+    }
+    u.n_forget = static_cast<int64_t>(u.rows.size()) - u.n_rewrite;
     LocatedPrompt p = locate_subject(tok, "{}", "{} is a", unit[0].subject);
     u.rows.push_back({p.ids, lookup_index(p, hp.fact_token)});
     return u;
@@ -313,10 +328,13 @@ struct View {
     at::Tensor logit_index;          // [n_tok + G'] flat view row * T + position: target positions, then KL positions
     at::Tensor tgt;                  // [n_tok] the target token scored at each target position
     at::Tensor tok_unit;             // [n_tok] view unit of each target position
-    at::Tensor tok_slot, tok_mask;   // [Rw', max_n] the target positions of each rewriting row
+    at::Tensor tok_forget;           // [n_tok] 1 where the position scores an old object (HSE), else 0
+    at::Tensor tok_slot, tok_mask;   // [Rw', max_n] the target positions of each scored row (rewriting and forgetting)
     at::Tensor tlen;                 // [Rw'] target lengths
     at::Tensor unit_slot, unit_mask; // [G', max_rows] the rewriting rows of each unit
     at::Tensor unit_count;           // [G'] rewriting rows per unit
+    at::Tensor forget_slot, forget_mask, forget_count;  // the same for the forgetting rows (count >= 1)
+    bool any_forget = false;
     int64_t n_tok = 0;
     // Cached slices of the chunk's fixed tensors, over the suffix positions.
     at::Tensor ids, mask, position_ids, lookup_mask, below, site_value;  // [R', suffix] / [R', prefix + suffix] / [R', suffix, ...]
@@ -328,7 +346,7 @@ struct View {
 struct Chunk {
     std::vector<Row> rows;
     std::vector<std::vector<int64_t>> targets;  // per row; empty for KL rows
-    std::vector<int64_t> first, n_rewrite;      // per unit
+    std::vector<int64_t> first, n_rewrite, n_forget;  // per unit
     Batch batch;
     int64_t prefix = 0, suffix = 0;
 };
@@ -337,13 +355,16 @@ View make_view(const Chunk& c, const std::vector<int64_t>& active, c10::Device d
     View v;
     v.units = active;
     const int64_t W = c.suffix;
-    std::vector<int64_t> rows, row_unit, lidx, tgt, tok_unit, tlen, unit_count, kl_rows;
-    std::vector<std::vector<int64_t>> tok_slots, unit_slots;
+    std::vector<int64_t> rows, row_unit, lidx, tgt, tok_unit, tok_forget, tlen, unit_count, forget_count, kl_rows;
+    std::vector<std::vector<int64_t>> tok_slots, unit_slots, forget_slots;
     int64_t rw = 0;
     for (size_t k = 0; k < active.size(); ++k) {
         const int64_t g = active[k];
-        std::vector<int64_t> mine;
-        for (int64_t i = c.first[static_cast<size_t>(g)]; i < c.first[static_cast<size_t>(g)] + c.n_rewrite[static_cast<size_t>(g)]; ++i) {
+        const int64_t first = c.first[static_cast<size_t>(g)], n_rw = c.n_rewrite[static_cast<size_t>(g)];
+        const int64_t n_fg = c.n_forget[static_cast<size_t>(g)];
+        std::vector<int64_t> mine, mine_forget;
+        for (int64_t i = first; i < first + n_rw + n_fg; ++i) {
+            const bool forgetting = i >= first + n_rw;
             const int64_t r = static_cast<int64_t>(rows.size());
             rows.push_back(i);
             row_unit.push_back(g);
@@ -355,14 +376,18 @@ View make_view(const Chunk& c, const std::vector<int64_t>& active, c10::Device d
                 lidx.push_back(r * W + len - n + j - c.rows[static_cast<size_t>(i)].lookup);  // the logit at p scores token p + 1
                 tgt.push_back(target[static_cast<size_t>(j)]);
                 tok_unit.push_back(static_cast<int64_t>(k));
+                tok_forget.push_back(forgetting ? 1 : 0);
             }
             tok_slots.push_back(std::move(slots));
             tlen.push_back(n);
-            mine.push_back(rw++);
+            (forgetting ? mine_forget : mine).push_back(rw++);
         }
         unit_count.push_back(static_cast<int64_t>(mine.size()));
         unit_slots.push_back(std::move(mine));
-        const int64_t kl = c.first[static_cast<size_t>(g)] + c.n_rewrite[static_cast<size_t>(g)];
+        forget_count.push_back(std::max<int64_t>(1, static_cast<int64_t>(mine_forget.size())));
+        if (!mine_forget.empty()) v.any_forget = true;
+        forget_slots.push_back(std::move(mine_forget));
+        const int64_t kl = first + n_rw + n_fg;
         kl_rows.push_back(static_cast<int64_t>(rows.size()) * W);  // its lookup, the last position, starts its suffix
         rows.push_back(kl);
         row_unit.push_back(g);
@@ -379,6 +404,9 @@ View make_view(const Chunk& c, const std::vector<int64_t>& active, c10::Device d
     v.tlen = at::tensor(tlen, at::kLong).to(at::kFloat).to(dev);
     std::tie(v.unit_slot, v.unit_mask) = padded(unit_slots, dev);
     v.unit_count = at::tensor(unit_count, at::kLong).to(at::kFloat).to(dev);
+    v.tok_forget = at::tensor(tok_forget, at::kLong).to(at::kFloat).to(dev);
+    std::tie(v.forget_slot, v.forget_mask) = padded(forget_slots, dev);
+    v.forget_count = at::tensor(forget_count, at::kLong).to(at::kFloat).to(dev);
     return v;
 }
 
@@ -388,7 +416,7 @@ at::Tensor slot_mean(const at::Tensor& values, const at::Tensor& slot, const at:
 }
 
 std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int layer, const std::vector<Site>& sites,
-                                        const EditHParams& hp, bool pmet) {
+                                        const EditHParams& hp, bool pmet, const TargetExtras* extras) {
     const c10::Device dev = model.device();
     const int64_t G = static_cast<int64_t>(c.first.size()), R = static_cast<int64_t>(c.rows.size());
     const int64_t T = c.batch.ids.size(1), d = model.hparams().n_embd, P = c.prefix, W = c.suffix;
@@ -490,9 +518,20 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
     std::vector<int64_t> active(static_cast<size_t>(G));
     for (int64_t g = 0; g < G; ++g) active[static_cast<size_t>(g)] = g;
     at::Tensor kl_init;  // [G, n_vocab]
-    for (int it = 0; it < hp.v_num_grad_steps && !active.empty(); ++it) {
-        if (v.units != active) {
-            v = make_view(c, active, dev);
+    // HSE: the forgetting factor scales the NLL whether or not a unit forgets (as the reference does).
+    const bool hse = extras != nullptr;
+    const double f = hse ? extras->forget_factor : 0.0;
+    const at::Tensor fisher_w = hse && extras->fisher_weight.defined() ? extras->fisher_weight.to(dev).to(at::kFloat) : at::Tensor();
+    const bool empirical_fisher = hse && extras->fisher == "empirical", score_fisher = hse && extras->fisher == "score";
+    at::Tensor fisher_sum;  // [G, n_embd] sum over steps of grad^2 (empirical)
+    if (empirical_fisher) fisher_sum = at::zeros({G, d}, at::TensorOptions().dtype(at::kFloat).device(dev));
+    // The rows, logits and loss terms of the units in `act`, at the current deltas.
+    struct Pass {
+        at::Tensor log_probs, nll_each, nll, forget, kl, wd, fisher;  // [n_tok, V], [Rw'], then [G'] each
+    };
+    auto run_pass = [&](const std::vector<int64_t>& act) {
+        if (v.units != act) {
+            v = make_view(c, act, dev);
             v.ids = sfx_ids.index_select(0, v.rows);
             v.mask = mask.index_select(0, v.rows);
             v.position_ids = sfx_pos.index_select(0, v.rows);
@@ -521,18 +560,34 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
         }
         KvCache prefix = v.prefix;  // the pass appends the suffix's keys and values to its own copy
         at::Tensor logits = model.forward(in, from_next ? nullptr : &hooks, use_prefix ? &prefix : nullptr).logits;  // [n_tok + G', n_vocab]
-        at::Tensor log_probs = at::log_softmax(logits.slice(0, 0, v.n_tok), 1);  // [n_tok, n_vocab]
-        at::Tensor picked = log_probs.gather(1, v.tgt.unsqueeze(1)).squeeze(1);  // [n_tok]
-        at::Tensor nll_each = -slot_mean(picked, v.tok_slot, v.tok_mask, v.tlen);  // [Rw']
-        at::Tensor nll = slot_mean(nll_each, v.unit_slot, v.unit_mask, v.unit_count);  // [G']
+        Pass ps;
+        ps.log_probs = at::log_softmax(logits.slice(0, 0, v.n_tok), 1);  // [n_tok, n_vocab]
+        at::Tensor picked = ps.log_probs.gather(1, v.tgt.unsqueeze(1)).squeeze(1);  // [n_tok]
+        at::Tensor per_token = -picked;
+        // HSE's unlikelihood at the forgetting positions: -log(1 - p(old token) + e^-20).
+        if (v.any_forget) per_token = at::where(v.tok_forget > 0, -at::log(1.0 - picked.exp() + std::exp(-20.0)), per_token);
+        ps.nll_each = slot_mean(per_token, v.tok_slot, v.tok_mask, v.tlen);  // [Rw']
+        ps.nll = slot_mean(ps.nll_each, v.unit_slot, v.unit_mask, v.unit_count);  // [G']
+        const int64_t Ga = static_cast<int64_t>(v.units.size());
+        const auto zeros_g = [&] { return at::zeros({Ga}, at::TensorOptions().dtype(at::kFloat).device(dev)); };
+        ps.forget = v.any_forget ? f * slot_mean(ps.nll_each, v.forget_slot, v.forget_mask, v.forget_count) : zeros_g();
         at::Tensor kl_logp = at::log_softmax(logits.slice(0, v.n_tok), 1);  // [G', n_vocab]
         if (!kl_init.defined()) kl_init = kl_logp.detach().clone();  // every unit is active at the first step
-        at::Tensor kl = hp.kl_factor * (kl_logp.exp() * (kl_logp - kl_init.index_select(0, v.units_t))).sum(1);  // [G']
-        at::Tensor wd = at::zeros({static_cast<int64_t>(v.units.size())}, at::TensorOptions().dtype(at::kFloat).device(dev));
+        ps.kl = hp.kl_factor * (kl_logp.exp() * (kl_logp - kl_init.index_select(0, v.units_t))).sum(1);  // [G']
+        ps.wd = zeros_g();
         for (size_t s = 0; s < S; ++s)
-            wd = wd + hp.v_weight_decay * delta[s].index_select(0, v.units_t).norm(2, {1}) / init_norm_sq[s].index_select(0, v.units_t);
+            ps.wd = ps.wd + hp.v_weight_decay * delta[s].index_select(0, v.units_t).norm(2, {1}) / init_norm_sq[s].index_select(0, v.units_t);
+        ps.fisher = fisher_w.defined() ? 0.5 * (delta[0].index_select(0, v.units_t).pow(2) * fisher_w).sum(1) : zeros_g();
+        return ps;
+    };
+    for (int it = 0; it < hp.v_num_grad_steps && !active.empty(); ++it) {
+        Pass ps = run_pass(active);
+        const at::Tensor& log_probs = ps.log_probs;
+        const at::Tensor& nll_each = ps.nll_each;
+        const at::Tensor& nll = ps.nll;
+        const at::Tensor& kl = ps.kl;
         const int64_t Ga = static_cast<int64_t>(v.units.size());
-        std::vector<float> nll_factor(static_cast<size_t>(Ga), pmet ? static_cast<float>(hp.nll_loss_factor) : 1.0f);
+        std::vector<float> nll_factor(static_cast<size_t>(Ga), pmet ? static_cast<float>(hp.nll_loss_factor) : hse ? static_cast<float>(1.0 - f) : 1.0f);
         std::vector<char> pmet_done(static_cast<size_t>(Ga), 0);
         if (pmet) {
             // PMET: once the target is the argmax at every target position of a unit, weaken its
@@ -546,14 +601,18 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
                 if (hp.kl_factor > 0 && kl_c[k].item<double>() / hp.kl_factor < 0.01 && it > 0) pmet_done[static_cast<size_t>(k)] = 1;
             }
         }
-        at::Tensor loss = at::tensor(nll_factor, at::kFloat).to(dev) * nll + kl + wd;  // [G']
+        // The forgetting term counts only while it exceeds 1e-3 (reference compute_z).
+        const at::Tensor forget_on = (ps.forget.detach() > 1e-3).to(at::kFloat);
+        at::Tensor loss = at::tensor(nll_factor, at::kFloat).to(dev) * nll + forget_on * ps.forget + kl + ps.wd + ps.fisher;  // [G']
         const at::Tensor prob = slot_mean(at::exp(-nll_each.detach()), v.unit_slot, v.unit_mask, v.unit_count).to(at::kCPU).to(at::kDouble);
         const at::Tensor loss_c = loss.detach().to(at::kCPU).to(at::kDouble), nll_c = nll.detach().to(at::kCPU).to(at::kDouble);
         const at::Tensor kl_c = kl.detach().to(at::kCPU).to(at::kDouble);
+        const at::Tensor forget_c = (forget_on * ps.forget.detach()).to(at::kCPU).to(at::kDouble);
         std::vector<int64_t> keep, keep_view;
         for (int64_t k = 0; k < Ga; ++k) {
             if (pmet_done[static_cast<size_t>(k)]) continue;
-            TargetResult& sum = out[static_cast<size_t>(v.units[static_cast<size_t>(k)])].summary;
+            SiteTargets& o = out[static_cast<size_t>(v.units[static_cast<size_t>(k)])];
+            TargetResult& sum = o.summary;
             const double loss_v = loss_c[k].item<double>();
             if (it == 0) {
                 sum.loss_first = loss_v;
@@ -563,6 +622,8 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
             sum.nll_last = nll_c[k].item<double>();
             sum.kl_last = kl_c[k].item<double>();
             sum.prob_last = prob[k].item<double>();
+            o.forget_last = forget_c[k].item<double>();
+            if (o.forget_last > 0) ++o.forget_steps;
             if (loss_v < 5e-2 || it == hp.v_num_grad_steps - 1) continue;
             keep.push_back(v.units[static_cast<size_t>(k)]);
             keep_view.push_back(k);
@@ -575,6 +636,8 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
         {
             at::NoGradGuard no_grad;
             const at::Tensor idx = long_tensor(keep, dev);
+            // The empirical Fisher reads the gradient of each unit's whole loss before the step.
+            if (empirical_fisher) fisher_sum.index_add_(0, idx, delta[0].grad().index_select(0, idx).pow(2));
             for (size_t s = 0; s < S; ++s) {
                 adam[s].step_rows(delta[s], idx, it + 1, hp.v_lr);
                 const at::Tensor norms = delta[s].index_select(0, idx).norm(2, {1}).to(at::kCPU).to(at::kDouble);
@@ -586,6 +649,21 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
             }
         }
         for (int64_t g : keep) ++out[static_cast<size_t>(g)].summary.steps;
+    }
+    if (empirical_fisher) {
+        for (int64_t g = 0; g < G; ++g) {
+            SiteTargets& o = out[static_cast<size_t>(g)];
+            if (o.summary.steps > 0) o.fisher = (fisher_sum[g] / double(o.summary.steps)).to(at::kCPU).clone();
+        }
+    } else if (score_fisher) {
+        // The paper's Fisher at the optimum: the squared gradient of each unit's log-likelihood of its
+        // new target (the mean NLL over its rewriting rows) with respect to its delta.
+        std::vector<int64_t> all(static_cast<size_t>(G));
+        for (int64_t g = 0; g < G; ++g) all[static_cast<size_t>(g)] = g;
+        for (auto& t : delta)
+            if (t.grad().defined()) t.mutable_grad().zero_();
+        run_pass(all).nll.sum().backward();
+        for (int64_t g = 0; g < G; ++g) out[static_cast<size_t>(g)].fisher = delta[0].grad()[g].detach().pow(2).to(at::kCPU).clone();
     }
     for (int64_t g = 0; g < G; ++g) {
         SiteTargets& o = out[static_cast<size_t>(g)];
@@ -603,13 +681,16 @@ std::vector<SiteTargets> optimize_chunk(const Model& model, const Chunk& c, int 
 
 std::vector<SiteTargets> optimize_targets(const Model& model, const std::vector<std::vector<EditRequest>>& units, int layer,
                                           const std::vector<Site>& sites, const std::vector<std::string>& templates,
-                                          const EditHParams& hp, bool pmet) {
+                                          const EditHParams& hp, bool pmet, const TargetExtras* extras) {
     const Tokenizer& tok = *model.tokenizer();
     const HParams& mh = model.hparams();
+    if (extras && (sites.size() != 1 || pmet))
+        throw Error(ErrorKind::Internal, "HSE's target terms apply to one block-output or MLP-output site");
     std::vector<UnitRows> all;
     all.reserve(units.size());
     for (const auto& u : units) {
-        all.push_back(unit_rows(tok, u, templates, hp));
+        const size_t i = all.size();
+        all.push_back(unit_rows(tok, u, templates, hp, extras && i < extras->forget.size() ? &extras->forget[i] : nullptr));
         for (const Row& r : all.back().rows)
             if (static_cast<int64_t>(r.ids.size()) > mh.n_ctx)
                 throw Error(ErrorKind::Argument, "a rewriting prompt is longer than the model's context (" + std::to_string(mh.n_ctx) +
@@ -641,14 +722,15 @@ std::vector<SiteTargets> optimize_targets(const Model& model, const std::vector<
             c.prefix = pre;
             c.suffix = suf;
             c.first.push_back(static_cast<int64_t>(c.rows.size()));
-            c.n_rewrite.push_back(static_cast<int64_t>(u.targets.size()));
+            c.n_rewrite.push_back(u.n_rewrite);
+            c.n_forget.push_back(u.n_forget);
             c.rows.insert(c.rows.end(), u.rows.begin(), u.rows.end());
             c.targets.insert(c.targets.end(), u.targets.begin(), u.targets.end());
             c.targets.emplace_back();  // the KL row
             ++next;
         }
         c.batch = make_batch(c.rows, model.device());
-        std::vector<SiteTargets> part = optimize_chunk(model, c, layer, sites, hp, pmet);
+        std::vector<SiteTargets> part = optimize_chunk(model, c, layer, sites, hp, pmet, extras);
         for (auto& p : part) out.push_back(std::move(p));
     }
     return out;

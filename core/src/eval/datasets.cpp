@@ -190,6 +190,7 @@ std::optional<EditCase> read_zsre(const Where& w, const json& record, const Data
     } else {
         r.target_new = answers[0];
     }
+    r.prediction = optional_string(w, record, "", "pred").value_or("");
     c.rewrites.push_back(std::move(r));
     if (auto rephrase = optional_string(w, record, "", "rephrase")) c.paraphrase_prompts.push_back(*rephrase);
     // The "nq question: " prefix stays: ROME's zsRE evaluation feeds it to the model as it is.

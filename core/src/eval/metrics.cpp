@@ -103,6 +103,7 @@ std::vector<EditRequest> requests_of(const EditCase& c) {
         q.subject = r.subject;
         q.target_new = r.target_new;
         q.target_true = r.target_true;
+        q.prediction = r.prediction;
         q.case_id = c.case_id;
         out.push_back(std::move(q));
     }

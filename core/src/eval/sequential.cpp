@@ -102,16 +102,31 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
     }
     res.eval_seconds += since(t_eval);
 
-    EditSession session(model, hparams, stats);
+    const int64_t n_batches = (T + o.batch - 1) / o.batch;
+    EditHParams hp = hparams;
+    // HSE's alpha = n/(i-1) needs the planned number of batches: this run's, unless one was set.
+    if (hp.method == EditMethod::Hse && hp.hse_horizon == 0 && !o.restore_between) hp.hse_horizon = n_batches;
+    // HSE forgets the old object; where a case names none (zsRE without pred), the unedited model's
+    // greedy answer, read here before any edit.
+    std::vector<std::string> greedy(cases.size());
+    if (hp.method == EditMethod::Hse && hp.forget_factor > 0 && hp.hse_forget_fallback == "greedy") {
+        for (size_t i = 0; i < cases.size(); ++i) {
+            const auto reqs = requests_of(cases[i]);
+            if (!reqs.empty() && reqs[0].target_true.empty() && reqs[0].prediction.empty()) greedy[i] = greedy_answer(model, reqs[0]);
+        }
+    }
+    EditSession session(model, hp, stats);
     std::vector<CaseMetrics> single_metrics;
     session.set_cancel_flag(cancel);
-    const int64_t n_batches = (T + o.batch - 1) / o.batch;
     for (int64_t b = 0; b < n_batches; ++b) {
         check_cancel();
         const int64_t lo = b * o.batch, hi = std::min(T, lo + o.batch);
         std::vector<EditRequest> reqs;
         for (int64_t i = lo; i < hi; ++i)
-            for (auto& r : requests_of(cases[static_cast<size_t>(i)])) reqs.push_back(std::move(r));
+            for (auto& r : requests_of(cases[static_cast<size_t>(i)])) {
+                if (r.prediction.empty()) r.prediction = greedy[static_cast<size_t>(i)];
+                reqs.push_back(std::move(r));
+            }
         session.set_progress([&](const EditProgress& p) {
             report("edit", lo + (p.stage == "target" ? std::min<int64_t>(p.done, hi - lo) : 0), T, p.stage);
         });
@@ -148,6 +163,10 @@ SequentialResult run_sequential(Model& model, const Dataset& dataset, const Edit
             p.edits = hi;
             p.summary = summarize(score_cases(model, done, pre_done));
             if (!ppl_file.empty()) p.summary.perplexity = text_perplexity(model, ppl_file);
+            if (!unedited.empty()) {
+                const double a = fact_accuracy(model, unedited);
+                if (!std::isnan(a)) p.summary.unedited_accuracy = a;
+            }
             res.curve.push_back(p);
             res.eval_seconds += since(t_eval);
         }
