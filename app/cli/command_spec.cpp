@@ -83,10 +83,11 @@ std::vector<CommandSpec> build() {
                   {"fast-only", "", "time only the fast path"},
                   kJsonFlag},
                  "", "engram-cli bench trace --samples 4"});
-    s.push_back({"bench edit", "benchmarks", "ROME, MEMIT and AlphaEdit: the reference path against the default one, in the same run", {},
+    s.push_back({"bench edit", "benchmarks", "ROME, MEMIT and AlphaEdit: the reference path against the default one, in the same run; HSE's time per edit", {},
                  {{"rome-edits", "N", "ROME edits timed (default 3)"},
                   {"memit-batch", "N", "requests in the MEMIT and AlphaEdit batch timed on the default path (default 100)"},
-                  {"compare-batch", "N", "requests in the batch both paths run, 0 to skip the slow reference (default 10)"}},
+                  {"compare-batch", "N", "requests in the batch both paths run, 0 to skip the slow reference (default 10)"},
+                  {"hse-edits", "N", "sequential single HSE edits timed, with its Cholesky solve against LU (default 3, 0 to skip)"}},
                  "The model has a GPT-2-small shape, random weights and the Fact World vocabulary; C, P and the templates are "
                  "computed before timing starts. Prints old and new seconds side by side with the relative difference of the "
                  "weight changes, then one ROME edit on the Fact World demo model (also with 1 and 2 intra-op threads).",
@@ -154,7 +155,8 @@ std::vector<CommandSpec> build() {
                  "engram-cli edit --method rome --prompt \"{} lives in\" --subject \"Ada Okafor\" --target Lisbon --db demo.engram"});
     s.push_back({"eval", "editing", "the sequential batch protocol: T cases edited in batches of B, then scored; a row per method", {},
                  {model_dir(lm),
-                  {"method", "M[,M...]", "methods to compare (" + method_name_list(false) + ", +blue where BLUE applies), e.g. memit,memit+blue (required)"},
+                  {"method", "M[,M...]", "methods to compare (" + method_name_list(false) + ", +blue where BLUE applies), e.g. memit,memit+blue; "
+                   "@key=value after a method sets that row alone, e.g. hse,hse@forget_factor=0 (required)"},
                   {"blue", "", "apply BLUE to every method"},
                   {"dataset", "FILE", "CounterFact, zsRE or MQuAKE records (default: the demo world's counterfact.json)"},
                   {"format", "F", "counterfact, counterfact_flat, zsre or mquake (default: detected)"},

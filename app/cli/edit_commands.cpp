@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -286,13 +287,27 @@ int cmd_eval(const Argv& argv) {
     std::signal(SIGTERM, on_interrupt);
     bool interrupted = false;
     for (const std::string& m : methods) {
-        const auto [method, blue] = parse_method(m, args.flag("blue"));
-        const EditHParams hp = build_hparams(*model, method, blue, args);
+        // "hse@forget_factor=0@hse_replay=false": a method with its own settings on top of --set (one
+        // evaluation compares ablations against one set of pre-edit measurements).
+        std::vector<std::string> parts;
+        {
+            std::stringstream ps(m);
+            for (std::string part; std::getline(ps, part, '@');) parts.push_back(part);
+        }
+        const auto [method, blue] = parse_method(parts.empty() ? m : parts[0], args.flag("blue"));
+        EditHParams hp = build_hparams(*model, method, blue, args);
+        for (size_t i = 1; i < parts.size(); ++i) {
+            try {
+                apply_hparam_setting(hp, parts[i]);
+            } catch (const Error& e) {
+                throw e.with_context("--method " + m);
+            }
+        }
+        validate_edit_hparams(hp, model_shape(*model));
         model->restore_all_base();
         const auto t0 = std::chrono::steady_clock::now();
         if (!quiet)
-            std::cerr << "== " << edit_method_name(method) << (blue ? "+blue" : "") << ": " << so.edits << " edits in batches of " << so.batch
-                      << " from " << dataset_path.string() << "\n";
+            std::cerr << "== " << m << ": " << so.edits << " edits in batches of " << so.batch << " from " << dataset_path.string() << "\n";
         int64_t last_pct = -1;
         eval::SequentialResult r;
         try {
@@ -315,6 +330,7 @@ int cmd_eval(const Argv& argv) {
             std::cerr << "interrupted during " << m << "; reporting the methods that finished\n";
             break;
         }
+        if (parts.size() > 1) r.method = m;  // the row names the settings
         if (project) {
             Evaluation ev;
             ev.state_hash = state_hash(*model);
@@ -490,6 +506,7 @@ int cmd_bench_edit(const Argv& argv) {
     Args args(argv, command_spec("bench edit"));
     const int64_t n_rome = args.integer("rome-edits", 3, 1), n_memit = args.integer("memit-batch", 100, 1);
     const int64_t n_compare = args.integer("compare-batch", 10, 0);
+    const int64_t n_hse = args.integer("hse-edits", 3, 0);
     // A random-weight model of GPT-2-small shape reading the Fact World vocabulary (so requests
     // tokenize), with C computed from the demo corpus before timing starts. "old" is the reference
     // path (EditSession::set_reference_path), timed in the same run on the same requests; it is slow,
@@ -548,6 +565,49 @@ int cmd_bench_edit(const Argv& argv) {
         std::cout << "  " << std::left << std::setw(30) << (name + ", batch " + std::to_string(n_memit)) << std::right << "new " << std::setprecision(2)
                   << new_s << " s (" << new_s / double(n_memit) << " s per edit; C" << (method == EditMethod::AlphaEdit ? ", P" : "")
                   << " and templates beforehand: " << setup << " s)\n";
+    }
+
+    // HSE one request at a time (the paper's protocol), and its solve: A = lambda C + alpha Cov_sum + K K^T
+    // is symmetric positive definite, so a Cholesky factorisation replaces LU.
+    if (n_hse > 0) {
+        EditHParams hh = default_edit_hparams(model_shape(*model), EditMethod::Hse, false);
+        hh.hse_horizon = n_hse;
+        EditSession hs(*model, hh, so);
+        for (int l : hh.layers) hs.stats(l);
+        hs.context_templates();
+        const std::vector<EditRequest> reqs = first_requests(ds, n_hse);
+        double total = 0;
+        for (const EditRequest& r : reqs) {
+            const auto t0 = std::chrono::steady_clock::now();
+            const Edit e = hs.compute({r});
+            total += seconds_since(t0);
+            apply_edit(*model, e);
+        }
+        model->restore_all_base();
+        std::cout << "  " << std::left << std::setw(30) << ("HSE (layers " + std::to_string(hh.layers.front()) + "-" + std::to_string(hh.layers.back()) + ")")
+                  << std::right << std::setprecision(2) << total / double(n_hse) << " s per edit (" << n_hse << " sequential single edits)\n";
+        const int64_t m = hp.n_ff;
+        at::Tensor C = hs.stats(hh.layers.back()).mom2;
+        at::Tensor K = at::randn({m, 1}, at::kDouble), Kp = at::randn({m, 8}, at::kDouble);
+        at::Tensor A = hh.mom2_update_weight * C + 3.0 * Kp.mm(Kp.t()) + K.mm(K.t());
+        auto best_of = [](int n, const std::function<at::Tensor()>& f, at::Tensor* out) {
+            double best = 1e30;
+            for (int i = 0; i < n; ++i) {
+                const auto t0 = std::chrono::steady_clock::now();
+                *out = f();
+                best = std::min(best, seconds_since(t0));
+            }
+            return best;
+        };
+        at::Tensor v_lu, v_ch;
+        const double lu = best_of(3, [&] { return at::linalg_solve(A, K); }, &v_lu);
+        const double ch = best_of(3, [&] {
+            auto [L, info] = at::linalg_cholesky_ex(A);
+            return at::cholesky_solve(K, L);
+        }, &v_ch);
+        std::cout << "      solve of one " << m << "x" << m << " float64 system: LU " << std::setprecision(3) << lu << " s, Cholesky " << ch
+                  << " s (" << std::setprecision(2) << lu / ch << "x), relative difference " << std::scientific << std::setprecision(2)
+                  << ((v_lu - v_ch).norm() / v_lu.norm()).item<double>() << std::fixed << "\n";
     }
 
     // The demo model, where op overhead rather than arithmetic sets the pace.

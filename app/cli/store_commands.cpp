@@ -289,6 +289,12 @@ int cmd_history(const Argv& argv) {
             std::cout << "  (" << s.blob_bytes << " bytes)";
             if (e.metrics.contains("codebook_entries"))
                 std::cout << "; codebook of " << e.metrics["codebook_entries"].dump() << " entries after this edit";
+            if (e.metrics.contains("hse") && e.metrics["hse"].is_object()) {
+                const json& h = e.metrics["hse"];
+                const int64_t horizon = h.value("horizon", int64_t(0));
+                std::cout << "; HSE batch " << h.value("batch", json()).dump() << (horizon > 0 ? " of " + std::to_string(horizon) : std::string(" (no horizon)")) << ", alpha "
+                          << h.value("alpha", json()).dump() << ", |F| " << h.value("fisher_norm", json()).dump();
+            }
             std::cout << "\n";
             if (!s.reverted_basis.empty())
                 std::cout << "           computed on a model containing edit(s) " << join(s.reverted_basis) << ", since reverted\n";
