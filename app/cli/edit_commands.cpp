@@ -177,12 +177,10 @@ int cmd_edit(const Argv& argv) {
 
     EditSession session(*model, hp, stats_options(args));
     if (project) {
-        // Continue a sequence (AlphaEdit / MEMIT_seq cache_c) from the project's active edits of the same method.
+        // Continue a sequence (AlphaEdit / MEMIT_seq cache_c, HSE's state) from the project's active edits;
+        // the session takes those of its own method.
         std::vector<Edit> prior;
-        for (int64_t id : project->active_ids()) {
-            Edit e = project->edit(id);
-            if (e.method.rfind(edit_method_name(method), 0) == 0) prior.push_back(std::move(e));
-        }
+        for (int64_t id : project->active_ids()) prior.push_back(project->edit(id));
         session.absorb_history(prior);
     }
     if (!args.flag("json"))

@@ -218,7 +218,14 @@ private Q_SLOTS:
         QVERIFY(d < 1e-5);  // the history stores the keys and the Fisher in float32
         // Without the history the Fisher penalty and the replayed keys are missing, and the edit differs.
         EditSession blank(*m, hp);
-        QVERIFY(max_rel_diff(e3, blank.compute({reqs[2]})) > 1e-3);
+        const Edit without = blank.compute({reqs[2]});
+        QVERIFY(max_rel_diff(e3, without) > 1e-3);
+        // Another method's edits are not part of the sequence: a session given only those starts afresh.
+        Edit other1 = e1, other2 = e2;
+        other1.method = other2.method = "memit_seq";
+        EditSession skipping(*m, hp);
+        skipping.absorb_history({other1, other2});
+        QCOMPARE(max_rel_diff(skipping.compute({reqs[2]}), without), 0.0);
         // The planned horizon is spent: a fourth batch is refused and the session is unchanged.
         apply_edit(*m, e3);
         const std::string before = state_hash(*m);

@@ -391,11 +391,8 @@ ComputedEdit Workbench::computeEdit(const EditForm& form, const std::atomic<bool
     EditSession session(*m_model, hp);
     session.set_cancel_flag(cancel);
     if (m_project) {
-        std::vector<Edit> prior;
-        for (int64_t id : m_project->active_ids()) {
-            Edit e = m_project->edit(id);
-            if (e.method.rfind(edit_method_name(*method), 0) == 0) prior.push_back(std::move(e));
-        }
+        std::vector<Edit> prior;  // the session takes the edits of its own method
+        for (int64_t id : m_project->active_ids()) prior.push_back(m_project->edit(id));
         session.absorb_history(prior);
     }
     // The blast radius: the prompt, and, when the dataset beside the model has this rewrite, its

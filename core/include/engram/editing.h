@@ -173,7 +173,8 @@ public:
 
     // Rebuilds the sequential state from edits already in the model, e.g. when continuing a project's
     // sequence in a new process: cache_c (AlphaEdit, MEMIT_seq) or HSE's Cov_sum from their "keys_L"
-    // artifacts, and HSE's Fisher sum ("fisher" artifacts) and batch count.
+    // artifacts, and HSE's Fisher sum ("fisher" artifacts) and batch count. Only edits recorded by
+    // this method (the same label: "memit_seq" and "memit_seq+blue" are two sequences) count.
     void absorb_history(const std::vector<Edit>& applied);
 
     // The templates in use (generated once per session unless pinned in the hparams).

@@ -113,8 +113,11 @@ at::Tensor EditSession::solve_c(int layer, const at::Tensor& rhs) {
 
 void EditSession::absorb_history(const std::vector<Edit>& applied) {
     if (hp_.method != EditMethod::AlphaEdit && hp_.method != EditMethod::MemitSeq && hp_.method != EditMethod::Hse) return;
+    const std::string label = method_label(hp_);
     for (const Edit& e : applied) {
-        if (hp_.method == EditMethod::Hse && e.method == "hse") {
+        // Only this method's own sequence: a MEMIT or MEMIT+BLUE edit is not part of MEMIT_seq's.
+        if (e.method != label) continue;
+        if (hp_.method == EditMethod::Hse) {
             ++batches_;
             for (const Artifact& a : e.artifacts) {
                 if (a.kind != "fisher") continue;
