@@ -218,7 +218,8 @@ void TestSafetensors::rejectsHostileSizesBeforeAllocating() {
         {"gptj-tiny", "n_layer"}, {"gptj-tiny", "rotary_dim"}, {"vit-tiny", "num_hidden_layers"}, {"vit-tiny", "image_size"},
     };
     for (const auto& [fixture, key] : cases)
-        for (int64_t value : {int64_t(2000000000), int64_t(0), int64_t(-3)}) {
+        // 2^62 once overflowed GPT-2's 4 * n_embd default for n_inner before any check.
+        for (int64_t value : {int64_t(2000000000), int64_t(0), int64_t(-3), int64_t(1) << 62}) {
             fs::path dir = copy_fixture(tmp, fixture);
             nlohmann::json config = read_json_file(dir / "config.json");
             config[key] = value;
@@ -235,6 +236,18 @@ void TestSafetensors::rejectsHostileSizesBeforeAllocating() {
             }
             fs::remove_all(dir);
         }
+    // preprocessor_config.json sizes the resized image: a side of a billion pixels is refused at load.
+    for (const char* size : {R"({"height": 1000000000, "width": 32})", R"(0)", R"({"shortest_edge": -5})"}) {
+        fs::path dir = copy_fixture(tmp, "vit-tiny");
+        std::ofstream(dir / "preprocessor_config.json") << R"({"do_resize": true, "size": )" << size << "}";
+        try {
+            Model::load(dir);
+            QFAIL(qPrintable(QString("preprocessor size %1: accepted").arg(size)));
+        } catch (const Error& e) {
+            QVERIFY2(e.kind() == ErrorKind::Config && std::string(e.what()).find("preprocessor_config.json") != std::string::npos, e.what());
+        }
+        fs::remove_all(dir);
+    }
 }
 
 void TestSafetensors::rejectsMissingTensor() {

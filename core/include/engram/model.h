@@ -20,14 +20,13 @@
 
 #include "engram/adapter.h"
 #include "engram/hooks.h"
+#include "engram/model_config.h"
 #include "engram/safetensors.h"
 
 namespace engram {
 
 class Checkpoint;
 class Tokenizer;
-
-enum class Arch { Gpt2, GptJ, Llama, Vit };
 
 // Canonical weight slots. Per-layer slots live in Model::layer(i); the rest in Model::global().
 enum class Slot {
@@ -47,37 +46,6 @@ inline constexpr size_t kSlotCount = static_cast<size_t>(Slot::Count);
 const char* slot_name(Slot slot);
 
 using SlotTensors = std::array<at::Tensor, kSlotCount>;
-
-enum class RopeType { None, Default, Linear, Llama3 };
-
-struct HParams {
-    int64_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
-    int64_t n_vocab = 0, n_ctx = 0;
-    double norm_eps = 1e-5;
-    std::string activation = "gelu_new";  // gelu_new | gelu | gelu_pytorch_tanh | relu | silu
-    bool tied_output = true;
-    bool attn_qkv_bias = false, attn_out_bias = false, mlp_bias = false;
-    bool scale_attn_by_inverse_layer_idx = false;  // GPT-2 option
-    // Rotary embeddings (GPT-J: rotary_dim interleaved; LLaMA: full head_dim, rotate-half).
-    RopeType rope_type = RopeType::None;
-    int64_t rotary_dim = 0;
-    double rope_theta = 10000.0;
-    double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
-    int64_t rope_original_max_pos = 8192;
-    int64_t sliding_window = 0;  // 0: none (Mistral sets it)
-    // ViT
-    int64_t image_size = 0, patch_size = 0, n_channels = 3, n_labels = 0;
-};
-
-struct ImagePreprocess {
-    bool do_resize = true;
-    int64_t height = 224, width = 224;
-    int resample = 2;  // PIL code: 2 bilinear, 3 bicubic
-    bool do_rescale = true;
-    double rescale_factor = 1.0 / 255.0;
-    bool do_normalize = true;
-    std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
-};
 
 struct LoadOptions {
     c10::Device device = c10::Device(c10::kCPU);
@@ -206,8 +174,6 @@ private:
     AdapterSet adapters_;
 };
 
-// The HF class names (config.json "architectures") that Model::load accepts.
-std::vector<std::string> supported_architectures();
 
 struct GenerateOptions {
     int64_t max_new_tokens = 20;

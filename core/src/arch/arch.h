@@ -1,9 +1,11 @@
 // Architectures as data: each family is one table (HF names -> canonical slots, with the expected
-// shape of each tensor) plus an hparams reader and a forward function. Model::load walks the table;
-// there are no if-chains on architecture strings.
+// shape of each tensor) plus its forward functions. Model::load walks the table; there are no
+// if-chains on architecture strings. The class names and the config.json readers are torch-free, in
+// engram/model_config.h (core/src/io/model_config.cpp).
 //
 // To add a new architecture: write core/src/models/<family>.cpp with a `Family` value (copy the
-// shape of llama.cpp), declare it below, and add it to kFamilies in arch.cpp.
+// shape of llama.cpp), declare it below, add it to kFamilies in arch.cpp, and give it its class
+// names and config reader in io/model_config.cpp.
 #pragma once
 
 #include <string_view>
@@ -34,12 +36,11 @@ using ForwardFn = ForwardOutput (*)(const Model&, const ForwardInput&, Hooks*, K
 
 struct Family {
     Arch arch;
-    std::vector<const char*> hf_classes;  // config.json "architectures" values
     const char* prefix;                   // tried with and without (older checkpoints omit it)
-    HParams (*read_hparams)(const nlohmann::json& config);
     std::vector<TensorSpec> tensors;
     ForwardFn forward;
-    // The config.json that read_hparams turns back into the same HParams (for saving checkpoints).
+    // The config.json that parse_model_config (engram/model_config.h) reads back as the same HParams
+    // (for saving checkpoints).
     nlohmann::json (*write_config)(const HParams&);
     // Decoders: the pieces layers::decoder_forward and the fast causal trace run (nullptr for ViT).
     // embed: ids [B, T] at positions n_past + t (or position_ids [B, T]) -> the residual [B, T, n_embd].
@@ -53,18 +54,7 @@ extern const Family kGptjFamily;
 extern const Family kLlamaFamily;
 extern const Family kVitFamily;
 
+// The class names and config.json parsing live in engram/model_config.h (torch-free).
 const Family& family_of(Arch arch);
-// nullptr if no family claims the class name.
-const Family* family_for_class(std::string_view hf_class);
-std::vector<std::string> supported_classes();
-
-// config.json helpers that name the field at fault.
-int64_t config_int(const nlohmann::json& c, const char* key);
-int64_t config_int_or(const nlohmann::json& c, const char* key, int64_t fallback);
-double config_double_or(const nlohmann::json& c, const char* key, double fallback);
-bool config_bool_or(const nlohmann::json& c, const char* key, bool fallback);
-std::string config_string_or(const nlohmann::json& c, const char* key, const std::string& fallback);
-// Reads rope_theta and rope scaling from either dialect (rope_parameters, or rope_theta + rope_scaling).
-void read_rope(const nlohmann::json& c, HParams& hp);
 
 }  // namespace engram

@@ -11,28 +11,6 @@ namespace engram {
 
 namespace {
 
-HParams gpt2_hparams(const nlohmann::json& c) {
-    HParams hp;
-    hp.n_layer = config_int(c, "n_layer");
-    hp.n_embd = config_int(c, "n_embd");
-    hp.n_head = config_int(c, "n_head");
-    hp.n_head_kv = hp.n_head;
-    hp.n_ff = config_int_or(c, "n_inner", 4 * hp.n_embd);
-    hp.n_vocab = config_int(c, "vocab_size");
-    hp.n_ctx = config_int_or(c, "n_positions", 1024);
-    hp.norm_eps = config_double_or(c, "layer_norm_epsilon", 1e-5);
-    hp.activation = config_string_or(c, "activation_function", "gelu_new");
-    hp.scale_attn_by_inverse_layer_idx = config_bool_or(c, "scale_attn_by_inverse_layer_idx", false);
-    if (!config_bool_or(c, "scale_attn_weights", true))
-        throw Error(ErrorKind::Unsupported, "config.json: scale_attn_weights=false is not supported");
-    hp.tied_output = true;  // GPT2LMHeadModel always ties lm_head to wte
-    hp.attn_qkv_bias = hp.attn_out_bias = hp.mlp_bias = true;
-    if (hp.n_head <= 0 || hp.n_embd % hp.n_head != 0)
-        throw Error(ErrorKind::Config, "config.json: n_embd must be a multiple of n_head");
-    hp.head_dim = hp.n_embd / hp.n_head;
-    return hp;
-}
-
 using V = std::vector<int64_t>;
 
 at::Tensor gpt2_embed(const Model& m, const at::Tensor& ids, int64_t n_past, const at::Tensor& position_ids) {
@@ -90,9 +68,7 @@ nlohmann::json gpt2_config(const HParams& hp) {
 
 const Family kGpt2Family{
     Arch::Gpt2,
-    {"GPT2LMHeadModel", "GPT2Model"},
     "transformer.",
-    gpt2_hparams,
     {
         {Slot::TokEmbd, false, "wte.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }},
         {Slot::PosEmbd, false, "wpe.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_ctx, h.n_embd}; }},

@@ -11,30 +11,6 @@ namespace engram {
 
 namespace {
 
-HParams gptj_hparams(const nlohmann::json& c) {
-    HParams hp;
-    hp.n_layer = config_int(c, "n_layer");
-    hp.n_embd = config_int(c, "n_embd");
-    hp.n_head = config_int(c, "n_head");
-    hp.n_head_kv = hp.n_head;
-    if (hp.n_head <= 0 || hp.n_embd % hp.n_head != 0)
-        throw Error(ErrorKind::Config, "config.json: n_embd must be a multiple of n_head");
-    hp.head_dim = hp.n_embd / hp.n_head;
-    hp.n_ff = config_int_or(c, "n_inner", 4 * hp.n_embd);
-    hp.n_vocab = config_int(c, "vocab_size");
-    hp.n_ctx = config_int_or(c, "n_positions", 2048);
-    hp.norm_eps = config_double_or(c, "layer_norm_epsilon", 1e-5);
-    hp.activation = config_string_or(c, "activation_function", "gelu_new");
-    hp.rope_type = RopeType::Default;
-    hp.rope_theta = 10000.0;
-    hp.rotary_dim = config_int_or(c, "rotary_dim", hp.head_dim);
-    if (hp.rotary_dim <= 0 || hp.rotary_dim > hp.head_dim || hp.rotary_dim % 2 != 0)
-        throw Error(ErrorKind::Config, "config.json: rotary_dim must be even and at most the head size");
-    hp.tied_output = config_bool_or(c, "tie_word_embeddings", false);
-    hp.mlp_bias = true;
-    return hp;
-}
-
 using V = std::vector<int64_t>;
 
 at::Tensor gptj_embed(const Model& m, const at::Tensor& ids, int64_t, const at::Tensor&) {
@@ -88,9 +64,7 @@ nlohmann::json gptj_config(const HParams& hp) {
 
 const Family kGptjFamily{
     Arch::GptJ,
-    {"GPTJForCausalLM", "GPTJModel"},
     "transformer.",
-    gptj_hparams,
     {
         {Slot::TokEmbd, false, "wte.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }},
         {Slot::AttnNorm, true, "h.{L}.ln_1.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},

@@ -12,35 +12,6 @@ namespace engram {
 
 namespace {
 
-HParams llama_hparams(const nlohmann::json& c) {
-    HParams hp;
-    const std::string model_type = config_string_or(c, "model_type", "llama");
-    hp.n_layer = config_int(c, "num_hidden_layers");
-    hp.n_embd = config_int(c, "hidden_size");
-    hp.n_head = config_int(c, "num_attention_heads");
-    hp.n_head_kv = config_int_or(c, "num_key_value_heads", hp.n_head);
-    if (hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv != 0)
-        throw Error(ErrorKind::Config, "config.json: num_attention_heads must be a multiple of num_key_value_heads");
-    hp.head_dim = config_int_or(c, "head_dim", hp.n_embd / hp.n_head);
-    hp.n_ff = config_int(c, "intermediate_size");
-    hp.n_vocab = config_int(c, "vocab_size");
-    hp.n_ctx = config_int_or(c, "max_position_embeddings", 2048);
-    hp.norm_eps = config_double_or(c, "rms_norm_eps", 1e-6);
-    hp.activation = config_string_or(c, "hidden_act", "silu");
-    hp.tied_output = config_bool_or(c, "tie_word_embeddings", false);
-    const bool is_qwen2 = model_type == "qwen2";
-    hp.attn_qkv_bias = is_qwen2 || config_bool_or(c, "attention_bias", false);
-    hp.attn_out_bias = !is_qwen2 && config_bool_or(c, "attention_bias", false);
-    hp.mlp_bias = config_bool_or(c, "mlp_bias", false);
-    read_rope(c, hp);
-    const double partial = config_double_or(c, "partial_rotary_factor", 1.0);
-    hp.rotary_dim = static_cast<int64_t>(double(hp.head_dim) * partial);
-    // Mistral applies its window always; Qwen2 only with use_sliding_window.
-    const bool window_on = model_type == "qwen2" ? config_bool_or(c, "use_sliding_window", false) : true;
-    hp.sliding_window = window_on ? config_int_or(c, "sliding_window", 0) : 0;
-    return hp;
-}
-
 using V = std::vector<int64_t>;
 
 at::Tensor llama_embed(const Model& m, const at::Tensor& ids, int64_t, const at::Tensor&) {
@@ -107,9 +78,7 @@ nlohmann::json llama_config(const HParams& hp) {
 
 const Family kLlamaFamily{
     Arch::Llama,
-    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"},
     "model.",
-    llama_hparams,
     {
         {Slot::TokEmbd, false, "embed_tokens.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_vocab, h.n_embd}; }},
         {Slot::AttnNorm, true, "layers.{L}.input_layernorm.weight", Layout::AsIs, [](const HParams& h) { return V{h.n_embd}; }},

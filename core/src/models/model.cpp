@@ -46,36 +46,16 @@ std::vector<std::string> candidates(const Family& fam, const char* pattern, int 
 }
 
 ImagePreprocess read_preprocess(const fs::path& file, const HParams& hp) {
-    ImagePreprocess pre;
-    pre.height = pre.width = hp.image_size;
-    if (!fs::exists(file)) return pre;
-    nlohmann::json j = read_json_file(file);
+    if (!fs::exists(file)) {
+        ImagePreprocess pre;
+        pre.height = pre.width = hp.image_size;
+        return pre;
+    }
     try {
-        pre.do_resize = config_bool_or(j, "do_resize", true);
-        if (auto s = j.find("size"); s != j.end()) {
-            if (s->is_object()) {
-                pre.height = config_int_or(*s, "height", config_int_or(*s, "shortest_edge", pre.height));
-                pre.width = config_int_or(*s, "width", config_int_or(*s, "shortest_edge", pre.width));
-            } else if (s->is_number_integer()) {
-                pre.height = pre.width = s->get<int64_t>();
-            }
-        }
-        pre.resample = static_cast<int>(config_int_or(j, "resample", 2));
-        pre.do_rescale = config_bool_or(j, "do_rescale", true);
-        pre.rescale_factor = config_double_or(j, "rescale_factor", 1.0 / 255.0);
-        pre.do_normalize = config_bool_or(j, "do_normalize", true);
-        for (auto [key, dst] : {std::pair{"image_mean", &pre.mean}, std::pair{"image_std", &pre.std}}) {
-            auto it = j.find(key);
-            if (it == j.end() || it->is_null()) continue;
-            if (!it->is_array() || it->size() != 3) throw Error(ErrorKind::Config, std::string(key) + " must be 3 numbers");
-            for (size_t i = 0; i < 3; ++i) (*dst)[i] = (*it)[i].get<double>();
-        }
+        return parse_preprocessor_config(read_json_file(file), hp);
     } catch (const Error& e) {
         throw e.with_context(file.string());
-    } catch (const nlohmann::json::exception& e) {
-        throw Error(ErrorKind::Config, file.string() + ": " + e.what());
     }
-    return pre;
 }
 
 }  // namespace
@@ -88,26 +68,20 @@ struct ModelLoader {
         const nlohmann::json& config = ck->config();
         const fs::path config_path = dir / "config.json";
 
-        auto arch_it = config.find("architectures");
-        if (arch_it == config.end() || !arch_it->is_array() || arch_it->empty() || !(*arch_it)[0].is_string())
-            throw Error(ErrorKind::Config, config_path.string() + ": no \"architectures\" list naming the model class");
-        const std::string hf_class = (*arch_it)[0].get<std::string>();
-        const Family* fam = family_for_class(hf_class);
-        if (!fam) {
-            std::string known;
-            for (const auto& c : supported_classes()) known += (known.empty() ? "" : ", ") + c;
-            throw Error(ErrorKind::Unsupported, config_path.string() + ": unknown architecture '" + hf_class + "' (supported: " + known + ")");
+        ModelConfig cfg;
+        try {
+            cfg = parse_model_config(config);
+        } catch (const Error& e) {
+            throw e.with_context(config_path.string());
         }
+        const Family* fam = &family_of(cfg.arch);
+        const std::string hf_class = cfg.hf_class;
 
         auto model = std::unique_ptr<Model>(new Model());
         model->arch_ = fam->arch;
         model->arch_name_ = hf_class;
         model->dir_ = dir;
-        try {
-            model->hparams_ = fam->read_hparams(config);
-        } catch (const Error& e) {
-            throw e.with_context(config_path.string());
-        }
+        model->hparams_ = cfg.hparams;
         const HParams& hp = model->hparams_;
         if (hp.n_layer <= 0 || hp.n_embd <= 0)
             throw Error(ErrorKind::Config, config_path.string() + ": the layer count and hidden size must be positive");
@@ -161,19 +135,7 @@ struct ModelLoader {
         model->base_layers = model->layers;
 
         if (fam->arch == Arch::Vit) {
-            model->labels_.assign(hp.n_labels, "");
-            if (auto it = config.find("id2label"); it != config.end() && it->is_object())
-                for (const auto& [key, value] : it->items()) {
-                    size_t idx = 0;
-                    try {
-                        idx = std::stoul(key);
-                    } catch (...) {
-                        throw Error(ErrorKind::Config, config_path.string() + ": id2label key '" + key + "' is not a number");
-                    }
-                    if (idx < model->labels_.size() && value.is_string()) model->labels_[idx] = value.get<std::string>();
-                }
-            for (size_t i = 0; i < model->labels_.size(); ++i)
-                if (model->labels_[i].empty()) model->labels_[i] = "LABEL_" + std::to_string(i);
+            model->labels_ = cfg.labels;
             model->preprocess_ = read_preprocess(dir / "preprocessor_config.json", hp);
         }
         if (options.load_tokenizer && fam->arch != Arch::Vit) {
@@ -197,7 +159,7 @@ std::unique_ptr<Model> Model::random(Arch arch, const HParams& hp, uint64_t seed
     const Family& fam = family_of(arch);
     auto model = std::unique_ptr<Model>(new Model());
     model->arch_ = arch;
-    model->arch_name_ = fam.hf_classes.front();
+    model->arch_name_ = default_class_name(fam.arch);
     model->hparams_ = hp;
     model->layers.resize(hp.n_layer);
     at::Generator gen = at::detail::createCPUGenerator(seed);

@@ -74,35 +74,6 @@ at::Tensor classify(const Model& m, const at::Tensor& features) {
 
 namespace {
 
-HParams vit_hparams(const nlohmann::json& c) {
-    HParams hp;
-    hp.n_layer = config_int(c, "num_hidden_layers");
-    hp.n_embd = config_int(c, "hidden_size");
-    hp.n_head = config_int(c, "num_attention_heads");
-    hp.n_head_kv = hp.n_head;
-    if (hp.n_head <= 0 || hp.n_embd % hp.n_head != 0)
-        throw Error(ErrorKind::Config, "config.json: hidden_size must be a multiple of num_attention_heads");
-    hp.head_dim = hp.n_embd / hp.n_head;
-    hp.n_ff = config_int(c, "intermediate_size");
-    hp.norm_eps = config_double_or(c, "layer_norm_eps", 1e-12);
-    hp.activation = config_string_or(c, "hidden_act", "gelu");
-    hp.image_size = config_int_or(c, "image_size", 224);
-    hp.patch_size = config_int_or(c, "patch_size", 16);
-    hp.n_channels = config_int_or(c, "num_channels", 3);
-    if (hp.patch_size <= 0 || hp.image_size % hp.patch_size != 0)
-        throw Error(ErrorKind::Config, "config.json: image_size must be a multiple of patch_size");
-    const int64_t side = hp.image_size / hp.patch_size;
-    hp.n_ctx = side * side + 1;
-    hp.attn_qkv_bias = config_bool_or(c, "qkv_bias", true);
-    hp.attn_out_bias = hp.mlp_bias = true;
-    auto labels = c.find("id2label");
-    hp.n_labels = labels != c.end() && labels->is_object() ? static_cast<int64_t>(labels->size())
-                                                           : config_int_or(c, "num_labels", 2);
-    hp.n_vocab = hp.n_labels;
-    hp.tied_output = false;
-    return hp;
-}
-
 using V = std::vector<int64_t>;
 
 ForwardOutput vit_forward(const Model& m, const ForwardInput& in, Hooks* hooks, KvCache*) {
@@ -128,9 +99,7 @@ nlohmann::json vit_config(const HParams& hp) {
 
 const Family kVitFamily{
     Arch::Vit,
-    {"ViTForImageClassification"},
     "vit.",
-    vit_hparams,
     {
         {Slot::PatchEmbd, false, "embeddings.patch_embeddings.projection.weight", Layout::AsIs,
          [](const HParams& h) { return V{h.n_embd, h.n_channels, h.patch_size, h.patch_size}; }},
