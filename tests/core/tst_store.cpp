@@ -12,6 +12,7 @@
 #include <QJsonObject>
 #include <QProcess>
 #include <fstream>
+#include <functional>
 #include <sqlite3.h>
 #include <sys/stat.h>
 
@@ -493,6 +494,26 @@ void TestStore::historyJsonRoundTrip() {
     bad["edits"][3]["state_hash_after"] = std::string(64, '0');
     QVERIFY(error_of([&] { p3->import_history(*model3, bad); }).contains("does not reproduce"));
     QVERIFY(p3->history().empty());
+    // Hostile claims: each refused with its reason before anything is allocated or written.
+    using Mutate = std::function<void(nlohmann::json&)>;
+    const std::vector<std::pair<Mutate, QString>> hostile = {
+        {[](nlohmann::json& j) { j["edits"][0]["deltas"][0]["shape"] = {int64_t{1} << 62, int64_t{1} << 62}; }, "is impossible"},
+        {[](nlohmann::json& j) { j["edits"][0]["deltas"][0]["rank"] = -3; }, "is impossible"},
+        {[](nlohmann::json& j) { j["edits"][0]["deltas"][0]["rank"] = 2; }, "does not fit its"},
+        {[](nlohmann::json& j) { j["edits"][0]["deltas"][0]["tensor"] = "model.layers.99.mlp.down_proj.weight"; }, "has no such weight"},
+        {[](nlohmann::json& j) { j["edits"][0]["parent"] = j["edits"][3]["id"]; }, "not an earlier edit"},
+        {[](nlohmann::json& j) { j["edits"][1]["id"] = j["edits"][0]["id"]; }, "appears twice"},
+        {[](nlohmann::json& j) { j["edits"][0]["seq"] = "first"; }, "is not an integer"},
+        {[](nlohmann::json& j) { j["edits"][0].erase("deltas"); }, "has no \"deltas\""},
+    };
+    for (const auto& [mutate, expected] : hostile) {
+        bad = h;
+        mutate(bad);
+        const QString err = error_of([&] { p3->import_history(*model3, bad); });
+        QVERIFY2(err.contains(expected), qPrintable(err));
+        QVERIFY(p3->history().empty());
+        QCOMPARE(state_hash(*model3), state_hash_of_base(model3->fingerprint()));
+    }
     // Another model's history.
     auto gpt2 = Model::load(reference_dir("gpt2-tiny"));
     auto p4 = Project::create(tmp.path / "s.engram", *gpt2);

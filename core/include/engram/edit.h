@@ -41,15 +41,12 @@
 #include <nlohmann/json.hpp>
 
 #include "engram/adapter.h"
+#include "engram/delta_kind.h"
 #include "engram/safetensors.h"
 
 namespace engram {
 
 class Model;
-
-enum class DeltaKind { LowRank, DenseRows, Dense };
-const char* delta_kind_name(DeltaKind kind);  // "low_rank", "dense_rows", "dense"
-std::optional<DeltaKind> delta_kind_from_name(std::string_view name);
 
 // One change to one weight tensor. Parts are CPU tensors of dtype F32 or F64 (`rows`: I64).
 struct Delta {

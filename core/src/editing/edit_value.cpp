@@ -125,21 +125,6 @@ void check_target(const Model& model, const Delta& d, const Model::WeightRef& re
 
 }  // namespace
 
-const char* delta_kind_name(DeltaKind kind) {
-    switch (kind) {
-        case DeltaKind::LowRank: return "low_rank";
-        case DeltaKind::DenseRows: return "dense_rows";
-        case DeltaKind::Dense: return "dense";
-    }
-    return "?";
-}
-
-std::optional<DeltaKind> delta_kind_from_name(std::string_view name) {
-    for (DeltaKind k : {DeltaKind::LowRank, DeltaKind::DenseRows, DeltaKind::Dense})
-        if (name == delta_kind_name(k)) return k;
-    return std::nullopt;
-}
-
 const char* edit_status_name(EditStatus status) { return status == EditStatus::Active ? "active" : "reverted"; }
 
 int64_t Delta::rank() const {

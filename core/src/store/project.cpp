@@ -16,6 +16,7 @@
 #include "engram/about.h"
 #include "engram/checkpoint.h"
 #include "engram/error.h"
+#include "engram/history_file.h"
 #include "engram/sha256.h"
 #include "engram/store.h"
 #include "store/base64.h"
@@ -85,19 +86,10 @@ void verify_checksum(const std::vector<uint8_t>& bytes, const std::string& expec
 
 std::string shape_text(const std::vector<int64_t>& shape) { return json(shape).dump(); }
 
-// The bytes a tensor of `shape` holds at `element_size` bytes per element; nullopt when a
-// dimension is negative or the count overflows.
-std::optional<uint64_t> checked_bytes(const std::vector<int64_t>& shape, uint64_t element_size) {
-    uint64_t n = element_size;
-    for (int64_t s : shape)
-        if (s < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(s), &n)) return std::nullopt;
-    return n;
-}
-
 // A project file can claim any shape; only its blobs' lengths are real. Every stored tensor is
 // checked against its blob before anything is allocated for it.
 at::Tensor stored_tensor(DType dtype, const std::vector<int64_t>& shape, const std::vector<uint8_t>& blob, const std::string& what) {
-    const auto bytes = checked_bytes(shape, dtype_size(dtype));
+    const auto bytes = tensor_bytes(shape, dtype_size(dtype));
     if (!bytes || *bytes != blob.size())
         throw Error(ErrorKind::Format, what + ": the stored " + dtype_name(dtype) + " " + shape_text(shape) + " does not match its " +
                                            std::to_string(blob.size()) + "-byte blob; the project file is damaged");
@@ -112,21 +104,7 @@ void check_delta_claim(const Model* model, const std::string& tensor, DeltaKind 
     if (shape.size() != 2 || shape[0] <= 0 || shape[1] <= 0)
         throw Error(ErrorKind::Format, what + ": bad target shape " + shape_text(shape) + "; the project file is damaged");
     if (dtype != DType::F32 && dtype != DType::F64) throw Error(ErrorKind::Format, what + ": dtype " + dtype_name(dtype) + " (F32 or F64 expected)");
-    const uint64_t es = dtype_size(dtype);
-    std::optional<uint64_t> need;
-    int64_t out_plus_in = 0;
-    switch (kind) {
-        case DeltaKind::LowRank:
-            if (rank >= 1 && !__builtin_add_overflow(shape[0], shape[1], &out_plus_in)) need = checked_bytes({out_plus_in, rank}, es);
-            break;
-        case DeltaKind::DenseRows: {
-            const auto rows = checked_bytes({rank}, 8), values = checked_bytes({rank, shape[1]}, es);
-            uint64_t sum = 0;
-            if (rows && values && !__builtin_add_overflow(*rows, *values, &sum)) need = sum;
-            break;
-        }
-        case DeltaKind::Dense: need = checked_bytes(shape, es); break;
-    }
+    const std::optional<uint64_t> need = delta_blob_bytes(kind, shape, dtype, rank);
     if (!need || *need != blob_size)
         throw Error(ErrorKind::Format, what + ": a " + delta_kind_name(kind) + " delta of shape " + shape_text(shape) + ", rank " +
                                            std::to_string(rank) + " in " + dtype_name(dtype) + " does not fit its " + std::to_string(blob_size) +
@@ -1156,90 +1134,57 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
     impl_->need_writable("import a history");
     check_model(model);
     const std::string what = impl_->where() + ": importing a history";
-    auto field = [&](const json& obj, const char* key, const std::string& where) -> const json& {
-        if (!obj.is_object() || !obj.contains(key)) throw Error(ErrorKind::Format, what + ": " + where + " has no \"" + key + "\"");
-        return obj.at(key);
-    };
     try {
-        if (!h.is_object() || h.value("format", "") != "engram-history")
-            throw Error(ErrorKind::Format, what + ": not an engram-history file");
-        if (h.value("version", 0) != 1 && h.value("version", 0) != 2)
-            throw Error(ErrorKind::Format, what + ": history version " + h.value("version", json(0)).dump() + " is not supported (1 and 2 are)");
-        const json& hm = field(h, "model", "the file");
-        const std::string fp = field(hm, "fingerprint", "model").get<std::string>();
-        if (fp != impl_->model.fingerprint)
-            throw Error(ErrorKind::Argument, what + ": the history is for another model: " + hm.value("path", "?") + " (" +
-                                                 hm.value("architecture", "?") + ", fingerprint " + short_fp(fp) + ") but this project's model is " +
+        // Structure, blobs and checksums first, torch-free (history_file.h); then what needs the model.
+        const HistoryFile hf = read_history(h, what);
+        if (hf.model_fingerprint != impl_->model.fingerprint)
+            throw Error(ErrorKind::Argument, what + ": the history is for another model: " + hf.model_path + " (" + hf.model_architecture +
+                                                 ", fingerprint " + short_fp(hf.model_fingerprint) + ") but this project's model is " +
                                                  impl_->model.path + " (" + impl_->model.architecture + ", fingerprint " +
                                                  short_fp(impl_->model.fingerprint) + "); nothing was changed");
         if (!impl_->load_edits().empty())
             throw Error(ErrorKind::Argument, what + ": the project already has edits; import into a new project (--db NEW.engram)");
 
-        // Parse everything first: ids as in the file.
         std::vector<Edit> edits;
         std::map<int64_t, Basis> bases;
-        for (const json& je : field(h, "edits", "the file")) {
+        for (const HistoryEdit& he : hf.edits) {
             Edit e;
-            e.id = field(je, "id", "an edit").get<int64_t>();
-            const std::string where = "edit " + std::to_string(e.id);
-            e.seq = field(je, "seq", where).get<int64_t>();
-            e.created_at = je.value("created_at", "");
-            e.method = field(je, "method", where).get<std::string>();
-            e.requests = je.value("requests", json::array());
-            e.hparams = je.value("hparams", json::object());
-            const std::string status = field(je, "status", where).get<std::string>();
-            if (status != "active" && status != "reverted") throw Error(ErrorKind::Format, what + ": " + where + ": status '" + status + "'");
-            e.status = status == "active" ? EditStatus::Active : EditStatus::Reverted;
-            e.metrics = je.value("metrics", json::object());
-            e.duration_s = je.value("duration_s", 0.0);
-            e.state_hash_after = field(je, "state_hash_after", where).get<std::string>();
-            Basis b;
-            b.parent = je.value("parent", int64_t{0});
-            for (const json& x : je.value("basis_exceptions", json::array()))
-                b.exceptions.emplace_back(field(x, "edit", where).get<int64_t>(), field(x, "included", where).get<bool>());
-            bases[e.id] = b;
-            for (const json& jd : field(je, "deltas", where)) {
-                const std::string tensor = field(jd, "tensor", where).get<std::string>();
-                const std::string dw = what + ": " + where + ", delta for '" + tensor + "'";
-                auto kind = delta_kind_from_name(field(jd, "kind", where).get<std::string>());
-                if (!kind) throw Error(ErrorKind::Format, dw + ": unknown kind");
-                const auto shape = field(jd, "shape", where).get<std::vector<int64_t>>();
-                const DType dtype = parse_dtype(field(jd, "dtype", where).get<std::string>(), dw);
-                const int64_t rank = field(jd, "rank", where).get<int64_t>();
-                const std::vector<uint8_t> blob = store::base64_decode(field(jd, "data", where).get<std::string>(), dw);
-                check_delta_claim(&model, tensor, *kind, shape, dtype, rank, blob.size(), dw);
-                verify_checksum(blob, field(jd, "sha256", where).get<std::string>(), dw);
-                e.deltas.push_back(delta_from_blob(tensor, *kind, shape, dtype, rank, blob.data(), blob.size()));
+            e.id = he.id;
+            e.seq = he.seq;
+            e.created_at = he.created_at;
+            e.method = he.method;
+            e.requests = he.requests;
+            e.hparams = he.hparams;
+            e.status = he.active ? EditStatus::Active : EditStatus::Reverted;
+            e.metrics = he.metrics;
+            e.duration_s = he.duration_s;
+            e.state_hash_after = he.state_hash_after;
+            bases[e.id] = Basis{he.parent, he.exceptions};
+            const std::string where = what + ": edit " + std::to_string(e.id);
+            for (const HistoryDelta& d : he.deltas) {
+                const std::string dw = where + ", delta for '" + d.tensor + "'";
+                check_delta_claim(&model, d.tensor, d.kind, d.shape, d.dtype, d.rank, d.bytes.size(), dw);
+                e.deltas.push_back(delta_from_blob(d.tensor, d.kind, d.shape, d.dtype, d.rank, d.bytes.data(), d.bytes.size()));
             }
-            for (const json& ja : je.value("artifacts", json::array())) {
+            for (const HistoryArtifact& ha : he.artifacts) {
                 Artifact a;
-                a.name = field(ja, "name", where).get<std::string>();
-                a.kind = field(ja, "kind", where).get<std::string>();
-                a.meta = ja.value("meta", json::object());
-                const std::string aw = what + ": " + where + ", artifact '" + a.name + "'";
-                const std::vector<uint8_t> blob = store::base64_decode(field(ja, "data", where).get<std::string>(), aw);
-                verify_checksum(blob, field(ja, "sha256", where).get<std::string>(), aw);
-                a.tensor = stored_tensor(parse_dtype(field(ja, "dtype", where).get<std::string>(), aw),
-                                         field(ja, "shape", where).get<std::vector<int64_t>>(), blob, aw);
+                a.name = ha.name;
+                a.kind = ha.kind;
+                a.meta = ha.meta;
+                a.tensor = stored_tensor(ha.tensor.dtype, ha.tensor.shape, ha.tensor.bytes, where + ", artifact '" + a.name + "'");
                 e.artifacts.push_back(std::move(a));
             }
-            for (const json& jo : je.value("adapter_ops", json::array())) {
+            for (const HistoryAdapterOp& ho : he.adapter_ops) {
                 AdapterOp op;
-                op.adapter = field(jo, "adapter", where).get<std::string>();
-                const std::string ow = what + ": " + where + ", adapter op on '" + op.adapter + "'";
-                op.kind = field(jo, "kind", where).get<std::string>();
-                op.slot = stored_attach(field(jo, "attach", where).get<std::string>(), ow);
-                op.layer = field(jo, "layer", where).get<int>();
-                op.op = field(jo, "op", where).get<std::string>();
-                op.params = jo.value("params", json::object());
-                for (const json& jt : jo.value("tensors", json::array())) {
-                    const std::string name = field(jt, "name", where).get<std::string>();
-                    const std::string tw = ow + ", tensor '" + name + "'";
-                    const std::vector<uint8_t> blob = store::base64_decode(field(jt, "data", where).get<std::string>(), tw);
-                    verify_checksum(blob, field(jt, "sha256", where).get<std::string>(), tw);
-                    op.tensors.emplace_back(name, stored_tensor(parse_dtype(field(jt, "dtype", where).get<std::string>(), tw),
-                                                                field(jt, "shape", where).get<std::vector<int64_t>>(), blob, tw));
-                }
+                op.adapter = ho.adapter;
+                const std::string ow = where + ", adapter op on '" + op.adapter + "'";
+                op.kind = ho.kind;
+                op.slot = stored_attach(ho.attach, ow);
+                op.layer = ho.layer;
+                op.op = ho.op;
+                op.params = ho.params;
+                for (const HistoryTensor& t : ho.tensors)
+                    op.tensors.emplace_back(t.name, stored_tensor(t.dtype, t.shape, t.bytes, ow + ", tensor '" + t.name + "'"));
                 e.adapter_ops.push_back(std::move(op));
             }
             edits.push_back(std::move(e));
@@ -1254,16 +1199,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             for (const std::string& t : e.touched_tensors()) touched.insert(t);
             ix.touched[e.id] = touched;
         }
-        for (const Edit& e : edits) {
-            const Basis& b = bases.at(e.id);
-            std::vector<int64_t> named = {b.parent};
-            for (const auto& [other, included] : b.exceptions) named.push_back(other);
-            for (int64_t other : named)
-                if (other != 0 && (!by_id.count(other) || ix.seq[other] >= e.seq))
-                    throw Error(ErrorKind::Format, what + ": edit " + std::to_string(e.id) + " names edit " + std::to_string(other) +
-                                                       " in its basis, which is not an earlier edit of the file");
-            ix.basis_of[e.id] = b;
-        }
+        for (const Edit& e : edits) ix.basis_of[e.id] = bases.at(e.id);
         ix.deltas = [&](int64_t id, const std::set<std::string>* only, const Model&) {
             std::vector<Delta> out;
             for (const Delta& d : by_id.at(id)->deltas)
@@ -1294,9 +1230,9 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
             });
             transition(model, ix, state, final_active);
             const std::string head = state_hash(model);
-            if (h.contains("head_state_hash") && h.at("head_state_hash").get<std::string>() != head)
-                throw Error(ErrorKind::Format, "the history's final state does not reproduce (recorded " +
-                                                   short_fp(h.at("head_state_hash").get<std::string>()) + ", replayed " + short_fp(head) + ")");
+            if (hf.head_state_hash && *hf.head_state_hash != head)
+                throw Error(ErrorKind::Format, "the history's final state does not reproduce (recorded " + short_fp(*hf.head_state_hash) +
+                                                   ", replayed " + short_fp(head) + ")");
             sql::Transaction tx(impl_->db);
             impl_->expect_unchanged();
             std::map<int64_t, int64_t> new_id;
@@ -1310,7 +1246,7 @@ std::vector<int64_t> Project::import_history(Model& model, const json& h) {
                 new_id[e.id] = id;
                 ids.push_back(id);
             }
-            impl_->log("import", std::nullopt, {{"edits", ids.size()}, {"from", hm.value("path", "")}, {"exported_at", h.value("exported_at", "")}},
+            impl_->log("import", std::nullopt, {{"edits", ids.size()}, {"from", hf.model_path}, {"exported_at", hf.exported_at}},
                        head);
             tx.commit();
             impl_->seen_op = impl_->last_operation();
