@@ -74,7 +74,7 @@ std::vector<CommandSpec> build() {
                   {"codebook", "N", "forward: also time it with a GRACE codebook of N random entries installed (default 0: no)"},
                   kDevice},
                  "bench forward prints the forward pass's GFLOP/s beside a square matmul's in the same run; bench load times "
-                 "mapping and fingerprinting a ~500 MB checkpoint. Also: bench trace, bench edit (see their --help).",
+                 "mapping and fingerprinting a ~500 MB checkpoint. Also: bench trace, bench edit, bench stats (see their --help).",
                  "engram-cli bench forward --batch 4 --seq 64"});
     s.push_back({"bench trace", "benchmarks", "naive against fast causal tracing on a random GPT-2-small-shaped model", {},
                  {{"seq", "T", "prompt length in tokens, at least 3 (default 11)"},
@@ -87,11 +87,19 @@ std::vector<CommandSpec> build() {
                  {{"rome-edits", "N", "ROME edits timed (default 3)"},
                   {"memit-batch", "N", "requests in the MEMIT and AlphaEdit batch timed on the default path (default 100)"},
                   {"compare-batch", "N", "requests in the batch both paths run, 0 to skip the slow reference (default 10)"},
-                  {"hse-edits", "N", "sequential single HSE edits timed, with its Cholesky solve against LU (default 3, 0 to skip)"}},
+                  {"hse-edits", "N", "sequential single HSE edits timed, with its Cholesky solve against LU (default 3, 0 to skip)"},
+                  {"stats-docs", "N", "demo-corpus documents for each layer's C, computed before timing (default 2000; at least ~500 so that C has full rank)"}},
                  "The model has a GPT-2-small shape, random weights and the Fact World vocabulary; C, P and the templates are "
                  "computed before timing starts. Prints old and new seconds side by side with the relative difference of the "
                  "weight changes, then one ROME edit on the Fact World demo model (also with 1 and 2 intra-op threads).",
                  "engram-cli bench edit --rome-edits 2 --memit-batch 10 --compare-batch 4"});
+    s.push_back({"bench stats", "benchmarks", "the key statistics C from large corpora: time and peak memory, which must not grow with the corpus", {},
+                 {{"tokens", "N[,N...]", "corpus sizes in tokens (default 1000000,10000000); repeatable"},
+                  {"layer", "L", "the Fact World layer (default 1)"}},
+                 "Each corpus cycles the Fact World corpus to the size asked for and is written to the temp folder (about 5 MB per "
+                 "million tokens), then removed. Prints tokens/s and the resident set before and at its peak during each run "
+                 "(the peak is reset between runs through /proc/self/clear_refs).",
+                 "engram-cli bench stats --tokens 100000,1000000"});
 
     // --- causal tracing ---
     s.push_back({"trace", "tracing", "causal tracing (ROME): where a fact is stored, as a heatmap over tokens and layers", {},

@@ -262,6 +262,7 @@ int cmd_classify(const Argv& argv) {
 int cmd_bench(const Argv& argv) {
     if (!argv.empty() && argv[0] == "trace") return cmd_bench_trace(Argv(argv.begin() + 1, argv.end()));
     if (!argv.empty() && argv[0] == "edit") return cmd_bench_edit(Argv(argv.begin() + 1, argv.end()));
+    if (!argv.empty() && argv[0] == "stats") return cmd_bench_stats(Argv(argv.begin() + 1, argv.end()));
     Args args(argv, command_spec("bench"));
     if (args.positional().size() == 1 && args.positional()[0] == "load") {
         args.refuse({"batch", "seq", "iters", "device"}, "applies to bench forward only");

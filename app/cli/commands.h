@@ -54,7 +54,8 @@ int cmd_import_history(const Argv& argv);
 int cmd_edit_synthetic(const Argv& argv);
 int cmd_eval(const Argv& argv);
 int cmd_stats(const Argv& argv);
-int cmd_bench_edit(const Argv& argv);  // engram-cli bench edit ...
+int cmd_bench_edit(const Argv& argv);
+int cmd_bench_stats(const Argv& argv);  // engram-cli bench stats ...  // engram-cli bench edit ...
 // The tour's editing stop (needs the demo model; returns quietly when it is absent).
 void tour_fact_edit(int& step);
 // The base model of project `db` (from `model_dir`, else the recorded folder) with its active edits

@@ -500,11 +500,104 @@ std::vector<EditRequest> first_requests(const eval::Dataset& ds, int64_t n) {
 
 }  // namespace
 
+namespace {
+
+// This process's resident set from /proc/self/status, in MiB: "VmRSS" now, "VmHWM" its peak.
+double proc_status_mib(const char* key) {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    const std::string prefix = std::string(key) + ":";
+    while (std::getline(in, line))
+        if (line.rfind(prefix, 0) == 0) return std::stod(line.substr(prefix.size())) / 1024.0;  // "   123456 kB"
+    return -1;
+}
+
+// Resets VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
+bool reset_peak_rss() {
+    std::ofstream out("/proc/self/clear_refs");
+    out << "5";
+    out.flush();
+    return static_cast<bool>(out);
+}
+
+}  // namespace
+
+int cmd_bench_stats(const Argv& argv) {
+    Args args(argv, command_spec("bench stats"));
+    std::vector<int64_t> sizes;
+    for (const std::string& v : args.all("tokens")) {
+        std::stringstream ss(v);
+        for (std::string part; std::getline(ss, part, ',');) {
+            int64_t n = 0;
+            try {
+                n = std::stoll(part);
+            } catch (...) {
+                throw Error(ErrorKind::Argument, "--tokens expects integers, got '" + part + "'");
+            }
+            if (n < 1000) throw Error(ErrorKind::Argument, "--tokens: at least 1000 tokens, got " + part);
+            sizes.push_back(n);
+        }
+    }
+    if (sizes.empty()) sizes = {1000000, 10000000};
+    const fs::path demo = demo_resource_dir("factworld");
+    auto model = Model::load(demo);
+    const int layer = static_cast<int>(args.integer("layer", 1, 0));
+    // The demo corpus, its lines cycled until a corpus holds the tokens asked for.
+    std::vector<std::string> lines;
+    std::vector<int64_t> line_tokens;
+    {
+        std::ifstream in(demo / "corpus.txt");
+        for (std::string line; std::getline(in, line);)
+            if (line.find_first_not_of(" \t\r") != std::string::npos) {
+                line_tokens.push_back(static_cast<int64_t>(model->tokenizer()->encode(line, true).ids.size()));
+                lines.push_back(std::move(line));
+            }
+    }
+    if (lines.empty()) throw Error(ErrorKind::Io, "the demo corpus is missing or empty: " + (demo / "corpus.txt").string());
+    const fs::path dir = fs::temp_directory_path() / ("engram-bench-stats-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    std::cout << "bench stats: C = E[k k^T] of layer " << layer << " of the Fact World model (n_ff " << model->hparams().n_ff
+              << ") from corpora made by cycling its corpus (" << lines.size() << " documents), " << at::get_num_threads()
+              << " threads, cache off; the corpus streams through in windows of at most 2^21 tokens\n";
+    std::cout << "  tokens       documents   file MB   seconds   tokens/s   RSS before   peak RSS   peak - before (MiB)\n";
+    for (int64_t target : sizes) {
+        const fs::path file = dir / ("corpus_" + std::to_string(target) + ".txt");
+        int64_t tokens = 0, docs = 0;
+        {
+            std::ofstream out(file);
+            for (size_t i = 0; tokens < target; i = (i + 1) % lines.size(), ++docs) {
+                out << lines[i] << '\n';
+                tokens += line_tokens[i];
+            }
+        }
+        StatsOptions so;
+        so.corpus = file;
+        so.n_samples = docs;
+        so.use_cache = false;
+        const double before = proc_status_mib("VmRSS");
+        const bool reset = reset_peak_rss();
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::vector<LayerStats> s = second_moments(*model, {layer}, so);
+        const double secs = seconds_since(t0);
+        const double peak = proc_status_mib("VmHWM");
+        std::cout << "  " << std::left << std::setw(12) << s[0].count << std::setw(12) << s[0].documents << std::right << std::fixed
+                  << std::setprecision(1) << std::setw(8) << double(fs::file_size(file)) / 1e6 << std::setw(10) << secs << std::setw(11)
+                  << std::setprecision(0) << double(s[0].count) / secs << std::setprecision(1) << std::setw(13) << before << std::setw(11)
+                  << peak << std::setw(14) << peak - before << (reset ? "" : "  (peak is the process's: clear_refs refused)") << "\n";
+        fs::remove(file);
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    std::cout << "  the pre-streaming reader held every document and its token ids at once (about 8 bytes a token plus the text)\n";
+    return 0;
+}
+
 int cmd_bench_edit(const Argv& argv) {
     Args args(argv, command_spec("bench edit"));
     const int64_t n_rome = args.integer("rome-edits", 3, 1), n_memit = args.integer("memit-batch", 100, 1);
     const int64_t n_compare = args.integer("compare-batch", 10, 0);
     const int64_t n_hse = args.integer("hse-edits", 3, 0);
+    // The C of each layer is computed per session (cache off); fewer documents make a short run.
     // A random-weight model of GPT-2-small shape reading the Fact World vocabulary (so requests
     // tokenize), with C computed from the demo corpus before timing starts. "old" is the reference
     // path (EditSession::set_reference_path), timed in the same run on the same requests; it is slow,
@@ -522,7 +615,7 @@ int cmd_bench_edit(const Argv& argv) {
               << " threads; old = per-request targets over the whole model and LU solves, new = the default path, same run\n";
     StatsOptions so;
     so.corpus = demo / "corpus.txt";
-    so.n_samples = 2000;
+    so.n_samples = args.integer("stats-docs", 2000, 1);
     so.use_cache = false;
 
     {

@@ -33,7 +33,7 @@ constexpr Command kCommands[] = {
 
 // `engram-cli bench trace --help` names the spec "bench trace"; other commands their own.
 std::string spec_name(const std::string& name, const engram::cli::Argv& rest) {
-    if (name == "bench" && !rest.empty() && (rest[0] == "trace" || rest[0] == "edit")) return name + " " + rest[0];
+    if (name == "bench" && !rest.empty() && (rest[0] == "trace" || rest[0] == "edit" || rest[0] == "stats")) return name + " " + rest[0];
     return name;
 }
 

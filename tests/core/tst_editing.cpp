@@ -84,6 +84,54 @@ private Q_SLOTS:
         QCOMPARE(p.subject_last, p.subject_first + 1);
     }
 
+    void statsStreamInWindows() {
+        // C from a corpus streamed in many small windows equals C from one window holding it all
+        // (the same tokens, batched differently: float rounding only), and a JSONL copy of the
+        // corpus gives the very same bits as the text file.
+        auto m = load();
+        TempDir tmp("stats");
+        std::vector<std::string> docs;
+        {
+            std::ifstream in(demo_dir() / "corpus.txt");
+            for (std::string line; docs.size() < 300 && std::getline(in, line);) docs.push_back(line);
+        }
+        const fs::path text = tmp.path / "c.txt", jsonl = tmp.path / "c.jsonl";
+        {
+            std::ofstream t(text), j(jsonl);
+            for (const std::string& d : docs) {
+                t << d << "\n\n";  // blank lines are skipped
+                j << nlohmann::json{{"text", d}}.dump() << "\n";
+            }
+        }
+        StatsOptions whole;
+        whole.corpus = text;
+        whole.n_samples = 250;  // stops before the end of the file
+        whole.use_cache = false;
+        StatsOptions windows = whole;
+        windows.window_tokens = 300;  // a few dozen windows
+        StatsOptions as_jsonl = whole;
+        as_jsonl.corpus = jsonl;
+        std::vector<int64_t> progress;
+        const LayerStats a = second_moments(*m, {1}, whole).at(0);
+        const LayerStats b = second_moments(*m, {1}, windows, [&](int64_t done, int64_t total) {
+                                 QCOMPARE(total, int64_t(250));
+                                 progress.push_back(done);
+                             }).at(0);
+        const LayerStats c = second_moments(*m, {1}, as_jsonl).at(0);
+        QCOMPARE(a.documents, int64_t(250));
+        QCOMPARE(b.documents, a.documents);
+        QCOMPARE(b.count, a.count);
+        QVERIFY(a.count > 1000);
+        QVERIFY(std::is_sorted(progress.begin(), progress.end()));
+        QCOMPARE(progress.back(), int64_t(250));
+        const double rel = engram::test::max_abs_diff(a.mom2, b.mom2) / a.mom2.abs().max().item<double>();
+        QVERIFY2(rel <= 1e-5, qPrintable(QString("relative difference %1").arg(rel)));
+        QCOMPARE(c.count, a.count);
+        QVERIFY(at::equal(c.mom2, a.mom2));
+        windows.window_tokens = 0;
+        QVERIFY_THROWS_EXCEPTION(Error, second_moments(*m, {1}, windows));
+    }
+
     void romeSatisfiesKeyValue() {
         // After ROME, W' k* + b = v* (k* the prefix-averaged key: the r-ROME form).
         auto m = load();

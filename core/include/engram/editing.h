@@ -86,6 +86,10 @@ struct StatsOptions {
     std::filesystem::path corpus;   // text (one document per line) or .jsonl ({"text": ...}); empty: the demo corpus beside the model
     int64_t n_samples = 100000;     // documents, taken in file order
     bool use_cache = true;          // the on-disk cache under engram_cache_dir()/stats
+    // The corpus streams through in windows of at most this many tokens (memory stays bounded);
+    // a corpus within one window is length-sorted as a whole. C does not depend on it beyond
+    // float rounding, and it is not part of the cache key.
+    int64_t window_tokens = int64_t{1} << 21;
 };
 
 struct LayerStats {

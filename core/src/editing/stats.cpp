@@ -57,33 +57,55 @@ std::string file_sha256(const fs::path& file) {
     return h.hex_digest();
 }
 
-// One document per line (text), or per record of a JSONL file ({"text": ...} or a bare string).
-std::vector<std::string> read_documents(const fs::path& file, int64_t limit) {
+// One document per line (text), or per record of a JSONL file ({"text": ...} or a bare string),
+// read one at a time: a corpus of any size streams through in bounded memory.
+class DocumentReader {
+public:
+    explicit DocumentReader(const fs::path& file) : file_(file), in_(file), jsonl_(file.extension() == ".jsonl") {
+        if (!in_) throw Error(ErrorKind::Io, "cannot read the statistics corpus " + file.string());
+    }
+
+    // The next document; false at the end of the file. Blank lines are skipped.
+    bool next(std::string& doc) {
+        while (std::getline(in_, line_)) {
+            ++line_no_;
+            if (line_.find_first_not_of(" \t\r") == std::string::npos) continue;
+            if (!jsonl_) {
+                doc.swap(line_);
+                return true;
+            }
+            nlohmann::json j;
+            try {
+                j = nlohmann::json::parse(line_);
+            } catch (const nlohmann::json::exception& e) {
+                throw Error(ErrorKind::Format, file_.string() + ": line " + std::to_string(line_no_) + ": not JSON (" + e.what() + ")");
+            }
+            if (j.is_string()) doc = j.get<std::string>();
+            else if (j.is_object() && j.contains("text") && j["text"].is_string()) doc = j["text"].get<std::string>();
+            else throw Error(ErrorKind::Format, file_.string() + ": line " + std::to_string(line_no_) + ": expected a string or {\"text\": ...}");
+            return true;
+        }
+        return false;
+    }
+
+private:
+    fs::path file_;
+    std::ifstream in_;
+    bool jsonl_;
+    std::string line_;
+    int64_t line_no_ = 0;
+};
+
+// The documents statistics will read: the non-blank lines up to `limit`, counted without keeping
+// any (for progress).
+int64_t count_documents(const fs::path& file, int64_t limit) {
     std::ifstream in(file);
     if (!in) throw Error(ErrorKind::Io, "cannot read the statistics corpus " + file.string());
-    const bool jsonl = file.extension() == ".jsonl";
-    std::vector<std::string> docs;
+    int64_t n = 0;
     std::string line;
-    int64_t line_no = 0;
-    while (static_cast<int64_t>(docs.size()) < limit && std::getline(in, line)) {
-        ++line_no;
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        if (!jsonl) {
-            docs.push_back(line);
-            continue;
-        }
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            throw Error(ErrorKind::Format, file.string() + ": line " + std::to_string(line_no) + ": not JSON (" + e.what() + ")");
-        }
-        if (j.is_string()) docs.push_back(j.get<std::string>());
-        else if (j.is_object() && j.contains("text") && j["text"].is_string()) docs.push_back(j["text"].get<std::string>());
-        else throw Error(ErrorKind::Format, file.string() + ": line " + std::to_string(line_no) + ": expected a string or {\"text\": ...}");
-    }
-    if (docs.empty()) throw Error(ErrorKind::Format, "the statistics corpus " + file.string() + " holds no documents");
-    return docs;
+    while (n < limit && std::getline(in, line))
+        if (line.find_first_not_of(" \t\r") != std::string::npos) ++n;
+    return n;
 }
 
 std::vector<uint8_t> read_file_bytes(const fs::path& file) {
@@ -147,6 +169,7 @@ std::vector<LayerStats> second_moments(const Model& model, const std::vector<int
         if (l < 0 || l >= hp.n_layer)
             throw Error(ErrorKind::Argument, "layer " + std::to_string(l) + " is out of range (the model has " + std::to_string(hp.n_layer) + " layers)");
     if (options.n_samples <= 0) throw Error(ErrorKind::Argument, "the statistics sample count must be positive");
+    if (options.window_tokens <= 0) throw Error(ErrorKind::Argument, "the statistics window must hold at least one token");
     if (!model.tokenizer()) throw Error(ErrorKind::Argument, "statistics need the model's tokenizer");
     const fs::path corpus = options.corpus.empty() ? default_stats_corpus(model) : options.corpus;
     const std::string corpus_hash = file_sha256(corpus);
@@ -168,63 +191,85 @@ std::vector<LayerStats> second_moments(const Model& model, const std::vector<int
     }
     if (missing.empty()) return out;
 
-    const std::vector<std::string> docs = read_documents(corpus, options.n_samples);
     const Tokenizer& tok = *model.tokenizer();
-    std::vector<std::vector<int64_t>> seqs;
-    seqs.reserve(docs.size());
-    for (const std::string& d : docs) {
-        std::vector<int64_t> ids = tok.encode(d, /*add_special_tokens=*/true).ids;
-        if (static_cast<int64_t>(ids.size()) > hp.n_ctx) ids.resize(static_cast<size_t>(hp.n_ctx));
-        if (!ids.empty()) seqs.push_back(std::move(ids));
-    }
-    // Length-sorted batches of about 8192 tokens; padded positions are dropped before accumulating.
-    std::vector<size_t> order(seqs.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() < seqs[b].size(); });
+    const int64_t total_docs = count_documents(corpus, options.n_samples);
+    if (total_docs == 0) throw Error(ErrorKind::Format, "the statistics corpus " + corpus.string() + " holds no documents");
+    DocumentReader reader(corpus);
 
     BaseWeightsScope base(model);
     c10::InferenceMode guard;
     const int64_t m = hp.n_ff;
     std::vector<at::Tensor> mom2(missing.size());
     for (auto& t : mom2) t = at::zeros({m, m}, at::kDouble);
-    int64_t count = 0;
+    int64_t count = 0, documents = 0, docs_read = 0;
+    // The corpus streams through in windows of up to options.window_tokens tokens, so memory is
+    // bounded whatever its size (the tokens of one window, not the corpus). A corpus that fits in one
+    // window (the demo's ~0.1 M tokens) is read exactly as a whole: one length sort over all documents.
+    // Within a window: length-sorted batches of about 8192 tokens; padded positions are dropped
+    // before accumulating.
     const int64_t budget = 8192;
-    size_t pos = 0;
-    while (pos < order.size()) {
-        size_t end = pos;
-        int64_t max_len = 0;
-        while (end < order.size()) {
-            const int64_t len = static_cast<int64_t>(seqs[order[end]].size());
-            const int64_t rows = static_cast<int64_t>(end - pos + 1);
-            if (end > pos && std::max(max_len, len) * rows > budget) break;
-            max_len = std::max(max_len, len);
-            ++end;
+    std::string doc;
+    std::vector<std::vector<int64_t>> seqs;
+    bool more = true;
+    while (more && docs_read < options.n_samples) {
+        seqs.clear();
+        const int64_t window_start = docs_read;
+        int64_t window_tokens = 0;
+        while (docs_read < options.n_samples && window_tokens < options.window_tokens) {
+            if (!reader.next(doc)) {
+                more = false;
+                break;
+            }
+            ++docs_read;
+            std::vector<int64_t> ids = tok.encode(doc, /*add_special_tokens=*/true).ids;
+            if (static_cast<int64_t>(ids.size()) > hp.n_ctx) ids.resize(static_cast<size_t>(hp.n_ctx));
+            window_tokens += static_cast<int64_t>(ids.size());
+            if (!ids.empty()) seqs.push_back(std::move(ids));
         }
-        std::vector<std::vector<int64_t>> chunk;
-        for (size_t i = pos; i < end; ++i) chunk.push_back(seqs[order[i]]);
-        const editing::Batch b = editing::pad_right(chunk, model.device());
-        Hooks hooks;
-        for (size_t k : missing) hooks.capture(Site::MlpKey, layers[k]);
-        ForwardInput in;
-        in.input_ids = b.ids;
-        in.attention_mask = b.mask;
-        in.last_logits_only = true;
-        model.forward(in, &hooks);
-        const at::Tensor keep = b.mask.reshape({-1}).to(at::kCPU).to(at::kBool);
-        for (size_t j = 0; j < missing.size(); ++j) {
-            at::Tensor a = hooks.captured(Site::MlpKey, layers[missing[j]]).reshape({-1, m}).to(at::kCPU).index({keep}).to(at::kDouble);
-            mom2[j].add_(a.t().mm(a));
+        if (seqs.empty()) continue;
+        documents += static_cast<int64_t>(seqs.size());
+        std::vector<size_t> order(seqs.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() < seqs[b].size(); });
+        size_t pos = 0;
+        while (pos < order.size()) {
+            size_t end = pos;
+            int64_t max_len = 0;
+            while (end < order.size()) {
+                const int64_t len = static_cast<int64_t>(seqs[order[end]].size());
+                const int64_t rows = static_cast<int64_t>(end - pos + 1);
+                if (end > pos && std::max(max_len, len) * rows > budget) break;
+                max_len = std::max(max_len, len);
+                ++end;
+            }
+            std::vector<std::vector<int64_t>> chunk;
+            for (size_t i = pos; i < end; ++i) chunk.push_back(seqs[order[i]]);
+            const editing::Batch b = editing::pad_right(chunk, model.device());
+            Hooks hooks;
+            for (size_t k : missing) hooks.capture(Site::MlpKey, layers[k]);
+            ForwardInput in;
+            in.input_ids = b.ids;
+            in.attention_mask = b.mask;
+            in.last_logits_only = true;
+            model.forward(in, &hooks);
+            const at::Tensor keep = b.mask.reshape({-1}).to(at::kCPU).to(at::kBool);
+            for (size_t j = 0; j < missing.size(); ++j) {
+                at::Tensor a = hooks.captured(Site::MlpKey, layers[missing[j]]).reshape({-1, m}).to(at::kCPU).index({keep}).to(at::kDouble);
+                mom2[j].add_(a.t().mm(a));
+            }
+            count += keep.sum().item<int64_t>();
+            pos = end;
+            // Documents done so far: those of earlier windows plus this window's share batched.
+            if (progress)
+                progress(window_start + (docs_read - window_start) * static_cast<int64_t>(pos) / static_cast<int64_t>(order.size()), total_docs);
         }
-        count += keep.sum().item<int64_t>();
-        pos = end;
-        if (progress) progress(static_cast<int64_t>(pos), static_cast<int64_t>(order.size()));
     }
     if (count == 0) throw Error(ErrorKind::Format, "the statistics corpus " + corpus.string() + " produced no tokens");
     for (size_t j = 0; j < missing.size(); ++j) {
         LayerStats& s = out[missing[j]];
         s.mom2 = mom2[j].div_(static_cast<double>(count));
         s.count = count;
-        s.documents = static_cast<int64_t>(seqs.size());
+        s.documents = documents;
         s.corpus_hash = corpus_hash;
         s.model_fingerprint = model.fingerprint();
         s.layer = layers[missing[j]];
