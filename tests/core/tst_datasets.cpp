@@ -53,6 +53,7 @@ private Q_SLOTS:
     void tfidfFilesRoundTripAndRefusals();
     void attributeSnippets();
     void counterfactTargetIds();
+    void refusesDatasetLargerThanMemory();
 };
 
 namespace {
@@ -177,6 +178,23 @@ void TestDatasets::zsreSampleAltConvention() {
     QCOMPARE(q(ds.cases[0].answer_before), QString("uniform"));
     QCOMPARE(q(ds.cases[1].rewrites[0].target_new), QString("Benedenrecht"));
     QCOMPARE(q(ds.cases[1].answer_before), QString("Beneden Merwede"));
+}
+
+void TestDatasets::refusesDatasetLargerThanMemory() {
+    // A file whose parsed form cannot fit (here under a 1 MiB limit) is refused before it is read.
+    Files files;
+    std::string big = std::string(kZsreWithEmptyAlt);
+    big.insert(big.find('['), std::string(300000, ' '));  // 300 KB of whitespace ahead of the records
+    const fs::path p = files.write("zsre-big.json", big);
+    qputenv("ENGRAM_MEMORY_LIMIT_MB", "1");
+    const auto err = load_error(p, with_zsre(ZsreTarget::Answer));
+    const auto small = load_error(files.write("zsre.json", kZsreWithEmptyAlt), with_zsre(ZsreTarget::Answer));
+    qunsetenv("ENGRAM_MEMORY_LIMIT_MB");
+    QVERIFY(err.has_value());
+    QCOMPARE(err->kind(), ErrorKind::Argument);
+    QVERIFY2(q(err->what()).contains("zsre-big.json") && q(err->what()).contains("of memory, more than the 1.0 MiB"), err->what());
+    QVERIFY2(!small.has_value(), small ? small->what() : "");
+    QCOMPARE(load_dataset(p, with_zsre(ZsreTarget::Answer)).cases.size(), size_t(3));  // without the limit it loads
 }
 
 void TestDatasets::zsreAltSkipsEmptyAlternatives() {

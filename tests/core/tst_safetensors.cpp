@@ -84,6 +84,7 @@ private Q_SLOTS:
     void rejectsBrokenConfigJson();
     void rejectsHostileSizesBeforeAllocating();
     void rejectsMissingTensor();
+    void refusesWeightsLargerThanMemory();
     void writerRoundTrips();
     void fingerprintIgnoresSharding();
     void fingerprintSeesOneByte();
@@ -322,6 +323,29 @@ void TestSafetensors::fingerprintIsCached() {
     QCOMPARE(checkpoint_fingerprint(ck), std::string(64, 'a'));
     QCOMPARE(checkpoint_fingerprint(ck, false), fp);
     qunsetenv("ENGRAM_CACHE_DIR");
+}
+
+void TestSafetensors::refusesWeightsLargerThanMemory() {
+    // Weights converted to the compute dtype take new memory; more than the machine has (here a
+    // 1 MiB limit) is refused before any is taken. Weights already in it are views of the file.
+    qputenv("ENGRAM_MEMORY_LIMIT_MB", "1");
+    LoadOptions as_double;
+    as_double.compute_dtype = at::kDouble;  // 440 KB of BF16 -> 1.7 MB of F64
+    QString err;
+    try {
+        Model::load(reference_dir("gpt2-tiny-bf16"), as_double);
+    } catch (const Error& e) {
+        err = e.what();
+        QCOMPARE(e.kind(), ErrorKind::Argument);
+    }
+    QVERIFY2(err.contains("MiB of memory, more than the 1.0 MiB"), qPrintable(err));
+    QVERIFY2(err.contains("ENGRAM_MEMORY_LIMIT_MB allows") && err.contains("nothing was loaded"), qPrintable(err));
+    QVERIFY(Model::load(reference_dir("gpt2-tiny")) != nullptr);  // 876 KB of F32 weights: mapped, not converted
+    qputenv("ENGRAM_MEMORY_LIMIT_MB", "4");
+    QVERIFY(Model::load(reference_dir("gpt2-tiny-bf16"), as_double) != nullptr);
+    qputenv("ENGRAM_MEMORY_LIMIT_MB", "lots");
+    QVERIFY_THROWS_EXCEPTION(Error, Model::load(reference_dir("gpt2-tiny-bf16")));
+    qunsetenv("ENGRAM_MEMORY_LIMIT_MB");
 }
 
 void TestSafetensors::tensorsAreZeroCopyViews() {

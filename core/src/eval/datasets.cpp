@@ -339,6 +339,13 @@ std::string Rewrite::prompt_text() const { return fill_placeholder(prompt, subje
 
 Dataset load_dataset(const std::filesystem::path& file, const DatasetOptions& options) {
     const std::string name = file.filename().string();
+    // The text and its parsed form are held at once; the parsed form of these records (short
+    // strings in nested objects) takes several times the text. A file that cannot fit is refused
+    // before it is read. The factor is an estimate, on the safe side.
+    constexpr uint64_t kParsedPerByte = 8;
+    std::error_code ec;
+    const uint64_t size = std::filesystem::file_size(file, ec);
+    if (!ec) require_memory(size * kParsedPerByte, name + " (" + std::to_string(size >> 20) + " MiB of JSON)");
     const json records = parse_records(read_file(file, "dataset"), name);
     if (!records.is_array())
         throw Error(ErrorKind::Format, name + ": expected a JSON array of records, got " + records.type_name());

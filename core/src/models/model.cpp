@@ -8,6 +8,7 @@
 #include "arch/arch.h"
 #include "engram/checkpoint.h"
 #include "engram/error.h"
+#include "engram/file.h"
 #include "engram/model.h"
 #include "engram/tokenizer.h"
 
@@ -91,6 +92,22 @@ struct ModelLoader {
             throw Error(ErrorKind::Config, config_path.string() + ": " + std::to_string(hp.n_layer) + " layers, but the checkpoint holds only " +
                                                std::to_string(ck->tensors().size()) + " tensors");
         model->stored_dtype_ = ck->stored_dtype();
+
+        // Weights stored in the compute dtype stay views of the mapped file; the others are converted
+        // once into new memory. That memory is checked against the machine's before any is taken.
+        uint64_t converted = 0;
+        const uint64_t compute_size = c10::elementSize(options.compute_dtype);
+        for (const TensorSpec& spec : fam->tensors) {
+            if (spec.present && !spec.present(hp)) continue;
+            for (int il = 0; il < (spec.per_layer ? static_cast<int>(hp.n_layer) : 1); ++il)
+                for (const auto& name : candidates(*fam, spec.name, il))
+                    if (ck->has(name)) {
+                        const TensorInfo& info = ck->info(name);
+                        if (to_scalar_type(info.dtype) != options.compute_dtype) converted += info.nbytes() / dtype_size(info.dtype) * compute_size;
+                        break;
+                    }
+        }
+        require_memory(converted, dir.string() + ": converting the weights to " + std::string(c10::toString(options.compute_dtype)));
 
         model->layers.resize(hp.n_layer);
         std::set<std::string> used;
