@@ -40,12 +40,13 @@ package: build
 test-installed: build
 	./scripts/test-installed.sh $(BUILD)
 
-# libFuzzer targets need clang; they get their own build folder and run for a short time each.
+# The clang build with ASan + UBSan: libFuzzer targets, each run for a short time, and the
+# torch-free unit and reference suites under the sanitizers (CTest label `sanitize`).
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -G $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DENGRAM_BUILD_FUZZERS=ON -DENGRAM_BUILD_QT=OFF -DENGRAM_BUILD_TESTS=ON $(CMAKE_ARGS)
 	cmake --build $(BUILD)-fuzz -j $(JOBS) --target engram_fuzzers
-	cd $(BUILD)-fuzz && ctest --output-on-failure -L fuzz
+	cd $(BUILD)-fuzz && ctest --output-on-failure -j $(JOBS) -L 'fuzz|sanitize'
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-fuzz

@@ -9,6 +9,17 @@
 #include "engram/error.h"
 #include "tokenizers/spm_shim.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ENGRAM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENGRAM_ASAN 1
+#endif
+#endif
+#ifndef ENGRAM_ASAN
+#define ENGRAM_ASAN 0
+#endif
+
 namespace engram::tok {
 
 struct SpmModel::Api {
@@ -53,8 +64,10 @@ const SpmModel::Api* load_api() {
         std::string tried;
         for (const auto& path : module_candidates()) {
             if (!std::filesystem::exists(path)) continue;
-            // DEEPBIND: libsentencepiece must bind to its own protobuf copy, not libtorch's.
-#if defined(RTLD_DEEPBIND) && !defined(__SANITIZE_ADDRESS__)
+            // DEEPBIND: libsentencepiece must bind to its own protobuf copy, not libtorch's. The
+            // sanitizer runtimes abort on DEEPBIND, so sanitized builds (gcc's macro, or clang's
+            // feature test: clang 14 does not define the macro) load it plainly.
+#if defined(RTLD_DEEPBIND) && !ENGRAM_ASAN
             handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
 #else
             handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
